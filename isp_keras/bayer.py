@@ -1,0 +1,113 @@
+"""The single home of the RAW maths: Bayer mosaic, noise, bilinear infill, per-site statistics.
+
+Plain TensorFlow functions, shared by the tf.data pipeline and by the exported serving graph.
+Images are float tensors in [0, 1], channels-last, RGB order. A mosaic has one channel.
+The CFA pattern string gives the colours at (0,0), (0,1), (1,0), (1,1) of each 2x2 tile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+CFA_PATTERNS = ("RGGB", "GRBG", "GBRG", "BGGR")
+_CHANNEL = {"R": 0, "G": 1, "B": 2}
+
+# Bilinear interpolation kernels: R and B sites sit on a rectangular lattice of step 2, G on a quincunx.
+_RB_KERNEL = np.array([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]], np.float32)
+_G_KERNEL = np.array([[0.0, 0.25, 0.0], [0.25, 1.0, 0.25], [0.0, 0.25, 0.0]], np.float32)
+
+
+def check_cfa(cfa: str) -> str:
+    cfa = str(cfa).upper()
+    if cfa not in CFA_PATTERNS:
+        raise ValueError(f"unknown CFA pattern {cfa!r}; expected one of {', '.join(CFA_PATTERNS)}")
+    return cfa
+
+
+def site_index(cfa: str) -> np.ndarray:
+    """2x2 array of channel indices (0=R, 1=G, 2=B) of the pattern's tile."""
+    cfa = check_cfa(cfa)
+    return np.array([[_CHANNEL[cfa[0]], _CHANNEL[cfa[1]]], [_CHANNEL[cfa[2]], _CHANNEL[cfa[3]]]], np.int32)
+
+
+def cfa_masks(height: int, width: int, cfa: str) -> np.ndarray:
+    """One-hot site masks, float32 [height, width, 3]: mask[y, x, c] = 1 where the sensor samples colour c."""
+    idx = np.tile(site_index(cfa), (height // 2 + 1, width // 2 + 1))[:height, :width]
+    return np.eye(3, dtype=np.float32)[idx]
+
+
+def _masks_like(x: tf.Tensor, cfa: str) -> tf.Tensor:
+    shape = x.shape
+    if shape[-3] is None or shape[-2] is None:
+        raise ValueError("Bayer ops need a static image height and width")
+    return tf.constant(cfa_masks(int(shape[-3]), int(shape[-2]), cfa))
+
+
+def check_even(height: int, width: int, what: str = "image") -> None:
+    if height % 2 or width % 2:
+        raise ValueError(f"{what} is {height}x{width}; a Bayer mosaic needs even height and width")
+
+
+def mosaic(rgb: tf.Tensor, cfa: str = "RGGB") -> tf.Tensor:
+    """Sample an RGB image ([..., H, W, 3]) through a Bayer CFA: returns [..., H, W, 1]."""
+    masks = _masks_like(rgb, cfa)
+    return tf.reduce_sum(rgb * masks, axis=-1, keepdims=True)
+
+
+def add_noise(raw: tf.Tensor, std: float, seed) -> tf.Tensor:
+    """Add zero-mean Gaussian noise of standard deviation `std` with a stateless seed (shape [2] int)."""
+    if std == 0:
+        return raw
+    noise = tf.random.stateless_normal(tf.shape(raw), seed=seed, stddev=std, dtype=raw.dtype)
+    return raw + noise
+
+
+def infill(raw: tf.Tensor, cfa: str = "RGGB") -> tf.Tensor:
+    """Bilinear infill of a mosaic [B, H, W, 1] (or [H, W, 1]) to three channels.
+
+    Mirror padding by one pixel keeps the CFA phase (row -1 mirrors row 1, same parity), so border
+    pixels average the neighbours that exist instead of being darkened by zero padding.
+    """
+    squeeze = raw.shape.rank == 3
+    if squeeze:
+        raw = raw[tf.newaxis]
+    masks = _masks_like(raw, cfa)
+    sparse = raw * masks
+    padded = tf.pad(sparse, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+    kernel = np.stack([_RB_KERNEL, _G_KERNEL, _RB_KERNEL], axis=-1)[..., np.newaxis]
+    out = tf.nn.depthwise_conv2d(padded, tf.constant(kernel, raw.dtype), [1, 1, 1, 1], "VALID")
+    return out[0] if squeeze else out
+
+
+def site_moments(raw: tf.Tensor, cfa: str = "RGGB") -> tf.Tensor:
+    """Sufficient statistics of a batch of mosaics per Bayer site: float64 [3, 3] rows (count, sum, sum of squares)."""
+    masks = tf.cast(_masks_like(raw, cfa), tf.float64)
+    x = tf.cast(raw, tf.float64)
+    axes = tf.range(tf.rank(x) - 1)
+    count = tf.reduce_sum(tf.broadcast_to(masks, tf.shape(x * masks)), axis=axes)
+    total = tf.reduce_sum(x * masks, axis=axes)
+    squares = tf.reduce_sum(x * x * masks, axis=axes)
+    return tf.stack([count, total, squares])
+
+
+def moments_to_stats(moments) -> tuple[np.ndarray, np.ndarray]:
+    """(mean[3], std[3]) per Bayer site (R, G, B) from accumulated `site_moments`."""
+    count, total, squares = np.asarray(moments, np.float64)
+    if np.any(count == 0):
+        raise ValueError("no samples for some Bayer site; cannot compute per-site statistics")
+    mean = total / count
+    var = np.maximum(squares / count - mean * mean, 0.0)
+    return mean.astype(np.float32), np.sqrt(var + 1e-12).astype(np.float32)
+
+
+def normalize(x: tf.Tensor, mean, std) -> tf.Tensor:
+    """Per-channel normalisation; for infilled RAW, channel c uses the statistics of Bayer site c."""
+    mean = tf.constant(np.asarray(mean, np.float32), x.dtype)
+    std = tf.constant(np.asarray(std, np.float32), x.dtype)
+    return (x - mean) / std
+
+
+def raw_to_input(raw: tf.Tensor, cfa: str, mean, std) -> tf.Tensor:
+    """What the student sees: infilled mosaic normalised per Bayer site. Used by training and serving alike."""
+    return normalize(infill(raw, cfa), mean, std)

@@ -1,0 +1,71 @@
+"""Typed run configuration, built from flags in `main` only and passed down as plain values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from isp_keras import bayer
+from isp_keras.errors import UserError
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    dataset: str = "embedded"
+    teacher: str = "data/teacher/resnet20_cifar10.keras"
+    model_dir: str = ""
+    alpha: float = 0.9
+    temperature: float = 4.0
+    hard_labels: str = "gt"
+    noise_std: float = 0.1
+    cfa: str = "RGGB"
+    seed: int = 0
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.2
+    image_size: int | None = None
+    train_take: int | None = None
+    test_take: int | None = None
+    stats_images: int = 10000
+    strategy: str = "default"
+    overwrite: bool = False
+    strict: bool = False
+    finetune_first: int | None = None
+    cached_logits: bool = False
+    data_service: str = ""
+
+    def validate(self) -> "TrainConfig":
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"--alpha={self.alpha}: must be in [0, 1]")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature={self.temperature}: must be > 0")
+        if self.noise_std < 0:
+            raise UserError(f"--noise_std={self.noise_std}: must be >= 0")
+        if self.cfa.upper() not in bayer.CFA_PATTERNS:
+            raise UserError(f"--cfa={self.cfa}: must be one of {', '.join(bayer.CFA_PATTERNS)}")
+        self.cfa = self.cfa.upper()
+        if self.hard_labels not in ("gt", "teacher"):
+            raise UserError(f"--hard_labels={self.hard_labels}: must be gt or teacher")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UserError("--epochs and --batch_size must be >= 1")
+        if self.image_size is not None and (self.image_size < 2 or self.image_size % 2):
+            raise UserError(f"--image_size={self.image_size}: must be even (the Bayer pattern tiles 2x2)")
+        for name in ("train_take", "test_take"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name}={value}: must be >= 1")
+        return self
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def from_flags(flag_values, **overrides) -> TrainConfig:
+    """Every TrainConfig field that is also a defined flag takes the flag's value."""
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in flag_values:
+            values[field.name] = flag_values[field.name].value
+    values.update(overrides)
+    return TrainConfig(**values).validate()

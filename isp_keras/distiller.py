@@ -1,0 +1,159 @@
+"""The Distiller: a frozen RGB teacher and a RAW student trained with hard-label CE plus temperature-scaled KD.
+
+    L = alpha * CE(hard, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+It receives ((student_input, teacher_input), label) and knows nothing about where the data comes from. With
+`cached_logits=True` the teacher input *is* the teacher's logits (precomputed) and the teacher is not run.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+HARD_LABELS = ("gt", "teacher")
+
+
+def distillation_losses(student_logits, teacher_logits, labels, alpha: float, temperature: float):
+    """Per-batch means (unscaled for replicas): (total, ce, kd). `labels` are the hard targets (int)."""
+    student_logits = tf.cast(student_logits, tf.float32)
+    teacher_logits = tf.cast(teacher_logits, tf.float32)
+    ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
+                                                                       logits=student_logits))
+    t = temperature
+    p_teacher = tf.nn.softmax(teacher_logits / t)
+    kl = tf.reduce_sum(p_teacher * (tf.nn.log_softmax(teacher_logits / t) - tf.nn.log_softmax(student_logits / t)),
+                       axis=-1)
+    kd = tf.reduce_mean(kl)
+    total = alpha * ce + (1.0 - alpha) * t * t * kd
+    return total, ce, kd
+
+
+class Distiller(keras.Model):
+    def __init__(self, student: keras.Model, teacher: keras.Model, alpha: float = 0.9, temperature: float = 4.0,
+                 hard_labels: str = "gt", cached_logits: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if hard_labels not in HARD_LABELS:
+            raise ValueError(f"hard_labels must be one of {HARD_LABELS}, got {hard_labels!r}")
+        self.student = student
+        self.teacher = teacher
+        self.teacher.trainable = False
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)
+        self.hard_labels = hard_labels
+        self.cached_logits = cached_logits
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.ce_tracker = keras.metrics.Mean(name="ce")
+        self.kd_tracker = keras.metrics.Mean(name="kd")
+        self.top1 = keras.metrics.SparseTopKCategoricalAccuracy(k=1, name="top1")
+        self.top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")
+        self.agreement = keras.metrics.Mean(name="agreement")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.ce_tracker, self.kd_tracker, self.top1, self.top5, self.agreement]
+
+    def call(self, inputs, training=False):
+        student_x = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
+        return self.student(student_x, training=training)
+
+    def teacher_logits(self, teacher_x):
+        if self.cached_logits:
+            return tf.stop_gradient(teacher_x)
+        return tf.stop_gradient(self.teacher(teacher_x, training=False))
+
+    def hard_targets(self, labels, teacher_logits):
+        if self.hard_labels == "teacher":
+            return tf.argmax(teacher_logits, axis=-1, output_type=tf.int32)
+        return labels
+
+    def _update_metrics(self, total, ce, kd, labels, student_logits, teacher_logits):
+        self.loss_tracker.update_state(total)
+        self.ce_tracker.update_state(ce)
+        self.kd_tracker.update_state(kd)
+        self.top1.update_state(labels, student_logits)
+        self.top5.update_state(labels, student_logits)
+        agree = tf.equal(tf.argmax(student_logits, -1), tf.argmax(teacher_logits, -1))
+        self.agreement.update_state(tf.cast(agree, tf.float32))
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        (student_x, teacher_x), labels = data
+        teacher_logits = self.teacher_logits(teacher_x)
+        targets = self.hard_targets(labels, teacher_logits)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            student_logits = self.student(student_x, training=True)
+            total, ce, kd = distillation_losses(student_logits, teacher_logits, targets, self.alpha, self.temperature)
+            # Gradients are summed over replicas, so each replica's mean counts 1/replicas of the global mean.
+            objective = total / replicas
+            if self.student.losses:
+                objective += tf.add_n(self.student.losses) / replicas
+        variables = self.student.trainable_variables
+        grads = tape.gradient(objective, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self._update_metrics(total, ce, kd, labels, student_logits, teacher_logits)
+
+    def test_step(self, data):
+        (student_x, teacher_x), labels = data
+        teacher_logits = self.teacher_logits(teacher_x)
+        targets = self.hard_targets(labels, teacher_logits)
+        student_logits = self.student(student_x, training=False)
+        total, ce, kd = distillation_losses(student_logits, teacher_logits, targets, self.alpha, self.temperature)
+        return self._update_metrics(total, ce, kd, labels, student_logits, teacher_logits)
+
+
+def save_optimizer_state(optimizer: keras.optimizers.Optimizer, path) -> None:
+    """Optimizer variables (iterations, momenta) as a pickle-free .npz, written atomically."""
+    import io
+
+    from isp_keras import fsutil
+
+    buf = io.BytesIO()
+    np.savez(buf, **{f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+    fsutil.write_bytes_atomic(path, buf.getvalue())
+
+
+def load_optimizer_state(optimizer: keras.optimizers.Optimizer, variables, path) -> None:
+    optimizer.build(variables)
+    with np.load(path, allow_pickle=False) as data:
+        values = [data[k] for k in sorted(data.files)]
+    if len(values) != len(optimizer.variables):
+        raise ValueError(f"{path}: holds {len(values)} optimizer variables, the optimizer has {len(optimizer.variables)}")
+    for var, value in zip(optimizer.variables, values):
+        var.assign(value)
+
+
+def evaluate(ds: tf.data.Dataset, teacher: keras.Model, model: keras.Model | None = None, on: str = "student"):
+    """Top-1/top-5 against labels and top-1 agreement with the teacher-on-RGB, in percent.
+
+    `on="student"`: `model` sees the student input (RAW). `on="teacher_rgb"`: the teacher itself on RGB.
+    `on="teacher_raw"`: the teacher on the student's (RAW) input.
+    """
+    model = model if model is not None else teacher
+
+    @tf.function(reduce_retracing=True)
+    def step(student_x, teacher_x, labels):
+        t = teacher(teacher_x, training=False)
+        if on == "teacher_rgb":
+            s = t
+        else:
+            s = model(student_x, training=False)
+        labels = tf.cast(labels, tf.int32)
+        k5 = min(5, s.shape[-1])
+        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, s, 1), tf.float32))
+        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, s, k5), tf.float32))
+        agree = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(s, -1), tf.argmax(t, -1)), tf.float32))
+        return tf.stack([top1, top5, agree, tf.cast(tf.shape(labels)[0], tf.float32)])
+
+    totals = np.zeros(4)
+    for (student_x, teacher_x), labels in ds:
+        totals += step(student_x, teacher_x, labels).numpy()
+    n = max(totals[3], 1.0)
+    return {"top1": 100 * totals[0] / n, "top5": 100 * totals[1] / n, "agreement": 100 * totals[2] / n,
+            "count": int(totals[3])}

@@ -1,0 +1,35 @@
+"""Flag definitions shared by the training entry points (train, experiments). Defined on request, not at import."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from isp_keras import bayer, distribute
+from isp_keras.config import TrainConfig
+
+_D = TrainConfig()
+
+
+def define_train_flags() -> None:
+    flags.DEFINE_string("dataset", _D.dataset, "embedded | folder:PATH | tfds:NAME | records:PATH")
+    flags.DEFINE_string("teacher", _D.teacher, "keras.applications name (ImageNet weights), .keras file or SavedModel.")
+    flags.DEFINE_string("model_dir", "", "Run directory (default: runs/<name>-noise<std>-seed<seed>).")
+    flags.DEFINE_float("alpha", _D.alpha, "Weight of the hard-label cross-entropy, in [0, 1].")
+    flags.DEFINE_float("temperature", _D.temperature, "Distillation temperature T > 0.")
+    flags.DEFINE_enum("hard_labels", _D.hard_labels, ["gt", "teacher"], "Hard labels: ground truth or teacher argmax.")
+    flags.DEFINE_float("noise_std", _D.noise_std, "Gaussian noise std added to the [0,1] mosaic.")
+    flags.DEFINE_enum("cfa", _D.cfa, list(bayer.CFA_PATTERNS), "Bayer CFA pattern.")
+    flags.DEFINE_integer("seed", _D.seed, "Seed (data order, augmentation, noise, initialisation).")
+    flags.DEFINE_integer("epochs", _D.epochs, "Training epochs per student.")
+    flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size.")
+    flags.DEFINE_float("lr", _D.lr, "Peak learning rate (Nesterov SGD, warmup then cosine).")
+    flags.DEFINE_float("weight_decay", _D.weight_decay, "Weight decay.")
+    flags.DEFINE_float("warmup_epochs", _D.warmup_epochs, "Linear warmup length in epochs.")
+    flags.DEFINE_integer("image_size", None, "Input size (default: the teacher's).")
+    flags.DEFINE_integer("train_take", None, "Use only the first N training examples.")
+    flags.DEFINE_integer("test_take", None, "Evaluate on the first N test examples.")
+    flags.DEFINE_integer("stats_images", _D.stats_images, "Training images used for the per-site statistics.")
+    flags.DEFINE_enum("strategy", _D.strategy, list(distribute.STRATEGIES), "tf.distribute strategy.")
+    flags.DEFINE_integer("cpu_replicas", 2, "Logical CPU devices for --strategy=mirrored without GPUs.")
+    flags.DEFINE_boolean("overwrite", False, "Replace a finished run in --model_dir.")
+    flags.DEFINE_boolean("strict", False, "Stop at the first unreadable input instead of skipping it.")

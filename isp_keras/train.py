@@ -1,0 +1,57 @@
+"""ISP distillation of one student: `python -m isp_keras.train --noise_std=0.1`.
+
+Loads the teacher and data (the embedded default unless told otherwise), computes per-Bayer-site statistics,
+evaluates the teacher on clean RGB and on RAW, distils a RAW student from it, and writes a run directory:
+config.json, results.json, student.keras (+ student.json), TensorBoard logs, checkpoints. Rerunning the same
+command resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+from isp_keras import config, experiment, flagdefs
+from isp_keras.errors import run_main
+
+FLAGS = flags.FLAGS
+
+
+def default_model_dir(cfg: config.TrainConfig) -> str:
+    return str(Path("runs") / f"distill-{cfg.dataset.replace(':', '_').replace('/', '_')}-noise{cfg.noise_std:g}"
+                              f"-{cfg.cfa}-seed{cfg.seed}")
+
+
+def run(cfg: config.TrainConfig) -> dict:
+    start = time.time()
+    run_dir = experiment.prepare_run_dir(cfg.model_dir, cfg.overwrite)
+    s = experiment.setup(cfg)
+    experiment.write_config(run_dir, cfg, s)
+    experiment.log_image_panel(run_dir, s)
+    rows = experiment.baseline_rows(s)
+    row, student = experiment.train_student(s, run_dir / "distilled", "distilled", cfg.alpha, cfg.hard_labels)
+    rows.append(row)
+    experiment.save_student(student, run_dir, s)
+    results = experiment.write_results(run_dir, rows, cfg, time.time() - start)
+    print(experiment.format_table(rows))
+    print(f"wrote {run_dir / experiment.RESULTS} ({results['wall_seconds']:.0f} s)")
+    return results
+
+
+def main(argv):
+    del argv
+    if FLAGS.strategy == "mirrored":
+        from isp_keras import distribute
+
+        distribute.ensure_logical_cpus(FLAGS.cpu_replicas)
+    cfg = config.from_flags(FLAGS)
+    if not cfg.model_dir:
+        cfg.model_dir = default_model_dir(cfg)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    flagdefs.define_train_flags()
+    app.run(run_main(main))
