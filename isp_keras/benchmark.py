@@ -1,6 +1,7 @@
 """Benchmarks (not tests): `python -m isp_keras.benchmark --suite=deploy|train --json=PATH`.
 
-Each suite lives in its own module (bench_deploy, bench_train) and returns {"figure name": value}.
+Each suite lives in its own module (bench_deploy, bench_train) with `define_flags()` and `run(FLAGS)`,
+which returns {"figure name": value}.
 """
 
 from __future__ import annotations
@@ -30,4 +31,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from isp_keras import bench_deploy, bench_train
+
+    bench_deploy.define_flags()
+    bench_train.define_flags()
     app.run(run_main(main))

@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny real slice of the embedded CIFAR-10 set and a tiny teacher trained on it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory):
+    """A resnet_tiny RGB teacher (+ sidecar JSON) trained 2 epochs on 1,024 real CIFAR-10 images (~10 s)."""
+    from isp_keras import train_teacher
+
+    root = tmp_path_factory.mktemp("tiny_teacher")
+    out = root / "teacher.keras"
+    train_teacher.train(train_teacher.TeacherConfig(
+        dataset="embedded", arch="resnet_tiny", image_size=32, epochs=2, batch_size=64, lr=0.05,
+        weight_decay=5e-4, take=1024, seed=0, out=str(out), model_dir=str(root / "run")))
+    return out
+
+
+@pytest.fixture()
+def tiny_config(tiny_teacher, tmp_path):
+    """A TrainConfig for a few-step distillation on the tiny teacher."""
+    from isp_keras.config import TrainConfig
+
+    return TrainConfig(teacher=str(tiny_teacher), model_dir=str(tmp_path / "run"), epochs=1, batch_size=32,
+                       train_take=128, test_take=128, stats_images=256, lr=0.05).validate()
