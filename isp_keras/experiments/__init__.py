@@ -1,0 +1,1 @@
+"""Paper experiments as commands: Table 1 (`table`), noise sweep (`sweep`), ablation (`ablation`), Table 2 (`table2`)."""
