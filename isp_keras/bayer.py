@@ -111,3 +111,11 @@ def normalize(x: tf.Tensor, mean, std) -> tf.Tensor:
 def raw_to_input(raw: tf.Tensor, cfa: str, mean, std) -> tf.Tensor:
     """What the student sees: infilled mosaic normalised per Bayer site. Used by training and serving alike."""
     return normalize(infill(raw, cfa), mean, std)
+
+
+def scale_levels(raw: tf.Tensor, black_level: float, white_level: float) -> tf.Tensor:
+    """Integer sensor counts -> float32 mosaic in [0, 1] (black -> 0, white -> 1), as the exported uint16 input
+    needs. Not clipped: sensor noise below the black level stays negative, like the simulated training noise."""
+    if not white_level > black_level:
+        raise ValueError(f"white level {white_level} must be above the black level {black_level}")
+    return (tf.cast(raw, tf.float32) - float(black_level)) / float(white_level - black_level)
