@@ -45,6 +45,7 @@ class RawImage:
     white_level: float
     wb_gains: list[float] | None  # camera as-shot white balance (R, G, B multipliers, G = 1) if present
     color_matrix: list[list[float]] | None  # camera RGB -> linear sRGB (LibRaw's rgb_cam) if the file defines one
+    visible_shape: tuple[int, int] = (0, 0)  # (H, W) of the visible area before the canonical crop
 
 
 def cfa_offset(file_cfa: str, cfa: str) -> tuple[int, int]:
@@ -200,7 +201,7 @@ def read_raw(path, cfa: str = "RGGB") -> RawImage:
         gains = [float(wb[0] / wb[1]), 1.0, float(wb[2] / wb[1])]
     matrix = rgb_cam.tolist() if np.any(rgb_cam) else None
     return RawImage(str(path), mosaic, cfa, file_cfa, offset, [float(b) for b in black[:2, :2].reshape(-1)], white,
-                    gains, matrix)
+                    gains, matrix, (height, width))
 
 
 def _rationals(values, denominator: int, signed: bool = False) -> tuple:

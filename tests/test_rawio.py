@@ -1,0 +1,156 @@
+"""rawio: DNGs written with tifffile read back exactly through rawpy, in every CFA phase; bad files give clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rawpy
+import tifffile
+
+from isp_keras import bayer, rawio
+from isp_keras.errors import UserError
+
+PHASES = ["RGGB", "GRBG", "GBRG", "BGGR"]
+
+
+def reference(m: np.ndarray, black4, white, offset):
+    """NumPy reference of read_raw: per-site black, divide by (white - black), crop to phase and even sides."""
+    h, w = m.shape
+    black = np.tile(np.asarray(black4, np.float64).reshape(2, 2), (h // 2 + 1, w // 2 + 1))[:h, :w]
+    norm = ((m.astype(np.float64) - black) / (white - black)).astype(np.float32)
+    dy, dx = offset
+    norm = norm[dy:, dx:]
+    return norm[: norm.shape[0] // 2 * 2, : norm.shape[1] // 2 * 2]
+
+
+@pytest.mark.parametrize("white", [1023, 4095, 16383])
+@pytest.mark.parametrize("file_cfa", PHASES)
+def test_dng_roundtrip_exact_all_phases(tmp_path, file_cfa, white):
+    rng = np.random.default_rng(PHASES.index(file_cfa) * 100000 + white)
+    m = rng.integers(0, white + 1, (29, 38)).astype(np.uint16)  # odd height: a final row must go
+    black = [60, 61, 62, 63] if white > 1023 else [16, 17, 18, 19]
+    path = tmp_path / f"{file_cfa}.dng"
+    rawio.write_dng(path, m, file_cfa, black_level=black, white_level=white)
+    with rawpy.imread(str(path)) as raw:  # the contract: rawpy reads our DNG's pixels back exactly
+        np.testing.assert_array_equal(raw.raw_image_visible, m)
+    img = rawio.read_raw(path, "RGGB")
+    expected_offset = {"RGGB": (0, 0), "GRBG": (0, 1), "GBRG": (1, 0), "BGGR": (1, 1)}[file_cfa]
+    assert img.file_cfa == file_cfa and img.cfa == "RGGB" and img.offset == expected_offset
+    assert img.black_level == [float(b) for b in black] and img.white_level == float(white)
+    assert img.visible_shape == (29, 38)
+    assert img.mosaic.dtype == np.float32 and img.mosaic.shape[0] % 2 == 0 and img.mosaic.shape[1] % 2 == 0
+    np.testing.assert_array_equal(img.mosaic, reference(m, black, white, expected_offset))
+
+
+@pytest.mark.parametrize("canonical", PHASES)
+def test_any_canonical_phase_keeps_colours(tmp_path, canonical):
+    """A mosaic whose value encodes the colour of its site: after canonicalisation the sites match `canonical`."""
+    h, w = 24, 30
+    value = {0: 1000, 1: 2000, 2: 3000}
+    idx = np.tile(bayer.site_index("GBRG"), (h // 2, w // 2))
+    m = np.vectorize(value.get)(idx).astype(np.uint16)
+    rawio.write_dng(tmp_path / "c.dng", m, "GBRG", black_level=0, white_level=4095)
+    img = rawio.read_raw(tmp_path / "c.dng", canonical)
+    want = np.vectorize(value.get)(np.tile(bayer.site_index(canonical), (h // 2, w // 2)))[: img.mosaic.shape[0],
+                                                                                           : img.mosaic.shape[1]]
+    np.testing.assert_array_equal(img.mosaic, (want / 4095.0).astype(np.float32))
+
+
+def test_offset_crop_matches_position_code(tmp_path):
+    h, w = 26, 34
+    m = (np.arange(h)[:, None] * 100 + np.arange(w)[None, :]).astype(np.uint16)  # value = 100*row + col
+    rawio.write_dng(tmp_path / "p.dng", m, "BGGR", white_level=65535)
+    img = rawio.read_raw(tmp_path / "p.dng", "RGGB")
+    rows, cols = rawio.canonical_crop(h, w, img.offset)
+    np.testing.assert_array_equal(np.round(img.mosaic * 65535).astype(np.int64), m[rows, cols])
+    assert img.mosaic[0, 0] * 65535 == pytest.approx(101)  # starts at row 1, col 1
+
+
+def test_metadata_wb_and_colour_matrix(tmp_path):
+    m = np.random.default_rng(0).integers(64, 1024, (24, 24)).astype(np.uint16)
+    rawio.write_dng(tmp_path / "m.dng", m, "RGGB", black_level=64, white_level=1023, wb_gains=[2.1, 1.0, 1.6])
+    img = rawio.read_raw(tmp_path / "m.dng")
+    np.testing.assert_allclose(img.wb_gains, [2.1, 1.0, 1.6], rtol=1e-5)
+    # The default ColorMatrix1 describes a camera with sRGB primaries: LibRaw's camera->sRGB is the identity.
+    np.testing.assert_allclose(img.color_matrix, np.eye(3), atol=2e-3)
+
+
+def test_cfa_offset_table():
+    assert rawio.cfa_offset("RGGB", "RGGB") == (0, 0)
+    assert rawio.cfa_offset("RGGB", "BGGR") == (1, 1)
+    assert rawio.cfa_offset("GRBG", "RGGB") == (0, 1)
+    assert rawio.cfa_offset("GBRG", "RGGB") == (1, 0)
+    assert rawio.canonical_crop(7, 9, (1, 0)) == (slice(1, 7), slice(0, 8))
+
+
+def test_write_dng_rejects_what_libraw_cannot_read(tmp_path):
+    with pytest.raises(ValueError, match="22"):
+        rawio.write_dng(tmp_path / "s.dng", np.zeros((16, 40), np.uint16), "RGGB")
+    with pytest.raises(ValueError, match="uint16"):
+        rawio.write_dng(tmp_path / "f.dng", np.zeros((24, 24), np.float32), "RGGB")
+    with pytest.raises(ValueError, match="black_level"):
+        rawio.write_dng(tmp_path / "b.dng", np.zeros((24, 24), np.uint16), "RGGB", black_level=5000)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture()
+def good_dng(tmp_path):
+    m = np.random.default_rng(1).integers(0, 4096, (32, 40)).astype(np.uint16)
+    path = tmp_path / "good.dng"
+    rawio.write_dng(path, m, "RGGB", black_level=64, white_level=4095)
+    return path
+
+
+def _bad_files(tmp_path, good_dng):
+    data = good_dng.read_bytes()
+    start = tifffile.TiffFile(good_dng).pages.first.dataoffsets[0]
+    files = {}
+
+    def put(name, content):
+        (tmp_path / name).write_bytes(content)
+        files[name] = tmp_path / name
+
+    put("truncated.dng", data[: start + 100])
+    put("header_only.dng", data[:start])
+    put("corrupt.dng", np.random.default_rng(2).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    put("notes.txt", b"not an image\n" * 50)
+    put("empty.dng", b"")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "photo.jpg")
+    files["photo.jpg"] = tmp_path / "photo.jpg"
+    tifffile.imwrite(tmp_path / "linear.dng", np.ones((32, 40, 3), np.uint16), photometric=34892,
+                     extratags=[(50706, 1, 4, (1, 4, 0, 0), True), (50717, 4, 1, 4095, True)])
+    files["linear.dng"] = tmp_path / "linear.dng"
+    tifffile.imwrite(tmp_path / "plain.tif", np.arange(32 * 40, dtype=np.uint16).reshape(32, 40))
+    files["plain.tif"] = tmp_path / "plain.tif"
+    rawio.write_dng(tmp_path / "flat.dng", np.full((32, 40), 700, np.uint16), "RGGB", 64, 4095)
+    files["flat.dng"] = tmp_path / "flat.dng"
+    return files
+
+
+EXPECTED = {
+    "truncated.dng": "truncated",
+    "header_only.dng": "header only",
+    "corrupt.dng": "not a RAW file LibRaw can read",
+    "notes.txt": "not a RAW file LibRaw can read",
+    "empty.dng": "empty file",
+    "photo.jpg": "not a RAW file LibRaw can read",
+    "linear.dng": "LinearRaw DNG",
+    "plain.tif": "plain TIFF",
+    "flat.dng": "no real pixel data",
+}
+
+
+def test_bad_files_give_one_line_errors_naming_the_file(tmp_path, good_dng, capfd):
+    files = _bad_files(tmp_path, good_dng)
+    assert set(files) == set(EXPECTED)
+    for name, path in files.items():
+        with pytest.raises(UserError) as info:
+            rawio.read_raw(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: ") and EXPECTED[name] in message, (name, message)
+        assert "\n" not in message
+    with pytest.raises(UserError, match="no such file"):
+        rawio.read_raw(tmp_path / "missing.dng")
+    assert "Unexpected end of file" not in capfd.readouterr().err  # LibRaw's own chatter is silenced
