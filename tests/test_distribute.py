@@ -36,6 +36,48 @@ def test_mirrored_step_equals_single_device(tiny_teacher):
     assert out["max_update"] > 1e-3, out  # the step did change the weights, so equality means something
 
 
+def _free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes_custom_loop(tiny_teacher):
+    """Two worker processes on 127.0.0.1 (TF_CONFIG), MultiWorkerMirroredStrategy, the custom strategy.run loop:
+    both workers end with identical weights, equal to one device trained on the same global batches."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen([sys.executable, __file__, "multi_worker", tiny_teacher],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                      env={**env, "TF_CONFIG": tf_config}))
+    outs = []
+    for proc in procs:
+        try:
+            stdout, stderr = proc.communicate(timeout=240)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, stderr[-3000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    a, b = outs
+    assert a["replicas"] == b["replicas"] == 2
+    assert a["chief"] and not b["chief"]
+    assert a["losses"] == b["losses"]  # the logged loss is the global (all-reduced) one
+    assert a["max_worker_diff_to_reference"] < 1e-4 and b["max_worker_diff_to_reference"] < 1e-4, outs
+    assert abs(a["losses"][-1] - a["reference_loss"]) < 1e-4, outs
+    assert a["max_update"] > 1e-3, outs
+
+
 def test_unknown_strategy_is_a_user_error():
     from isp_keras import distribute
     from isp_keras.errors import UserError
@@ -93,6 +135,47 @@ def _child_mirrored_step(teacher_path):
     return {"replicas": mirrored.num_replicas_in_sync, "single_loss": single_loss, "mirrored_loss": mirrored_loss,
             "max_weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, mirrored_w)),
             "max_update": max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, before))}
+
+
+def _child_multi_worker(teacher_path):
+    import numpy as np
+
+    from isp_keras import distribute
+
+    strategy = distribute.get_strategy("multi_worker")  # first: it configures the runtime
+    import tensorflow as tf
+
+    from isp_keras import custom_loop, distiller, models, training
+
+    teacher, _ = models.load_teacher(teacher_path)
+    models.freeze(teacher)
+    (sx, tx), y = _batch(teacher, seed=0)
+    (sx2, tx2), y2 = _batch(teacher, seed=1)
+    data = ((np.concatenate([sx, sx2]), np.concatenate([tx, tx2])), np.concatenate([y, y2]))
+    ds = tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH)
+    before = [w.copy() for w in teacher.get_weights()]
+    with strategy.scope():
+        student = models.student_from_teacher(teacher, sync_bn=strategy.num_replicas_in_sync > 1)
+        model = distiller.Distiller(student, teacher, alpha=0.9, temperature=4.0)
+        model.compile(optimizer=training.sgd(10, 0.1, 5e-4))
+    losses = []
+
+    class Record(__import__("keras").callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            losses.append(logs["loss"])
+
+    custom_loop.fit(model, ds, strategy, epochs=1, steps_per_epoch=2, callbacks=[Record()], verbose=0)
+    weights = [v.numpy() for v in student.weights]
+
+    ref_student = models.student_from_teacher(teacher)
+    ref = distiller.Distiller(ref_student, teacher, alpha=0.9, temperature=4.0)
+    ref.compile(optimizer=training.sgd(10, 0.1, 5e-4))
+    history = ref.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
+    ref_weights = [v.numpy() for v in ref_student.weights]
+    return {"replicas": strategy.num_replicas_in_sync, "chief": distribute.is_chief(strategy), "losses": losses,
+            "reference_loss": float(history.history["loss"][-1]),
+            "max_worker_diff_to_reference": max(float(np.max(np.abs(a - b))) for a, b in zip(weights, ref_weights)),
+            "max_update": max(float(np.max(np.abs(a - b))) for a, b in zip(weights, before))}
 
 
 if __name__ == "__main__":
