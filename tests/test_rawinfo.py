@@ -1,0 +1,54 @@
+"""rawinfo: one line per file, .npy dumps equal read_raw's mosaic, non-zero exit when any file fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from isp_keras import rawinfo, rawio
+from isp_keras.errors import UserError
+
+
+def _files(tmp_path):
+    rng = np.random.default_rng(0)
+    a = tmp_path / "a" / "merged.dng"
+    b = tmp_path / "b" / "merged.dng"  # same name in another folder, as in the HDR+ layout
+    a.parent.mkdir()
+    b.parent.mkdir()
+    rawio.write_dng(a, rng.integers(0, 1024, (24, 32)).astype(np.uint16), "GRBG", black_level=64, white_level=1023)
+    rawio.write_dng(b, rng.integers(0, 4096, (26, 30)).astype(np.uint16), "RGGB", black_level=[1, 2, 3, 4])
+    bad = tmp_path / "bad.dng"
+    bad.write_bytes(b"\x00" * 100)
+    return a, b, bad
+
+
+def test_lines_and_dumps(tmp_path, capsys):
+    a, b, bad = _files(tmp_path)
+    failed = rawinfo.run([str(a), str(bad), str(b)], "RGGB", str(tmp_path / "dump"))
+    assert failed == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith(f"{a}: 32x24 visible, CFA GRBG -> RGGB offset 0,1 -> 30x24; black 64,64,64,64; white 1023")
+    assert lines[1].startswith(f"{bad}: ") and "not a RAW file" in lines[1]
+    assert lines[2].startswith(f"{b}: 30x26 visible, CFA RGGB -> RGGB offset 0,0 -> 30x26; black 1,2,3,4; white 4095")
+    dumps = sorted(p.name for p in (tmp_path / "dump").iterdir())
+    assert dumps == ["b_merged.dng.npy", "merged.dng.npy"]
+    np.testing.assert_array_equal(np.load(tmp_path / "dump" / "merged.dng.npy"), rawio.read_raw(a).mosaic)
+    np.testing.assert_array_equal(np.load(tmp_path / "dump" / "b_merged.dng.npy"), rawio.read_raw(b).mosaic)
+
+
+def test_exit_status(tmp_path):
+    a, _, bad = _files(tmp_path)
+    mixed = subprocess.run([sys.executable, "-m", "isp_keras.rawinfo", str(a), str(bad)], capture_output=True,
+                           text=True)
+    assert mixed.returncode == 1
+    assert len(mixed.stdout.strip().splitlines()) == 2 and "Traceback" not in mixed.stderr
+    assert mixed.stdout.startswith(f"{a}: ") and mixed.stderr.strip().endswith("1 of 2 file(s) failed")
+
+
+def test_no_files_is_a_user_error():
+    with pytest.raises(UserError, match="give one or more RAW files"):
+        rawinfo.main(["rawinfo"])
