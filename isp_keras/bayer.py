@@ -63,20 +63,35 @@ def add_noise(raw: tf.Tensor, std: float, seed) -> tf.Tensor:
     return raw + noise
 
 
+def _kernel() -> np.ndarray:
+    return np.stack([_RB_KERNEL, _G_KERNEL, _RB_KERNEL], axis=-1)  # [3, 3, channel]
+
+
+def _border_weights(height: int, width: int, cfa: str) -> np.ndarray:
+    """1 / (kernel mass that falls on existing same-colour samples), per pixel and channel: [H, W, 3].
+
+    It is 1 inside the image; at the borders it renormalises the kernel over the samples that exist."""
+    masks = np.pad(cfa_masks(height, width, cfa), [(1, 1), (1, 1), (0, 0)])
+    k = _kernel()
+    mass = sum(k[dy, dx] * masks[dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3))
+    return (1.0 / mass).astype(np.float32)
+
+
 def infill(raw: tf.Tensor, cfa: str = "RGGB") -> tf.Tensor:
     """Bilinear infill of a mosaic [B, H, W, 1] (or [H, W, 1]) to three channels.
 
-    Mirror padding by one pixel keeps the CFA phase (row -1 mirrors row 1, same parity), so border
-    pixels average the neighbours that exist instead of being darkened by zero padding.
+    A sampled value stays; a missing one is the bilinear average of the same-colour samples around it. At the
+    image border the average is taken over the samples that exist (normalised convolution), so edge rows are
+    neither darkened (zero padding) nor biased towards the inner row (mirror padding).
     """
     squeeze = raw.shape.rank == 3
     if squeeze:
         raw = raw[tf.newaxis]
-    masks = _masks_like(raw, cfa)
-    sparse = raw * masks
-    padded = tf.pad(sparse, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-    kernel = np.stack([_RB_KERNEL, _G_KERNEL, _RB_KERNEL], axis=-1)[..., np.newaxis]
-    out = tf.nn.depthwise_conv2d(padded, tf.constant(kernel, raw.dtype), [1, 1, 1, 1], "VALID")
+    height, width = int(raw.shape[1]), int(raw.shape[2])
+    sparse = raw * _masks_like(raw, cfa)
+    kernel = tf.constant(_kernel()[..., np.newaxis], raw.dtype)
+    out = tf.nn.depthwise_conv2d(sparse, kernel, [1, 1, 1, 1], "SAME")
+    out = out * tf.constant(_border_weights(height, width, cfa), raw.dtype)
     return out[0] if squeeze else out
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from isp_keras import bayer, records
+from isp_keras import bayer, records, sensor
 from isp_keras.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -35,6 +35,7 @@ class Source:
     split_fn: callable = dataclasses.field(repr=False)
     train_split: str = "train"
     test_split: str = "test"
+    notes: list = dataclasses.field(default_factory=list)  # what was converted, cropped or skipped, for the user
 
     def split(self, name: str) -> tf.data.Dataset:
         return self.split_fn(name)
@@ -70,8 +71,70 @@ def _list_folder(root: Path):
     return classes, files, labels
 
 
-def folder_source(path, test_fraction: float = 0.2, seed: int = 0) -> Source:
-    """Class sub-folders; either PATH/{train,test|val}/<class>/... or PATH/<class>/... split by --seed."""
+# What PIL calls the formats tf.io.decode_image reads.
+_DECODABLE = {"JPEG", "MPO", "PNG", "BMP", "GIF"}
+
+
+def _inspect_image(path: str) -> tuple[str | None, str, tuple[int, int]]:
+    """(problem or None, PIL mode, (width, height)) from the file's header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            fmt, mode, size = im.format, im.mode, im.size
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        return f"not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})", "", (0, 0)
+    if fmt not in _DECODABLE:
+        return f"{fmt} data, which the pipeline cannot decode", mode, size
+    if mode == "CMYK":
+        return "a CMYK image (convert it to RGB)", mode, size
+    return None, mode, size
+
+
+def scan_images(files: list, labels: list, where: str, strict: bool) -> tuple[list, list, list]:
+    """Check each image file's header: skip unreadable ones (or stop with --strict) and say what the pipeline
+    will convert (1-channel: channel repeated; alpha: dropped) or crop (odd sizes). Returns (files, labels, notes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(_inspect_image, files))
+    keep_files, keep_labels, bad, gray, alpha, odd = [], [], [], [], [], []
+    for f, y, (problem, mode, (w, h)) in zip(files, labels, found):
+        if problem:
+            if strict:
+                raise UserError(f"{f}: {problem} (--strict stops at unreadable files; without it they are skipped)")
+            bad.append(f"{f}: {problem}")
+            continue
+        keep_files.append(f)
+        keep_labels.append(y)
+        if mode in ("1", "L", "I", "I;16", "F"):
+            gray.append(f)
+        elif mode in ("LA", "RGBA", "PA", "La", "RGBa"):
+            alpha.append(f)
+        if w % 2 or h % 2:
+            odd.append(f"{f} ({w}x{h})")
+    notes = []
+    if bad:
+        notes.append(f"{where}: skipped {len(bad)} unreadable image file(s), e.g. {bad[0]} (--strict stops instead)")
+    if gray:
+        notes.append(f"{where}: converting {len(gray)} 1-channel (grayscale) image(s) to RGB by repeating the "
+                     f"channel, e.g. {gray[0]}")
+    if alpha:
+        notes.append(f"{where}: dropping the alpha channel of {len(alpha)} 4-channel image(s) (RGB kept, not "
+                     f"composited), e.g. {alpha[0]}")
+    if odd:
+        notes.append(f"{where}: {len(odd)} image(s) of odd width or height, e.g. {odd[0]}: the pipeline crops and "
+                     f"resizes every image to the even --image_size, as the 2x2 Bayer pattern needs")
+    for note in notes:
+        logging.warning("%s", note)
+    return keep_files, keep_labels, notes
+
+
+def folder_source(path, test_fraction: float = 0.2, seed: int = 0, strict: bool = False) -> Source:
+    """Class sub-folders; either PATH/{train,test|val}/<class>/... or PATH/<class>/... split by --seed.
+
+    Unreadable files are skipped with a count (or stop the run with `strict`); see `scan_images`.
+    """
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"--dataset=folder:{path}: not a directory")
@@ -91,16 +154,23 @@ def folder_source(path, test_fraction: float = 0.2, seed: int = 0) -> Source:
                  "test": ([files[i] for i in test_idx], [labels[i] for i in test_idx])}
     if len(classes) < 2:
         raise UserError(f"--dataset=folder:{path}: found {len(classes)} class sub-folders; need at least 2")
-    for split, (files, _) in parts.items():
+    notes = []
+    for split, (files, labels) in list(parts.items()):
+        files, labels, split_notes = scan_images(files, labels, f"folder:{path} ({split})", strict)
+        parts[split] = (files, labels)
+        notes += split_notes
         if not files:
-            raise UserError(f"--dataset=folder:{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the {split} split")
+            raise UserError(f"--dataset=folder:{path}: no readable images ({', '.join(IMAGE_EXTENSIONS)}) in the "
+                            f"{split} split")
 
     def split_fn(split):
         files, labels = parts[split]
         ds = tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int32)))
-        return ds.map(lambda f, y: _decode(tf.io.read_file(f), y), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda f, y: _decode(tf.io.read_file(f), y), num_parallel_calls=AUTOTUNE)
+        # A file whose header reads but whose data is corrupt: skipped (TF logs it) unless --strict.
+        return ds if strict else ds.ignore_errors(log_warning=True)
 
-    return Source(f"folder:{path}", classes, {k: len(v[0]) for k, v in parts.items()}, None, split_fn)
+    return Source(f"folder:{path}", classes, {k: len(v[0]) for k, v in parts.items()}, None, split_fn, notes=notes)
 
 
 def tfds_source(name: str, data_dir: str | None = None) -> Source:
@@ -112,6 +182,7 @@ def tfds_source(name: str, data_dir: str | None = None) -> Source:
     except Exception as exc:
         raise UserError(f"--dataset=tfds:{name}: unknown TFDS dataset ({str(exc).splitlines()[0][:160]})") from None
     if not builder.is_prepared():
+        _check_online(f"--dataset=tfds:{name}", builder.data_dir)
         try:
             builder.download_and_prepare()
         except Exception as exc:
@@ -133,8 +204,35 @@ def tfds_source(name: str, data_dir: str | None = None) -> Source:
 
     shape = info.features["image"].shape
     native = shape[0] if shape and shape[0] == shape[1] and shape[0] is not None else None
+    notes = []
+    if shape and shape[-1] in (1, 4):
+        notes.append(f"--dataset=tfds:{name}: {shape[-1]}-channel images; "
+                     + ("repeating the channel to RGB" if shape[-1] == 1 else "dropping the alpha channel (RGB kept)"))
+        logging.warning("%s", notes[-1])
     return Source(f"tfds:{name}", list(info.features["label"].names), {s: info.splits[s].num_examples for s in splits},
-                  native, split_fn, "train", test)
+                  native, split_fn, "train", test, notes=notes)
+
+
+def _check_online(what: str, data_dir, host: str = "storage.googleapis.com", timeout: float = 5.0) -> None:
+    """Fail in seconds, not after TFDS's minutes of retries, when there is no network to download from.
+
+    The name lookup runs in a thread because getaddrinfo ignores socket timeouts."""
+    import concurrent.futures
+    import socket
+
+    def connect():
+        socket.create_connection((host, 443), timeout=timeout).close()
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(connect).result(timeout=timeout)
+    except (OSError, concurrent.futures.TimeoutError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or "timed out"
+        raise UserError(f"{what}: not prepared in {data_dir} and there is no network to download it "
+                        f"({host}: {reason}); prepare it where you are online (`tfds build`) "
+                        f"and copy the data dir") from None
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _as_rgb(image):
@@ -147,15 +245,15 @@ def _as_rgb(image):
     return image
 
 
-def get_source(spec: str, seed: int = 0) -> Source:
-    """`embedded`, `folder:PATH`, `tfds:NAME` or `records:PATH`."""
+def get_source(spec: str, seed: int = 0, strict: bool = False) -> Source:
+    """`embedded`, `folder:PATH`, `tfds:NAME` or `records:PATH`. `strict`: stop at unreadable folder images."""
     if spec == "embedded":
         if not (EMBEDDED_DIR / "index.json").exists():
             raise UserError(f"--dataset=embedded: {EMBEDDED_DIR} is missing; see BUILD_NOTES.md to rebuild it")
         return records_source(EMBEDDED_DIR, name="embedded")
     kind, _, arg = spec.partition(":")
     if kind == "folder" and arg:
-        return folder_source(arg, seed=seed)
+        return folder_source(arg, seed=seed, strict=strict)
     if kind == "tfds" and arg:
         return tfds_source(arg)
     if kind == "records" and arg:
@@ -170,6 +268,33 @@ def _seeds_train(seed: int, ds: tf.data.Dataset) -> tf.data.Dataset:
     """Fresh per-example seeds every epoch, reproducible for a given --seed."""
     rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     return tf.data.Dataset.zip(ds, rand.map(lambda r: tf.stack([tf.constant(seed, tf.int64), r])))
+
+
+def _epochs_from(ds: tf.data.Dataset, cfg: "PipelineConfig", steps_per_epoch: int, start_step: int,
+                 epochs: int) -> tf.data.Dataset:
+    """(example, seed) for whole epochs of steps_per_epoch batches, from global step `start_step` to the end.
+
+    Each epoch's order and per-example seeds are functions of (--seed, epoch index) alone, so a run resumed at
+    any step sees exactly the data an uninterrupted run sees from that step on. (The epochs are chained in
+    Python: Dataset.shuffle cannot take a seed computed inside a tf.data function.)
+    """
+    first_epoch, skip_batches = divmod(start_step, steps_per_epoch)
+    examples = steps_per_epoch * cfg.batch_size
+    parts = [_one_epoch(ds, cfg.seed, cfg.shuffle_buffer, examples, epoch) for epoch in range(first_epoch, epochs)]
+    if not parts:
+        raise ValueError(f"start_step={start_step} is past the last of {epochs} epochs")
+    parts[0] = parts[0].skip(skip_batches * cfg.batch_size)
+    return functools.reduce(tf.data.Dataset.concatenate, parts)
+
+
+def _one_epoch(ds, seed: int, shuffle_buffer: int, examples: int, epoch: int) -> tf.data.Dataset:
+    shuffle_seed = (seed * 1_000_003 + epoch * 7_919 + 1) % (2**31 - 1)
+    ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False).take(examples).enumerate()
+    return ds.map(functools.partial(_epoch_seed, seed, epoch))
+
+
+def _epoch_seed(seed: int, epoch: int, index, example):
+    return example, tf.stack([tf.constant(seed, tf.int64), epoch * 2**32 + index])
 
 
 def _seeds_eval(seed: int, ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -231,6 +356,16 @@ def simulate_raw(rgb, label, noise_seed, *, cfa: str, noise_std: float):
     return raw, rgb, label
 
 
+def raw_simulator(cfg: "PipelineConfig"):
+    """The per-example RAW step chosen by `cfg.sensor`: Gaussian (the paper) or realistic (sensor.py; its noise
+    levels are drawn per image, so `noise_std` does not apply)."""
+    if cfg.sensor == "realistic":
+        return functools.partial(sensor.simulate_raw, cfa=cfg.cfa)
+    if cfg.sensor != "gaussian":
+        raise ValueError(f"unknown sensor {cfg.sensor!r}; expected gaussian or realistic")
+    return functools.partial(simulate_raw, cfa=cfg.cfa, noise_std=cfg.noise_std)
+
+
 # ---------------------------------------------------------------- per-batch functions
 
 
@@ -276,6 +411,7 @@ class PipelineConfig:
     take: int | None = None  # first N examples of the split (after a seeded shuffle for train)
     cache: bool = True  # keep decoded uint8 images in memory (small data sets)
     shuffle_buffer: int = 20000
+    sensor: str = "gaussian"  # or "realistic": sensor.simulate_raw (unprocessing, shot + read noise)
 
 
 def base_examples(source: Source, split: str, cfg: PipelineConfig, training: bool) -> tf.data.Dataset:
@@ -290,25 +426,49 @@ def base_examples(source: Source, split: str, cfg: PipelineConfig, training: boo
 
 
 def build(source: Source, split: str, cfg: PipelineConfig, *, training: bool, norm: Normalisation | None,
-          mode: str = "distill") -> tf.data.Dataset:
-    """The one linear builder: source -> (cache) -> shuffle -> seeds -> RGB crop -> RAW sim -> batch -> inputs."""
+          mode: str = "distill", steps_per_epoch: int | None = None, start_step: int = 0,
+          epochs: int | None = None) -> tf.data.Dataset:
+    """The one linear builder: source -> (cache) -> shuffle -> seeds -> RGB crop -> RAW sim -> batch -> inputs.
+
+    Training with `steps_per_epoch` and `epochs` gives the whole run's batches from global step `start_step` on
+    (resumable: see `_epochs_from`); without them, one pass reshuffled on every iteration.
+    """
     if mode not in ("distill", "rgb", "raw", "mosaic"):
         raise ValueError(f"unknown mode {mode!r}")
     ds = base_examples(source, split, cfg, training)
-    if training:
+    if training and steps_per_epoch and epochs:
+        ds = _epochs_from(ds, cfg, steps_per_epoch, start_step, epochs)
+    elif training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
         ds = _seeds_train(cfg.seed, ds)
     else:
         ds = _seeds_eval(cfg.seed, ds)
     ds = ds.map(functools.partial(prepare_rgb, image_size=cfg.image_size, training=training),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.map(functools.partial(simulate_raw, cfa=cfg.cfa, noise_std=cfg.noise_std),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(raw_simulator(cfg), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(cfg.batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=True)
     if mode != "mosaic":
         ds = ds.map(functools.partial(to_model_inputs, cfa=cfg.cfa, norm=norm, mode=mode),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
+        where = f"{source.name} {split}" + (f", from step {start_step}" if training and epochs else "")
+        ds = ds.enumerate().map(functools.partial(check_finite, where=where, batch_size=cfg.batch_size),
+                                num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)
+
+
+def check_finite(batch_index, batch, *, where: str, batch_size: int):
+    """Fail (naming the batch and the example in pipeline order) if a model input holds NaN/Inf, instead of
+    training a silent NaN model. errors.run_main turns the failure into one line."""
+    inputs, _ = batch
+    rows = [tf.reduce_all(tf.math.is_finite(tf.reshape(x, [tf.shape(x)[0], -1])), axis=1)
+            for x in tf.nest.flatten(inputs)]
+    finite = tf.reduce_all(tf.stack(rows), axis=0)
+    row = tf.argmin(tf.cast(finite, tf.int32), output_type=tf.int64)
+    check = tf.debugging.Assert(tf.reduce_all(finite), [
+        f"isp_keras: {where}: NaN/Inf in the model input at batch", batch_index, "row", row, "= example",
+        batch_index * batch_size + row, "in pipeline order (check the normalisation statistics and that file)"])
+    with tf.control_dependencies([check]):
+        return tf.nest.map_structure(tf.identity, batch)
 
 
 def compute_normalisation(source: Source, cfg: PipelineConfig, max_images: int = 10000,
@@ -332,8 +492,20 @@ def compute_normalisation(source: Source, cfg: PipelineConfig, max_images: int =
     if rgb_mean is None:
         mean = rgb_sum / n
         rgb_mean, rgb_std = mean.tolist(), np.sqrt(np.maximum(rgb_sq / n - mean ** 2, 1e-12)).tolist()
-    return Normalisation([float(v) for v in raw_mean], [float(v) for v in raw_std],
+    norm = Normalisation([float(v) for v in raw_mean], [float(v) for v in raw_std],
                          [float(v) for v in rgb_mean], [float(v) for v in rgb_std], channel_order)
+    return check_normalisation(norm, f"{source.name}: per-site statistics of the training split")
+
+
+def check_normalisation(norm: Normalisation, where: str) -> Normalisation:
+    """Finite statistics with positive standard deviations, or one line naming `where` and the bad value."""
+    for name in ("raw_mean", "raw_std", "rgb_mean", "rgb_std"):
+        values = np.asarray(getattr(norm, name), np.float64)
+        if values.shape != (3,) or not np.all(np.isfinite(values)):
+            raise UserError(f"{where}: {name}={getattr(norm, name)} must be 3 finite numbers")
+        if name.endswith("std") and not np.all(values > 0):
+            raise UserError(f"{where}: {name}={getattr(norm, name)} must be > 0 (constant input images?)")
+    return norm
 
 
 def save_normalisation(path, norm: Normalisation) -> None:
@@ -344,9 +516,10 @@ def save_normalisation(path, norm: Normalisation) -> None:
 
 def load_normalisation(path) -> Normalisation:
     try:
-        return Normalisation(**json.loads(Path(path).read_text()))
+        norm = Normalisation(**json.loads(Path(path).read_text()))
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"{path}: not a normalisation file ({exc})") from None
+    return check_normalisation(norm, str(path))
 
 
 def log_source(source: Source) -> None:
