@@ -18,6 +18,7 @@ class TrainConfig:
     hard_labels: str = "gt"
     noise_std: float = 0.1
     cfa: str = "RGGB"
+    sensor: str = "gaussian"
     seed: int = 0
     epochs: int = 3
     batch_size: int = 128
@@ -45,6 +46,8 @@ class TrainConfig:
         if self.cfa.upper() not in bayer.CFA_PATTERNS:
             raise UserError(f"--cfa={self.cfa}: must be one of {', '.join(bayer.CFA_PATTERNS)}")
         self.cfa = self.cfa.upper()
+        if self.sensor not in ("gaussian", "realistic"):
+            raise UserError(f"--sensor={self.sensor}: must be gaussian or realistic")
         if self.hard_labels not in ("gt", "teacher"):
             raise UserError(f"--hard_labels={self.hard_labels}: must be gt or teacher")
         if self.epochs < 1 or self.batch_size < 1:

@@ -80,7 +80,8 @@ def setup(cfg: TrainConfig, norm: datasets.Normalisation | None = None) -> Setup
                         spec.classes, source.classes)
     models.freeze(teacher)
     pipeline = datasets.PipelineConfig(image_size=image_size, batch_size=cfg.batch_size, cfa=cfg.cfa,
-                                       noise_std=cfg.noise_std, seed=cfg.seed, take=cfg.train_take)
+                                       noise_std=cfg.noise_std, seed=cfg.seed, take=cfg.train_take,
+                                       sensor=cfg.sensor)
     if norm is None:
         if spec is None:
             logging.warning("%s has no sidecar JSON; teacher RGB statistics are computed from the data", cfg.teacher)

@@ -23,6 +23,8 @@ def define_train_flags(flag_values: flags.FlagValues | None = None) -> None:
                       **fv)
     flags.DEFINE_float("noise_std", _D.noise_std, "Gaussian noise std added to the [0,1] mosaic.", **fv)
     flags.DEFINE_enum("cfa", _D.cfa, list(bayer.CFA_PATTERNS), "Bayer CFA pattern.", **fv)
+    flags.DEFINE_enum("sensor", _D.sensor, ["gaussian", "realistic"],
+                      "RAW simulator: gaussian (--noise_std) or realistic (unprocessing + shot/read noise).", **fv)
     flags.DEFINE_integer("seed", _D.seed, "Seed (data order, augmentation, noise, initialisation).", **fv)
     flags.DEFINE_integer("epochs", _D.epochs, "Training epochs per student.", **fv)
     flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size.", **fv)
