@@ -22,11 +22,46 @@ def run_main(main):
         try:
             return main(argv)
         except UserError as exc:
-            _fail(str(exc))
+            _fail(str(exc), code=getattr(exc, "exit_code", 2))
+        except Exception as exc:
+            message = data_error_message(exc) or disk_error_message(exc)
+            if message is None:
+                raise
+            _fail(message)
         except KeyboardInterrupt:
             _fail("interrupted; the last complete checkpoint is kept", code=130)
 
     return wrapper
+
+
+# TensorFlow errors that mean bad input data rather than a bug: they get one line too.
+_DATA_ERRORS = ("isp_keras:", "Invalid JPEG data", "Invalid PNG data", "Unknown image file format", "corrupted record",
+                "truncated record", "Input is empty")
+
+
+def data_error_message(exc: BaseException) -> str | None:
+    """One line for a tf.errors.OpError raised by bad input data inside a tf.data pipeline, else None."""
+    if not type(exc).__module__.startswith("tensorflow") or not hasattr(exc, "message"):
+        return None
+    text = " ".join(str(exc.message).split())
+    if not any(key in text for key in _DATA_ERRORS):
+        return None
+    if "isp_keras:" in text:  # our own tf.debugging.Assert: "assertion failed: [isp_keras: ...] [12] ..."
+        text = text[text.index("isp_keras:") + len("isp_keras:"):]
+        text = text.split("[[", 1)[0].replace("] [", " ").replace("[", "").replace("]", "")
+    else:
+        text = "data pipeline: " + text.split("[[", 1)[0]
+    return text.strip()
+
+
+def disk_error_message(exc: BaseException) -> str | None:
+    """One line for a full, read-only or forbidden disk (errors a user fixes, not bugs), else None."""
+    import errno
+
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 def _fail(message: str, code: int = 2) -> None:
