@@ -302,13 +302,13 @@ def _seeds_eval(seed: int, ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.enumerate().map(lambda i, ex: (ex, tf.stack([tf.constant(seed, tf.int64) + 7919, i])))
 
 
-def prepare_rgb(example, seed, *, image_size: int, training: bool):
-    """uint8 image -> float32 [0,1] RGB of image_size x image_size (augmented when training)."""
+def prepare_rgb(example, seed, *, image_size: int, training: bool, augment: bool = True):
+    """uint8 image -> float32 [0,1] RGB of image_size x image_size (augmented when training and `augment`)."""
     image, label = example
     crop_seed, flip_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     image = tf.image.convert_image_dtype(image, tf.float32)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
-    if training:
+    if training and augment:
         is_native = tf.logical_and(tf.equal(h, image_size), tf.equal(w, image_size))
         image = tf.cond(is_native,
                         lambda: _pad_crop(image, image_size, crop_seed),
@@ -394,6 +394,9 @@ def teacher_input(rgb, *, norm: Normalisation):
 
 
 def to_model_inputs(raw, rgb, label, *, cfa: str, norm: Normalisation, mode: str):
+    if mode == "cached":  # label carries (label, precomputed teacher logits): they replace the teacher input
+        label, logits = label
+        return (student_input(raw, cfa=cfa, norm=norm), logits), label
     if mode == "rgb":
         return teacher_input(rgb, norm=norm), label
     if mode == "raw":
@@ -412,11 +415,19 @@ class PipelineConfig:
     cache: bool = True  # keep decoded uint8 images in memory (small data sets)
     shuffle_buffer: int = 20000
     sensor: str = "gaussian"  # or "realistic": sensor.simulate_raw (unprocessing, shot + read noise)
+    augment: bool = True  # random crop + flip of the training RGB; off: the teacher input is deterministic
 
 
-def base_examples(source: Source, split: str, cfg: PipelineConfig, training: bool) -> tf.data.Dataset:
-    """Decoded (image, label) of a split, optionally cut to `take` examples drawn at random (seeded)."""
+def base_examples(source: Source, split: str, cfg: PipelineConfig, training: bool,
+                  teacher_logits=None) -> tf.data.Dataset:
+    """Decoded (image, label) of a split, optionally cut to `take` examples drawn at random (seeded).
+
+    `teacher_logits` ([N, classes], row i for the split's i-th example): examples become (image, (label, logits)).
+    """
     ds = source.split(split)
+    if teacher_logits is not None:
+        logits = tf.data.Dataset.from_tensor_slices(np.asarray(teacher_logits, np.float32))
+        ds = tf.data.Dataset.zip(ds, logits).map(_with_logits)
     if cfg.take:
         # The embedded set and records are shuffled at build time, so the first N span all classes.
         ds = ds.take(cfg.take)
@@ -425,17 +436,32 @@ def base_examples(source: Source, split: str, cfg: PipelineConfig, training: boo
     return ds
 
 
+def _with_logits(example, logits):
+    image, label = example
+    return image, (label, logits)
+
+
 def build(source: Source, split: str, cfg: PipelineConfig, *, training: bool, norm: Normalisation | None,
           mode: str = "distill", steps_per_epoch: int | None = None, start_step: int = 0,
-          epochs: int | None = None) -> tf.data.Dataset:
+          epochs: int | None = None, teacher_logits=None) -> tf.data.Dataset:
     """The one linear builder: source -> (cache) -> shuffle -> seeds -> RGB crop -> RAW sim -> batch -> inputs.
+
+    `teacher_logits` (see `base_examples`; needs `cfg.augment=False` when training): batches are
+    ((student_input, teacher_logits), label) for a Distiller with `cached_logits=True`.
 
     Training with `steps_per_epoch` and `epochs` gives the whole run's batches from global step `start_step` on
     (resumable: see `_epochs_from`); without them, one pass reshuffled on every iteration.
     """
     if mode not in ("distill", "rgb", "raw", "mosaic"):
         raise ValueError(f"unknown mode {mode!r}")
-    ds = base_examples(source, split, cfg, training)
+    if teacher_logits is not None:
+        if mode != "distill":
+            raise ValueError(f"teacher_logits need mode='distill', got {mode!r}")
+        if training and cfg.augment:
+            raise UserError("cached teacher logits need a deterministic teacher input, but random RGB augmentation "
+                            "is on: pass --noaugment with --cached_logits")
+        mode = "cached"
+    ds = base_examples(source, split, cfg, training, teacher_logits)
     if training and steps_per_epoch and epochs:
         ds = _epochs_from(ds, cfg, steps_per_epoch, start_step, epochs)
     elif training:
@@ -443,7 +469,7 @@ def build(source: Source, split: str, cfg: PipelineConfig, *, training: bool, no
         ds = _seeds_train(cfg.seed, ds)
     else:
         ds = _seeds_eval(cfg.seed, ds)
-    ds = ds.map(functools.partial(prepare_rgb, image_size=cfg.image_size, training=training),
+    ds = ds.map(functools.partial(prepare_rgb, image_size=cfg.image_size, training=training, augment=cfg.augment),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.map(raw_simulator(cfg), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(cfg.batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=True)
