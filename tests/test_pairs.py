@@ -1,0 +1,218 @@
+"""pairs: RAW/RGB alignment, manifests and the HDR+ layouts, group split, the patch cache (skip/strict/atomic/reuse)
+and the synthetic HDR+-like bursts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from isp_keras import models, pairs, rawio
+from isp_keras.errors import UserError
+
+
+def _position_pair(tmp_path, h=30, w=40, file_cfa="GRBG"):
+    """A DNG whose value is 1 + 100*row + col and a PNG whose (R, G) = (row, col): content identifies position."""
+    mosaic = (1 + 100 * np.arange(h)[:, None] + np.arange(w)[None, :]).astype(np.uint16)
+    rawio.write_dng(tmp_path / "pos.dng", mosaic, file_cfa, black_level=0, white_level=65535)
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[..., 0] = np.arange(h)[:, None]
+    rgb[..., 1] = np.arange(w)[None, :]
+    Image.fromarray(rgb).save(tmp_path / "pos.png")
+    return pairs.Pair(str(tmp_path / "pos.dng"), str(tmp_path / "pos.png"), "g")
+
+
+@pytest.mark.parametrize("file_cfa", ["RGGB", "GRBG", "GBRG", "BGGR"])
+def test_raw_and_rgb_patches_stay_aligned(tmp_path, file_cfa):
+    pair = _position_pair(tmp_path, file_cfa=file_cfa)
+    mosaic, rgb = pairs.aligned_pair(pair, "RGGB")
+    raws, rgbs, spots = pairs.cut_patches(mosaic, rgb, 8)
+    assert len(raws) == (mosaic.shape[0] // 8) * (mosaic.shape[1] // 8) and len(raws) >= 9
+    for raw, rgb_patch in zip(raws, rgbs):
+        code = np.round(raw * 65535).astype(np.int64) - 1
+        np.testing.assert_array_equal(code // 100, rgb_patch[..., 0])
+        np.testing.assert_array_equal(code % 100, rgb_patch[..., 1])
+    first_row, first_col = int(rgbs[0][0, 0, 0]), int(rgbs[0][0, 0, 1])
+    assert (first_row, first_col) == rawio.cfa_offset(file_cfa, "RGGB")
+
+
+def test_geometry_mismatch_names_both_files(tmp_path):
+    pair = _position_pair(tmp_path)
+    Image.fromarray(np.zeros((30, 38, 3), np.uint8)).save(tmp_path / "pos.png")
+    with pytest.raises(UserError, match=r"pos\.png: RGB is 38x30 but the RAW .*pos\.dng has a visible area of 40x30"):
+        pairs.aligned_pair(pair, "RGGB")
+
+
+def test_split_groups_is_seeded_and_disjoint():
+    groups = [f"b{i}" for i in range(50)]
+    test = pairs.split_groups(groups * 3, 0.2, seed=1)
+    assert len(test) == 10 and test <= set(groups)
+    assert test == pairs.split_groups(groups, 0.2, seed=1)
+    assert test != pairs.split_groups(groups, 0.2, seed=2)
+    assert len(pairs.split_groups(["a", "b"], 0.2, 0)) == 1  # never an empty test split with two groups
+
+
+def test_manifest_and_hdrplus_layouts(tmp_path):
+    (tmp_path / "m.csv").write_text("raw,rgb,group\nx/a.dng,x/a.jpg,s1\nb.dng,b.jpg,s2\n")
+    listed = pairs.pairs_from_csv(tmp_path / "m.csv")
+    assert listed[0] == pairs.Pair(str(tmp_path / "x/a.dng"), str(tmp_path / "x/a.jpg"), "s1")
+    (tmp_path / "bad.csv").write_text("file,label\n")
+    with pytest.raises(UserError, match="bad.csv: the manifest needs a header raw,rgb,group"):
+        pairs.pairs_from_csv(tmp_path / "bad.csv")
+    # The published dataset's layout: bursts/<id>/payload + reference_frame.txt, results_*/<id>/merged + final.
+    root = tmp_path / "hdrplus"
+    for burst, ref in (("0001_a", "2"), ("0002_b", "7")):
+        (root / "bursts" / burst).mkdir(parents=True)
+        (root / "results_20171023" / burst).mkdir(parents=True)
+        for k in range(3):
+            (root / "bursts" / burst / f"payload_N{k:03d}.dng").write_bytes(b"")
+        (root / "bursts" / burst / "reference_frame.txt").write_text(ref + "\n")
+    merged = pairs.pairs_from_hdrplus(root, "merged")
+    assert [p.raw for p in merged] == [str(root / "results_20171023" / b / "merged.dng") for b in ("0001_a", "0002_b")]
+    assert merged[0].rgb == str(root / "results_20171023" / "0001_a" / "final.jpg") and merged[0].group == "0001_a"
+    short = pairs.pairs_from_hdrplus(root, "short")
+    assert short[0].raw == str(root / "bursts" / "0001_a" / "payload_N002.dng") and short[0].problem is None
+    assert "frame 7 but the burst has 3 payload frames" in short[1].problem
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no burst folders"):
+        pairs.pairs_from_hdrplus(tmp_path / "empty")
+
+
+@pytest.fixture(scope="module")
+def bursts(tmp_path_factory):
+    """Six synthetic bursts of 2x2 embedded images (64x64 frames, RGGB)."""
+    root = tmp_path_factory.mktemp("bursts") / "hdrplus"
+    images, labels = pairs.embedded_images("test", 24)
+    assert pairs.synthesize_bursts(root, images, labels, tiles=2, frames=2, seed=3, progress=False) == 6
+    return root
+
+
+def test_synthetic_bursts_have_real_headers(bursts):
+    burst = bursts / "burst_00000"
+    assert sorted(p.name for p in burst.iterdir()) == ["final.jpg", "merged.dng", "payload_N000.dng",
+                                                       "payload_N001.dng", "reference_frame.txt"]
+    merged = rawio.read_raw(burst / "merged.dng")
+    short = rawio.read_raw(burst / "payload_N000.dng")
+    assert merged.white_level == 4095 and merged.black_level == [256.0] * 4 and merged.mosaic.shape == (64, 64)
+    assert short.white_level == 1023 and short.black_level == [64.0] * 4
+    assert merged.wb_gains[0] > 1.5 and merged.wb_gains[2] > 1.2  # the inverse of the random WB in the file
+    assert short.mosaic.mean() < 0.5 * merged.mosaic.mean()  # the short exposure is darker
+    final = np.asarray(Image.open(burst / "final.jpg"))
+    assert final.shape == (64, 64, 3)
+    assert (bursts / "labels.csv").read_text().splitlines()[1] == f"burst_00000,0,{_first_label()}"
+
+
+def _first_label():
+    return int(pairs.embedded_images("test", 1)[1][0])
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """An untrained resnet_tiny (+ sidecar): labelling needs a teacher, not a good one (and this one costs 1 s)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.keras"
+    models.build("resnet_tiny", 10, 32).save(path)
+    models.write_spec(path, models.TeacherSpec(32, 10, [0.5] * 3, [0.25] * 3, classes=[str(i) for i in range(10)]))
+    return path
+
+
+def _probs(cache, split):
+    files = [str(cache / f) for f in pairs.read_index(cache)["splits"][split]["files"]]
+    return [tf.train.Example.FromString(r.numpy()).features.feature["prob"].float_list.value[0]
+            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def _teacher(path):
+    teacher, spec = models.load_teacher(str(path))
+    return models.freeze(teacher), spec
+
+
+def _build(bursts, out, teacher_path, **kw):
+    teacher, spec = _teacher(teacher_path)
+    cfg = pairs.BuildConfig(pairs=f"hdrplus:{bursts}", out=str(out), patch_size=32, **kw)
+    return pairs.build_cache(cfg, teacher, spec, str(teacher_path), progress=False)
+
+
+def test_cache_contents_split_and_filter(bursts, tmp_path, tiny_teacher):
+    index = _build(bursts, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.0, seed=0)
+    assert index["pairs"] == 6 and index["skipped"]["count"] == 0
+    counts = {s: v["count"] for s, v in index["splits"].items()}
+    assert counts["train"] + counts["test"] == 6 * 4
+    test_groups = set(index["test_groups"])
+    assert len(test_groups) == 1  # round(6 * 0.2)
+    seen = {"train": set(), "test": set()}
+    for split in ("train", "test"):
+        files = [str(tmp_path / "cache" / f) for f in index["splits"][split]["files"]]
+        for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            ex = tf.train.Example.FromString(rec.numpy()).features.feature
+            seen[split].add(ex["group"].bytes_list.value[0].decode())
+    assert seen["test"] == test_groups and not (seen["train"] & test_groups)
+    # The cached patches are exactly the aligned patches of the files.
+    first = sorted(seen["train"])[0]
+    mosaic, rgb = pairs.aligned_pair(pairs.Pair(str(bursts / first / "merged.dng"), str(bursts / first / "final.jpg"),
+                                                first), "RGGB")
+    raws, rgbs, _ = pairs.cut_patches(mosaic, rgb, 32)
+    cached = [(r.numpy(), c.numpy()) for r, c, _ in pairs.dataset(tmp_path / "cache", "train")]
+    assert any(np.array_equal(r[..., 0], raws[0]) and np.array_equal(np.round(c * 255).astype(np.uint8), rgbs[0])
+               for r, c in cached)
+    np.testing.assert_allclose(index["raw_stats"]["mean"][1],
+                               np.mean([r[..., 0][np.tile([[False, True], [True, False]], (16, 16))].mean()
+                                        for r, _ in cached]), rtol=1e-4)
+    # A confidence threshold only ever removes test patches.
+    probs = sorted(_probs(tmp_path / "cache", "test"))
+    threshold = (probs[0] + probs[-1]) / 2
+    assert probs[0] < threshold < probs[-1]
+    strict_index = _build(bursts, tmp_path / "cache_hi", tiny_teacher, min_teacher_prob=threshold, seed=0)
+    assert strict_index["splits"]["train"]["count"] == counts["train"]
+    kept = _probs(tmp_path / "cache_hi", "test")
+    assert kept and min(kept) > threshold and len(kept) == sum(p > threshold for p in probs)
+    assert strict_index["test_dropped_low_prob"] == counts["test"] - len(kept)
+
+
+def test_bad_file_is_skipped_or_stops_with_strict(bursts, tmp_path, tiny_teacher, monkeypatch):
+    root = tmp_path / "hdrplus"
+    shutil.copytree(bursts, root)
+    (root / "burst_00002" / "merged.dng").write_bytes(b"II*\x00garbage")
+    warnings = []
+    monkeypatch.setattr(pairs.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+    index = _build(root, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.0)
+    assert index["skipped"]["count"] == 1 and index["pairs_read"] == 5
+    assert index["skipped"]["files"][0]["raw"].endswith("burst_00002/merged.dng")
+    assert any("burst_00002" in w and "merged.dng" in w for w in warnings)
+    assert json.loads((tmp_path / "cache" / "index.json").read_text())["skipped"]["count"] == 1
+
+    with pytest.raises(UserError, match=r"burst_00002/merged\.dng: .*--strict"):
+        _build(root, tmp_path / "strict_cache", tiny_teacher, min_teacher_prob=0.0, strict=True)
+    assert not (tmp_path / "strict_cache").exists() and not (tmp_path / ".strict_cache.partial").exists()
+
+
+def test_cache_is_reused_and_never_half_written(bursts, tmp_path, tiny_teacher, monkeypatch):
+    first = _build(bursts, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.0)
+
+    def no_decoding(*a, **k):
+        raise AssertionError("the cache should have been reused")
+
+    with monkeypatch.context() as m:
+        m.setattr(pairs.rawio, "read_raw", no_decoding)
+        assert _build(bursts, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.0) == first
+
+    calls = {"n": 0}
+    real_cut = pairs.cut_patches
+
+    def crash_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed mid-build")
+        return real_cut(*a, **k)
+
+    monkeypatch.setattr(pairs, "cut_patches", crash_on_third)
+    with pytest.raises(RuntimeError):  # a different setting: a rebuild that dies halfway
+        _build(bursts, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.01)
+    assert not (tmp_path / ".cache.partial").exists()
+    assert pairs.read_index(tmp_path / "cache") == first  # the complete old cache is untouched
