@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from isp_keras import bayer
 from isp_keras.errors import UserError
@@ -32,11 +33,18 @@ class TrainConfig:
     strategy: str = "default"
     overwrite: bool = False
     strict: bool = False
+    checkpoint_steps: int = 0
+    checkpoint_epochs: int = 1
     finetune_first: int | None = None
     cached_logits: bool = False
     data_service: str = ""
 
     def validate(self) -> "TrainConfig":
+        for name in ("alpha", "temperature", "noise_std", "lr", "weight_decay", "warmup_epochs"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"--{name}={getattr(self, name)}: must be a finite number")
+        if self.checkpoint_steps < 0 or self.checkpoint_epochs < 1:
+            raise UserError("--checkpoint_steps must be >= 0 and --checkpoint_epochs >= 1")
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"--alpha={self.alpha}: must be in [0, 1]")
         if self.temperature <= 0:

@@ -31,8 +31,10 @@ class Setup:
     norm: datasets.Normalisation
     pipeline: datasets.PipelineConfig
 
-    def train_ds(self):
-        return datasets.build(self.source, self.source.train_split, self.pipeline, training=True, norm=self.norm)
+    def train_ds(self, start_step: int = 0):
+        """The run's batches from global step `start_step` on (the same data a run that never stopped sees)."""
+        return datasets.build(self.source, self.source.train_split, self.pipeline, training=True, norm=self.norm,
+                              steps_per_epoch=self.steps_per_epoch(), start_step=start_step, epochs=self.cfg.epochs)
 
     def test_ds(self):
         cfg = dataclasses.replace(self.pipeline, take=self.cfg.test_take, batch_size=max(self.pipeline.batch_size, 256))
@@ -62,12 +64,44 @@ def prepare_run_dir(run_dir, overwrite: bool) -> Path:
         raise UserError(f"{run_dir}: cannot write the run directory ({exc.strerror or exc})") from None
     if overwrite and (run_dir / RESULTS).exists():
         (run_dir / RESULTS).unlink()
+    if overwrite and training.clear_checkpoints(run_dir):
+        logging.info("%s: --overwrite: starting over, old checkpoints removed", run_dir)
     return run_dir
+
+
+# Flags that may change between a run and its resumption; any other difference would mix two experiments.
+RESUME_MAY_DIFFER = ("model_dir", "overwrite", "strict", "test_take", "strategy", "checkpoint_steps",
+                     "checkpoint_epochs", "data_service")
+
+
+def resume_normalisation(run_dir, cfg: TrainConfig) -> datasets.Normalisation | None:
+    """For a run directory holding a checkpoint: the statistics it was trained with (from config.json), after
+    checking the flags match the interrupted run's. None when there is nothing to resume."""
+    run_dir = Path(run_dir)
+    if not any(True for _ in run_dir.rglob(training.STATE_NAME)) or not (run_dir / "config.json").exists():
+        return None
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except ValueError as exc:
+        raise UserError(f"{run_dir / 'config.json'}: unreadable ({exc}); pass --overwrite to start over") from None
+    old, new = saved.get("config", {}), cfg.to_json()
+    changed = [k for k in old if k in new and k not in RESUME_MAY_DIFFER and old[k] != new[k]]
+    if changed:
+        k = changed[0]
+        raise UserError(f"{run_dir}: holds an unfinished run with --{k}={old[k]} (now {new[k]}); rerun with the "
+                        f"same flags to resume, or pass --overwrite to start over")
+    if "normalisation" not in saved:
+        return None
+    try:
+        norm = datasets.Normalisation(**saved["normalisation"])
+    except TypeError as exc:
+        raise UserError(f"{run_dir / 'config.json'}: bad normalisation ({exc})") from None
+    return datasets.check_normalisation(norm, str(run_dir / "config.json"))
 
 
 def setup(cfg: TrainConfig, norm: datasets.Normalisation | None = None) -> Setup:
     """Load data and teacher, check they fit each other, compute (or reuse) the normalisation statistics."""
-    source = datasets.get_source(cfg.dataset, seed=cfg.seed)
+    source = datasets.get_source(cfg.dataset, seed=cfg.seed, strict=cfg.strict)
     teacher, spec = models.load_teacher(cfg.teacher)
     image_size = cfg.image_size or (spec.image_size if spec else models.input_size(teacher)[0])
     if image_size is None:
@@ -128,7 +162,7 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
             distiller.load_optimizer_state(optimizer, student.trainable_variables,
                                            Path(state["path"]) / "optimizer.npz")
             logging.info("resuming %s after epoch %d from %s", name, state["epochs_done"], state["path"])
-    initial_epoch = state["epochs_done"] if state else 0
+    start_step = int(state.get("step", state["epochs_done"] * steps)) if state else 0
     logging.info("%s: training %d layers of %d for %d epochs x %d steps", name, len(trainable),
                  len(student.layers), cfg.epochs, steps)
 
@@ -137,15 +171,26 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
         distiller.save_optimizer_state(optimizer, folder / "optimizer.npz")
 
     nan_guard = training.StopOnNaN()
-    checkpoint = training.AtomicCheckpoint(run_dir, save)
-    if initial_epoch < cfg.epochs:
-        model.fit(s.train_ds(), epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, verbose=verbose,
-                  callbacks=[checkpoint, nan_guard, keras.callbacks.TensorBoard(str(run_dir / "logs"))])
+    checkpoint = training.AtomicCheckpoint(run_dir, save, steps_per_epoch=steps, every_steps=cfg.checkpoint_steps,
+                                           every_epochs=cfg.checkpoint_epochs)
+    callbacks = [checkpoint, nan_guard, keras.callbacks.TensorBoard(str(run_dir / "logs"))]
+    epoch, done_in_epoch = divmod(start_step, steps)
+    if done_in_epoch and epoch < cfg.epochs:  # resumed mid-epoch: finish that epoch, then whole ones
+        model.fit(s.train_ds(start_step), epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps - done_in_epoch,
+                  verbose=verbose, callbacks=callbacks)
+        epoch += 1
+    if epoch < cfg.epochs and nan_guard.bad_step is None and not checkpoint.terminated:
+        model.fit(s.train_ds(epoch * steps), epochs=cfg.epochs, initial_epoch=epoch, steps_per_epoch=steps,
+                  verbose=verbose, callbacks=callbacks)
     if nan_guard.bad_step is not None:
-        raise UserError(f"{name}: the loss became NaN/Inf at step {nan_guard.bad_step} of this run; the last good "
-                        f"checkpoint is kept in {run_dir} (lower --lr?)")
+        kept = training.read_checkpoint_state(run_dir)
+        kept = f"the last good checkpoint ({kept['folder']}) is kept" if kept else "no checkpoint had been saved yet"
+        raise UserError(f"{name}: the loss became NaN/Inf at step {nan_guard.bad_step}; training stopped and {kept} "
+                        f"in {run_dir} (lower --lr?)")
     if checkpoint.terminated:
-        raise UserError(f"{name}: stopped by SIGTERM; rerun the same command to resume from the last checkpoint")
+        raise training.Stopped(f"{name}: stopped by signal {checkpoint.signal} at step {checkpoint.saved_step}, "
+                               f"checkpoint saved in {run_dir}; rerun the same command to resume",
+                               checkpoint.signal)
     metrics = distiller.evaluate(s.test_ds(), s.teacher, student, on="student")
     return _row(name, metrics), student
 
@@ -164,8 +209,12 @@ def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
     plain = keras.models.clone_model(student)  # drops optimizer state and sync-BN flags from training
     plain.set_weights(student.get_weights())
     plain.trainable = True
-    plain.save(tmp)
-    os.replace(tmp, path)
+    try:
+        plain.save(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise fsutil.write_error(path, exc) from exc
     fsutil.write_json_atomic(run_dir / "student.json", {
         "cfa": s.cfg.cfa, "noise_std": s.cfg.noise_std, "image_size": s.pipeline.image_size,
         "classes": list(s.source.classes), "normalisation": s.norm.to_json(), "teacher": s.cfg.teacher})

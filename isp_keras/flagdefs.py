@@ -39,3 +39,7 @@ def define_train_flags(flag_values: flags.FlagValues | None = None) -> None:
     flags.DEFINE_integer("cpu_replicas", 2, "Logical CPU devices for --strategy=mirrored without GPUs.", **fv)
     flags.DEFINE_boolean("overwrite", False, "Replace a finished run in --model_dir.", **fv)
     flags.DEFINE_boolean("strict", False, "Stop at the first unreadable input instead of skipping it.", **fv)
+    flags.DEFINE_integer("checkpoint_steps", _D.checkpoint_steps,
+                         "Also checkpoint every N optimizer steps (0: only at epoch ends and on SIGTERM/Ctrl-C).", **fv)
+    flags.DEFINE_integer("checkpoint_epochs", _D.checkpoint_epochs, "Checkpoint every N epochs (and after the last).",
+                         **fv)

@@ -27,7 +27,7 @@ def default_model_dir(cfg: config.TrainConfig) -> str:
 def run(cfg: config.TrainConfig) -> dict:
     start = time.time()
     run_dir = experiment.prepare_run_dir(cfg.model_dir, cfg.overwrite)
-    s = experiment.setup(cfg)
+    s = experiment.setup(cfg, norm=experiment.resume_normalisation(run_dir, cfg))
     experiment.write_config(run_dir, cfg, s)
     experiment.log_image_panel(run_dir, s)
     rows = experiment.baseline_rows(s)
