@@ -319,9 +319,7 @@ def _units(model: keras.Model) -> list[set]:
     groups: dict[str, set] = {}
     order: list[str] = []
     for layer in model.layers:
-        key = layer.name.split("_")[0]
-        if key in ("stem", "image"):
-            key = "__stem"
+        key = _unit_key(layer.name)
         if key not in groups:
             groups[key] = set()
             order.append(key)
@@ -332,6 +330,20 @@ def _units(model: keras.Model) -> list[set]:
     units = [groups[k] for k in body]
     units[0] = units[0] | groups.get("__stem", set())
     return units
+
+
+def _unit_key(name: str) -> str:
+    """The stage/block a layer belongs to. Besides this project's names (`stage2_block1_conv1`, `block3_dw`), knows
+    keras.applications.MobileNetV2's: stem `Conv1`/`bn_Conv1`/`Conv1_relu`, first block `expanded_conv_*`, then
+    `block_<n>_*`, so its ablation counts the same 17 blocks as ours."""
+    parts = name.split("_")
+    if parts[0] in ("stem", "image", "Conv1") or name == "bn_Conv1":
+        return "__stem"
+    if name.startswith("expanded_conv"):
+        return "block0"
+    if parts[0] == "block" and len(parts) > 1 and parts[1].isdigit():
+        return f"block{parts[1]}"
+    return parts[0]
 
 
 def param_count(model: keras.Model) -> int:

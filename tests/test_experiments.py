@@ -186,6 +186,16 @@ def test_ablation_freezes_what_it_says(tiny_teacher, tmp_path):
     assert not np.array_equal(start["stage2_block1_conv2/kernel"], everything["stage2_block1_conv2/kernel"])
 
 
+def test_mobilenetv2_ablation_counts_17_blocks(monkeypatch):
+    """keras.applications.MobileNetV2 names its blocks block_<n>_*; the ablation must see 17 of them, not one."""
+    monkeypatch.chdir(REPO)
+    common.plan_text(parse("ablation", "--flagfile=flags/imagenet_mobilenetv2_ablation.flags", "--finetune_ks=2,17",
+                           "--dry_run"))
+    with pytest.raises(UserError, match="k=18 but the model has 17 stages/blocks"):
+        common.plan_text(parse("ablation", "--flagfile=flags/imagenet_mobilenetv2_ablation.flags",
+                               "--finetune_ks=18", "--dry_run"))
+
+
 def test_ablation_rejects_k_beyond_the_model(tiny_teacher, tmp_path):
     with pytest.raises(UserError, match="--finetune_ks=3: k=3 but the model has 2 stages/blocks"):
         ablation.run(parse("ablation", *tiny_argv(tiny_teacher, tmp_path / "bad", "--finetune_ks=1,3")))
