@@ -422,11 +422,13 @@ def base_examples(source: Source, split: str, cfg: PipelineConfig, training: boo
                   teacher_logits=None) -> tf.data.Dataset:
     """Decoded (image, label) of a split, optionally cut to `take` examples drawn at random (seeded).
 
-    `teacher_logits` ([N, classes], row i for the split's i-th example): examples become (image, (label, logits)).
+    `teacher_logits` ([N, classes] array, or a dataset of such rows; row i for the split's i-th example):
+    examples become (image, (label, logits)).
     """
     ds = source.split(split)
     if teacher_logits is not None:
-        logits = tf.data.Dataset.from_tensor_slices(np.asarray(teacher_logits, np.float32))
+        logits = (teacher_logits if isinstance(teacher_logits, tf.data.Dataset)
+                  else tf.data.Dataset.from_tensor_slices(np.asarray(teacher_logits, np.float32)))
         ds = tf.data.Dataset.zip(ds, logits).map(_with_logits)
     if cfg.take:
         # The embedded set and records are shuffled at build time, so the first N span all classes.
