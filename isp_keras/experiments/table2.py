@@ -139,35 +139,48 @@ def markdown(rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def define_flags() -> None:
-    flagdefs.define_train_flags()
-    flags.DEFINE_string("pairs", None, "csv:FILE (header raw,rgb,group) or hdrplus:DIR (see isp_keras/pairs.py).")
-    flags.DEFINE_list("modes", ["merged", "short"], "RAW inputs: merged and/or short (the reference frame).")
-    flags.DEFINE_integer("patch_size", 256, "Side of the aligned non-overlapping patches (even).")
-    flags.DEFINE_float("min_teacher_prob", 0.8, "Test patches kept only if the teacher's top probability exceeds this.")
-    flags.DEFINE_float("test_fraction", 0.2, "Fraction of groups (bursts) in the test split.")
-    flags.DEFINE_string("cache_dir", None, "Patch caches (default: <model_dir>/cache/<mode>).")
+def define_flags(flag_values: flags.FlagValues | None = None) -> None:
+    """The shared training flags plus Table 2's own, in `flag_values` (default: the global FLAGS)."""
+    flagdefs.define_train_flags(flag_values)
+    fv = dict(flag_values=flag_values if flag_values is not None else FLAGS)
+    flags.DEFINE_string("pairs", None, "csv:FILE (header raw,rgb,group) or hdrplus:DIR (see isp_keras/pairs.py).", **fv)
+    flags.DEFINE_list("modes", ["merged", "short"], "RAW inputs: merged and/or short (the burst's reference frame).",
+                      **fv)
+    flags.DEFINE_integer("patch_size", 256, "Side of the aligned non-overlapping patches (even).", **fv)
+    flags.DEFINE_float("min_teacher_prob", 0.8, "Test patches kept only if the teacher's top probability exceeds this.",
+                       **fv)
+    flags.DEFINE_float("test_fraction", 0.2, "Fraction of groups (bursts) in the test split.", **fv)
+    flags.DEFINE_string("cache_dir", None, "Patch caches (default: <model_dir>/cache/<mode>).", **fv)
     flags.DEFINE_integer("synthesize_bursts", 0, "If > 0 and hdrplus:DIR is missing, write this many synthetic "
-                         "bursts there first (from the embedded training images).")
-    flags.DEFINE_integer("burst_tiles", 2, "Synthetic bursts: images per frame side (frame = tiles x image size).")
-    flags.DEFINE_integer("burst_frames", 3, "Synthetic bursts: payload frames (merged noise = 1/frames).")
-    flags.DEFINE_float("short_exposure", 0.25, "Synthetic bursts: exposure of the payload frames.")
+                         "bursts there first (from the embedded training images).", **fv)
+    flags.DEFINE_integer("burst_tiles", 2, "Synthetic bursts: images per frame side (frame = tiles x image size).", **fv)
+    flags.DEFINE_integer("burst_frames", 3, "Synthetic bursts: payload frames (merged noise = 1/frames).", **fv)
+    flags.DEFINE_float("short_exposure", 0.25, "Synthetic bursts: exposure of the payload frames.", **fv)
+
+
+def options_from_flags(fv) -> tuple[Table2Options, config.TrainConfig]:
+    if not fv.pairs:
+        raise UserError("--pairs: required (csv:FILE or hdrplus:DIR)")
+    cfg = config.from_flags(fv)
+    if not cfg.model_dir:
+        cfg.model_dir = str(Path("runs") / f"table2-{Path(fv.pairs.partition(':')[2]).name}-seed{cfg.seed}")
+    modes = list(dict.fromkeys(fv.modes))
+    if not modes or any(m not in pairs.MODES for m in modes):
+        raise UserError(f"--modes={','.join(fv.modes)}: each must be one of {', '.join(pairs.MODES)}")
+    opts = Table2Options(fv.pairs, modes, fv.patch_size, fv.min_teacher_prob, fv.test_fraction,
+                         fv.cache_dir or str(Path(cfg.model_dir) / "cache"), fv.synthesize_bursts, fv.burst_tiles,
+                         fv.burst_frames, fv.short_exposure)
+    if opts.patch_size < 2 or opts.patch_size % 2:
+        raise UserError(f"--patch_size={opts.patch_size}: must be even (the Bayer pattern tiles 2x2)")
+    if opts.burst_tiles < 1 or opts.burst_frames < 1 or not 0 < opts.short_exposure <= 1:
+        raise UserError("--burst_tiles and --burst_frames must be >= 1 and --short_exposure in (0, 1]")
+    return opts, cfg
 
 
 def main(argv):
     command = " ".join(["python -m isp_keras.experiments.table2"] + sys.argv[1:])
     del argv
-    if not FLAGS.pairs:
-        raise UserError("--pairs: required (csv:FILE or hdrplus:DIR)")
-    bad = [m for m in FLAGS.modes if m not in pairs.MODES]
-    if bad or not FLAGS.modes:
-        raise UserError(f"--modes={','.join(FLAGS.modes)}: each must be one of {', '.join(pairs.MODES)}")
-    cfg = config.from_flags(FLAGS)
-    if not cfg.model_dir:
-        cfg.model_dir = str(Path("runs") / f"table2-{Path(FLAGS.pairs.partition(':')[2]).name}-seed{cfg.seed}")
-    opts = Table2Options(FLAGS.pairs, list(FLAGS.modes), FLAGS.patch_size, FLAGS.min_teacher_prob,
-                         FLAGS.test_fraction, FLAGS.cache_dir or str(Path(cfg.model_dir) / "cache"),
-                         FLAGS.synthesize_bursts, FLAGS.burst_tiles, FLAGS.burst_frames, FLAGS.short_exposure)
+    opts, cfg = options_from_flags(FLAGS)
     run(opts, cfg, command)
 
 
