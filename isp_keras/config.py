@@ -38,11 +38,21 @@ class TrainConfig:
     finetune_first: int | None = None
     cached_logits: bool = False
     data_service: str = ""
+    augment: bool = True
+    tpu: str = ""
 
     def validate(self) -> "TrainConfig":
         for name in ("alpha", "temperature", "noise_std", "lr", "weight_decay", "warmup_epochs"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"--{name}={getattr(self, name)}: must be a finite number")
+        if self.cached_logits and self.augment:
+            raise UserError("--cached_logits: the teacher input must be deterministic, but random RGB augmentation "
+                            "is on; pass --noaugment")
+        if self.data_service and not self.data_service.startswith("grpc://"):
+            raise UserError(f"--data_service={self.data_service}: expected grpc://HOST:PORT (the dispatcher's address)")
+        if self.cached_logits and self.data_service:
+            raise UserError("--cached_logits with --data_service: not supported (the service would split the image "
+                            "and logit sources independently); use one of them")
         if self.checkpoint_steps < 0 or self.checkpoint_epochs < 1:
             raise UserError("--checkpoint_steps must be >= 0 and --checkpoint_epochs >= 1")
         if not 0.0 <= self.alpha <= 1.0:

@@ -4,6 +4,7 @@ row (distilled, GT labels, teacher labels, fine-tune first k), evaluate rows, wr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -32,9 +33,25 @@ class Setup:
     pipeline: datasets.PipelineConfig
 
     def train_ds(self, start_step: int = 0):
-        """The run's batches from global step `start_step` on (the same data a run that never stopped sees)."""
-        return datasets.build(self.source, self.source.train_split, self.pipeline, training=True, norm=self.norm,
-                              steps_per_epoch=self.steps_per_epoch(), start_step=start_step, epochs=self.cfg.epochs)
+        """The run's batches from global step `start_step` on (the same data a run that never stopped sees).
+
+        --cached_logits: the teacher input is replaced by stored teacher logits (computed once, see logit_cache);
+        --data_service: the pipeline runs on tf.data service workers (see data_service)."""
+        logits = self.cached_teacher_logits() if self.cfg.cached_logits else None
+        ds = datasets.build(self.source, self.source.train_split, self.pipeline, training=True, norm=self.norm,
+                            steps_per_epoch=self.steps_per_epoch(), start_step=start_step, epochs=self.cfg.epochs,
+                            teacher_logits=logits)
+        if self.cfg.data_service:
+            from isp_keras import data_service
+
+            ds = data_service.distribute(ds, self.cfg.data_service)
+        return ds
+
+    def cached_teacher_logits(self):
+        from isp_keras import logit_cache
+
+        return logit_cache.load_or_compute(self.teacher, self.cfg.teacher, self.source, self.source.train_split,
+                                           self.pipeline, self.norm, Path(self.cfg.model_dir) / "teacher_logits")
 
     def test_ds(self):
         cfg = dataclasses.replace(self.pipeline, take=self.cfg.test_take, batch_size=max(self.pipeline.batch_size, 256))
@@ -71,7 +88,7 @@ def prepare_run_dir(run_dir, overwrite: bool) -> Path:
 
 # Flags that may change between a run and its resumption; any other difference would mix two experiments.
 RESUME_MAY_DIFFER = ("model_dir", "overwrite", "strict", "test_take", "strategy", "checkpoint_steps",
-                     "checkpoint_epochs", "data_service")
+                     "checkpoint_epochs", "data_service", "tpu", "cached_logits")
 
 
 def resume_normalisation(run_dir, cfg: TrainConfig) -> datasets.Normalisation | None:
@@ -115,7 +132,7 @@ def setup(cfg: TrainConfig, norm: datasets.Normalisation | None = None) -> Setup
     models.freeze(teacher)
     pipeline = datasets.PipelineConfig(image_size=image_size, batch_size=cfg.batch_size, cfa=cfg.cfa,
                                        noise_std=cfg.noise_std, seed=cfg.seed, take=cfg.train_take,
-                                       sensor=cfg.sensor)
+                                       sensor=cfg.sensor, augment=cfg.augment)
     if norm is None:
         if spec is None:
             logging.warning("%s has no sidecar JSON; teacher RGB statistics are computed from the data", cfg.teacher)
@@ -146,7 +163,8 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
     cfg = s.cfg
     run_dir = Path(run_dir)
     keras.utils.set_random_seed(cfg.seed)
-    strategy = _strategy(cfg.strategy)
+    strategy = _strategy(cfg.strategy, cfg.tpu)
+    run_dir = _distribute().worker_dir(strategy, run_dir)
     steps = s.steps_per_epoch()
     with strategy.scope():
         student = models.student_from_teacher(s.teacher, sync_bn=strategy.num_replicas_in_sync > 1)
@@ -174,13 +192,18 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
     checkpoint = training.AtomicCheckpoint(run_dir, save, steps_per_epoch=steps, every_steps=cfg.checkpoint_steps,
                                            every_epochs=cfg.checkpoint_epochs)
     callbacks = [checkpoint, nan_guard, keras.callbacks.TensorBoard(str(run_dir / "logs"))]
+    fit = model.fit
+    if _distribute().needs_custom_loop(strategy):  # Keras fit fails under MultiWorkerMirroredStrategy
+        from isp_keras import custom_loop
+
+        fit = functools.partial(custom_loop.fit, model, strategy=strategy)
     epoch, done_in_epoch = divmod(start_step, steps)
     if done_in_epoch and epoch < cfg.epochs:  # resumed mid-epoch: finish that epoch, then whole ones
-        model.fit(s.train_ds(start_step), epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps - done_in_epoch,
+        fit(s.train_ds(start_step), epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps - done_in_epoch,
                   verbose=verbose, callbacks=callbacks)
         epoch += 1
     if epoch < cfg.epochs and nan_guard.bad_step is None and not checkpoint.terminated:
-        model.fit(s.train_ds(epoch * steps), epochs=cfg.epochs, initial_epoch=epoch, steps_per_epoch=steps,
+        fit(s.train_ds(epoch * steps), epochs=cfg.epochs, initial_epoch=epoch, steps_per_epoch=steps,
                   verbose=verbose, callbacks=callbacks)
     if nan_guard.bad_step is not None:
         kept = training.read_checkpoint_state(run_dir)
@@ -195,10 +218,14 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
     return _row(name, metrics), student
 
 
-def _strategy(name: str):
+def _distribute():
     from isp_keras import distribute
 
-    return distribute.get_strategy(name)
+    return distribute
+
+
+def _strategy(name: str, tpu: str = ""):
+    return _distribute().get_strategy(name, tpu)
 
 
 def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
