@@ -15,6 +15,10 @@ have the same size. Both are cut into aligned non-overlapping `patch_size` squar
 because the patch size is even). Groups are split 80/20 with a seed (no group in both splits). The teacher labels
 each RGB patch; the test split keeps only patches whose top teacher probability exceeds `min_teacher_prob`.
 
+Build a cache on its own (Table 2 builds its caches itself):
+  python -m isp_keras.pairs --pairs=hdrplus:DIR --out=CACHE --teacher=T.keras [--mode=short] [--patch_size=256]
+  [--strict]; `--synthesize_bursts=N` first fills a missing hdrplus:DIR with synthetic bursts (embedded images).
+
 Cache directory (written under a temporary name, renamed when complete, so a half-built cache is never read):
   index.json   {"format": "isp_keras.pairs/1", "key": ..., "splits": {...}, "skipped": {...}, "raw_stats": ...}
   {split}-{i:05d}-of-{n:05d}.tfrecord   GZIP; features raw (float32 bytes), rgb (uint8 bytes), label, prob, group
@@ -524,3 +528,54 @@ def embedded_images(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
     if len(images) < count:
         raise UserError(f"embedded {split}: has {len(images)} images, {count} asked for")
     return np.stack(images), np.asarray(labels)
+
+
+def main(argv):
+    from absl import flags
+
+    fv = flags.FLAGS
+    del argv
+    if not fv.pairs or not fv.out:
+        raise UserError("--pairs and --out are required")
+    kind, _, root = fv.pairs.partition(":")
+    if fv.synthesize_bursts > 0 and kind == "hdrplus" and not Path(root).exists():
+        images, labels = embedded_images("train", fv.synthesize_bursts * 4)
+        synthesize_bursts(root, images, labels, tiles=2, cfa=fv.cfa, seed=fv.seed)
+    from isp_keras import models
+
+    teacher, spec = models.load_teacher(fv.teacher)
+    if spec is None:
+        raise UserError(f"--teacher={fv.teacher}: needs its sidecar JSON (RGB normalisation) to label RGB patches")
+    cfg = BuildConfig(pairs=fv.pairs, out=fv.out, mode=fv.mode, cfa=fv.cfa, patch_size=fv.patch_size,
+                      test_fraction=fv.test_fraction, seed=fv.seed, min_teacher_prob=fv.min_teacher_prob,
+                      strict=fv.strict)
+    index = build_cache(cfg, models.freeze(teacher), spec, fv.teacher)
+    summary = {k: index[k] for k in ("pairs", "pairs_read", "test_dropped_low_prob")}
+    summary.update(skipped=index["skipped"]["count"], **{s: v["count"] for s, v in index["splits"].items()})
+    print(f"{fv.out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+def define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("pairs", None, "csv:FILE or hdrplus:DIR")
+    flags.DEFINE_string("out", None, "Cache directory to write (or reuse).")
+    flags.DEFINE_string("teacher", "data/teacher/resnet20_cifar10.keras", ".keras teacher with sidecar JSON, or a "
+                        "keras.applications name.")
+    flags.DEFINE_enum("mode", "merged", list(MODES), "hdrplus: RAW = merged.dng or the reference payload frame.")
+    flags.DEFINE_enum("cfa", "RGGB", list(bayer.CFA_PATTERNS), "Canonical CFA phase.")
+    flags.DEFINE_integer("patch_size", 256, "Patch side (even).")
+    flags.DEFINE_float("test_fraction", 0.2, "Fraction of groups in the test split.")
+    flags.DEFINE_integer("seed", 0, "Split seed.")
+    flags.DEFINE_float("min_teacher_prob", 0.8, "Test patches kept only above this teacher top probability.")
+    flags.DEFINE_boolean("strict", False, "Stop at the first unreadable pair instead of skipping it.")
+    flags.DEFINE_integer("synthesize_bursts", 0, "Fill a missing hdrplus:DIR with this many synthetic bursts first.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    from isp_keras.errors import run_main
+
+    define_flags()
+    app.run(run_main(main))
