@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,8 @@ FORMAT = "isp_keras.pairs/1"
 COMPRESSION = "GZIP"
 MODES = ("merged", "short")
 AUTOTUNE = tf.data.AUTOTUNE
+# Training keeps decoded patches in memory (cache + shuffle buffer) only up to this many bytes.
+MEMORY_BUDGET = 1 << 30
 
 
 @dataclasses.dataclass
@@ -191,10 +194,13 @@ class BuildConfig:
     strict: bool = False
     shards: int = 4
     batch_size: int = 64
+    max_patches_per_pair: int = 0  # 0: all; else a seeded sample per pair (a 12 MP HDR+ frame has ~180 of 256 px)
 
     def validate(self) -> "BuildConfig":
         if self.mode not in MODES:
             raise UserError(f"--mode={self.mode}: must be one of {', '.join(MODES)}")
+        if self.max_patches_per_pair < 0:
+            raise UserError(f"--max_patches_per_pair={self.max_patches_per_pair}: must be >= 0")
         if self.patch_size < 2 or self.patch_size % 2:
             raise UserError(f"--patch_size={self.patch_size}: must be even (the Bayer pattern tiles 2x2)")
         if not 0.0 < self.test_fraction < 1.0:
@@ -326,6 +332,10 @@ def build_cache(cfg: BuildConfig, teacher, spec, teacher_path: str, pairs: list[
                 continue
             read += 1
             raws, rgbs, _ = cut_patches(mosaic, rgb, cfg.patch_size)
+            if 0 < cfg.max_patches_per_pair < len(raws):
+                pick = np.sort(np.random.default_rng([cfg.seed, zlib.crc32(pair.group.encode())]).choice(
+                    len(raws), cfg.max_patches_per_pair, replace=False))
+                raws, rgbs = raws[pick], rgbs[pick]
             if not len(raws):
                 logging.warning("pair %s: %dx%d is smaller than one %d px patch", pair.group, mosaic.shape[1],
                                 mosaic.shape[0], cfg.patch_size)
@@ -408,8 +418,13 @@ def batches(cache_dir, split: str, *, batch_size: int, cfa: str, norm, training:
 
     ds = dataset(cache_dir, split)
     if training:
-        count = read_index(cache_dir)["splits"][split]["count"]
-        ds = ds.cache().shuffle(count, seed=seed, reshuffle_each_iteration=True).repeat()
+        index = read_index(cache_dir)
+        count = index["splits"][split]["count"]
+        per_patch = index["patch_size"] ** 2 * (4 + 3)
+        if count * per_patch <= MEMORY_BUDGET:
+            ds = ds.cache()
+        buffer = max(1, min(count, MEMORY_BUDGET // per_patch))
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=True)
     if training and start_step:
         ds = ds.skip(start_step)
@@ -548,7 +563,7 @@ def main(argv):
         raise UserError(f"--teacher={fv.teacher}: needs its sidecar JSON (RGB normalisation) to label RGB patches")
     cfg = BuildConfig(pairs=fv.pairs, out=fv.out, mode=fv.mode, cfa=fv.cfa, patch_size=fv.patch_size,
                       test_fraction=fv.test_fraction, seed=fv.seed, min_teacher_prob=fv.min_teacher_prob,
-                      strict=fv.strict)
+                      strict=fv.strict, max_patches_per_pair=fv.max_patches_per_pair)
     index = build_cache(cfg, models.freeze(teacher), spec, fv.teacher)
     summary = {k: index[k] for k in ("pairs", "pairs_read", "test_dropped_low_prob")}
     summary.update(skipped=index["skipped"]["count"], **{s: v["count"] for s, v in index["splits"].items()})
@@ -569,6 +584,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Split seed.")
     flags.DEFINE_float("min_teacher_prob", 0.8, "Test patches kept only above this teacher top probability.")
     flags.DEFINE_boolean("strict", False, "Stop at the first unreadable pair instead of skipping it.")
+    flags.DEFINE_integer("max_patches_per_pair", 0, "0: every patch; else a seeded sample of this many per pair.")
     flags.DEFINE_integer("synthesize_bursts", 0, "Fill a missing hdrplus:DIR with this many synthetic bursts first.")
 
 

@@ -175,6 +175,15 @@ def test_cache_contents_split_and_filter(bursts, tmp_path, tiny_teacher):
     assert strict_index["test_dropped_low_prob"] == counts["test"] - len(kept)
 
 
+def test_max_patches_per_pair_samples_a_seeded_subset(bursts, tmp_path, tiny_teacher):
+    index = _build(bursts, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.0, max_patches_per_pair=2)
+    assert index["splits"]["train"]["count"] + index["splits"]["test"]["count"] == 6 * 2
+    again = _build(bursts, tmp_path / "cache2", tiny_teacher, min_teacher_prob=0.0, max_patches_per_pair=2)
+    first = [r.numpy() for r, _, _ in pairs.dataset(tmp_path / "cache", "train")]
+    second = [r.numpy() for r, _, _ in pairs.dataset(tmp_path / "cache2", "train")]
+    assert again["key"] == index["key"] and all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
 def test_bad_file_is_skipped_or_stops_with_strict(bursts, tmp_path, tiny_teacher, monkeypatch):
     root = tmp_path / "hdrplus"
     shutil.copytree(bursts, root)

@@ -38,6 +38,7 @@ class Table2Options:
     min_teacher_prob: float
     test_fraction: float
     cache_dir: str
+    max_patches_per_pair: int = 0
     synthesize_bursts: int = 0
     burst_tiles: int = 2
     burst_frames: int = 3
@@ -83,7 +84,8 @@ def maybe_synthesize(opts: Table2Options, cfg: config.TrainConfig) -> None:
 def mode_setup(opts: Table2Options, cfg: config.TrainConfig, teacher, spec, mode: str) -> PairsSetup:
     build = pairs.BuildConfig(pairs=opts.pairs, out=str(Path(opts.cache_dir) / mode), mode=mode, cfa=cfg.cfa,
                               patch_size=opts.patch_size, test_fraction=opts.test_fraction, seed=cfg.seed,
-                              min_teacher_prob=opts.min_teacher_prob, strict=cfg.strict)
+                              min_teacher_prob=opts.min_teacher_prob, strict=cfg.strict,
+                              max_patches_per_pair=opts.max_patches_per_pair)
     index = pairs.build_cache(build, teacher, spec, cfg.teacher)
     stats = index["raw_stats"]
     norm = datasets.Normalisation(stats["mean"], stats["std"], list(spec.rgb_mean), list(spec.rgb_std),
@@ -150,6 +152,8 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
     flags.DEFINE_float("min_teacher_prob", 0.8, "Test patches kept only if the teacher's top probability exceeds this.",
                        **fv)
     flags.DEFINE_float("test_fraction", 0.2, "Fraction of groups (bursts) in the test split.", **fv)
+    flags.DEFINE_integer("max_patches_per_pair", 0, "0: every patch; else a seeded sample of this many per pair "
+                         "(keeps a full-resolution HDR+ cache to a manageable size).", **fv)
     flags.DEFINE_string("cache_dir", None, "Patch caches (default: <model_dir>/cache/<mode>).", **fv)
     flags.DEFINE_integer("synthesize_bursts", 0, "If > 0 and hdrplus:DIR is missing, write this many synthetic "
                          "bursts there first (from the embedded training images).", **fv)
@@ -168,8 +172,8 @@ def options_from_flags(fv) -> tuple[Table2Options, config.TrainConfig]:
     if not modes or any(m not in pairs.MODES for m in modes):
         raise UserError(f"--modes={','.join(fv.modes)}: each must be one of {', '.join(pairs.MODES)}")
     opts = Table2Options(fv.pairs, modes, fv.patch_size, fv.min_teacher_prob, fv.test_fraction,
-                         fv.cache_dir or str(Path(cfg.model_dir) / "cache"), fv.synthesize_bursts, fv.burst_tiles,
-                         fv.burst_frames, fv.short_exposure)
+                         fv.cache_dir or str(Path(cfg.model_dir) / "cache"), fv.max_patches_per_pair,
+                         fv.synthesize_bursts, fv.burst_tiles, fv.burst_frames, fv.short_exposure)
     if opts.patch_size < 2 or opts.patch_size % 2:
         raise UserError(f"--patch_size={opts.patch_size}: must be even (the Bayer pattern tiles 2x2)")
     if opts.burst_tiles < 1 or opts.burst_frames < 1 or not 0 < opts.short_exposure <= 1:
