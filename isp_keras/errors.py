@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 
 
@@ -32,6 +33,38 @@ def run_main(main):
             _fail("interrupted; the last complete checkpoint is kept", code=130)
 
     return wrapper
+
+
+def parse_flags(argv):
+    """absl `flags_parser` for app.run: a bad flag or flagfile is one line (naming the flagfile that holds an
+    unknown flag) and exit 2, instead of absl's FATAL line plus usage hint."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as exc:
+        message = str(exc).replace("ERROR:: ", "")
+        unknown = re.match(r"Unknown command line flag '([^']+)'", message)
+        if unknown:
+            where = _flagfile_with(argv, unknown.group(1))
+            message = f"{where + ': ' if where else ''}unknown flag --{unknown.group(1)}"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _flagfile_with(argv, name: str) -> str | None:
+    """The --flagfile among argv whose lines define --name (or --noname), if any."""
+    for arg in argv[1:]:
+        if not arg.startswith("--flagfile="):
+            continue
+        path = arg.split("=", 1)[1]
+        try:
+            lines = [line.strip() for line in open(path, encoding="utf-8")]
+        except OSError:
+            continue
+        if any(re.match(rf"--(no)?{re.escape(name)}(=|$)", line) for line in lines):
+            return path
+    return None
 
 
 # TensorFlow errors that mean bad input data rather than a bug: they get one line too.

@@ -14,7 +14,7 @@ from pathlib import Path
 from absl import app, flags
 
 from isp_keras import config, experiment, flagdefs
-from isp_keras.errors import run_main
+from isp_keras.errors import parse_flags, run_main
 
 FLAGS = flags.FLAGS
 
@@ -42,10 +42,9 @@ def run(cfg: config.TrainConfig) -> dict:
 
 def main(argv):
     del argv
-    if FLAGS.strategy == "mirrored":
-        from isp_keras import distribute
+    from isp_keras import distribute
 
-        distribute.ensure_logical_cpus(FLAGS.cpu_replicas)
+    distribute.init(FLAGS.strategy, FLAGS.tpu, FLAGS.cpu_replicas)  # first: multi_worker/tpu configure TensorFlow
     cfg = config.from_flags(FLAGS)
     if not cfg.model_dir:
         cfg.model_dir = default_model_dir(cfg)
@@ -54,4 +53,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flagdefs.define_train_flags()
-    app.run(run_main(main))
+    app.run(run_main(main), flags_parser=parse_flags)
