@@ -6,7 +6,8 @@ Inputs are pairs (RAW file, processed RGB file, group id), from a CSV manifest o
   hdrplus:DIR    one sub-folder per burst (the group id is the folder name), either self-contained
                    DIR/<burst>/merged.dng, final.jpg, payload_N000.dng ..., reference_frame.txt
                  or the published dataset's split layout
-                   DIR/bursts/<burst>/payload_N*.dng, reference_frame.txt   and   DIR/results*/<burst>/merged.dng, final.jpg
+                   DIR/bursts/<burst>/payload_N*.dng, reference_frame.txt
+                   DIR/results*/<burst>/merged.dng, final.jpg
                  mode `merged`: RAW = merged.dng; mode `short`: RAW = the reference payload frame
                  (payload frames sorted by name, index from reference_frame.txt). RGB = final.jpg in both.
 
@@ -17,7 +18,8 @@ each RGB patch; the test split keeps only patches whose top teacher probability 
 
 Build a cache on its own (Table 2 builds its caches itself):
   python -m isp_keras.pairs --pairs=hdrplus:DIR --out=CACHE --teacher=T.keras [--mode=short] [--patch_size=256]
-  [--strict]; `--synthesize_bursts=N` first fills a missing hdrplus:DIR with synthetic bursts (embedded images).
+  [--strict]; `--synthesize_bursts=N` first fills a missing hdrplus:DIR with synthetic bursts made from the
+  embedded test images.
 
 Cache directory (written under a temporary name, renamed when complete, so a half-built cache is never read):
   index.json   {"format": "isp_keras.pairs/1", "key": ..., "splits": {...}, "skipped": {...}, "raw_stats": ...}
@@ -158,7 +160,8 @@ def aligned_pair(pair: Pair, cfa: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cut_patches(mosaic: np.ndarray, rgb: np.ndarray, size: int):
-    """Non-overlapping aligned patches on a grid from the top-left: ([n, s, s] float32, [n, s, s, 3] uint8, [(y, x)])."""
+    """Non-overlapping aligned patches on a grid from the top-left:
+    ([n, s, s] float32, [n, s, s, 3] uint8, [(y, x), ...])."""
     h, w = mosaic.shape
     spots = [(y, x) for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
     raw = np.stack([mosaic[y:y + size, x:x + size] for y, x in spots]) if spots else np.zeros((0, size, size),
@@ -554,7 +557,7 @@ def main(argv):
         raise UserError("--pairs and --out are required")
     kind, _, root = fv.pairs.partition(":")
     if fv.synthesize_bursts > 0 and kind == "hdrplus" and not Path(root).exists():
-        images, labels = embedded_images("train", fv.synthesize_bursts * 4)
+        images, labels = embedded_images("test", fv.synthesize_bursts * 4)
         synthesize_bursts(root, images, labels, tiles=2, cfa=fv.cfa, seed=fv.seed)
     from isp_keras import models
 

@@ -116,7 +116,7 @@ def _tiff_problem(path: Path, size: int) -> str | None:
             dim = tuple(_tag(page, "CFARepeatPatternDim", (2, 2)))
             if dim != (2, 2):
                 return f"CFA repeat pattern {dim[0]}x{dim[1]} (e.g. X-Trans), not a 2x2 Bayer mosaic"
-            for offset, count in zip(page.dataoffsets, page.databytecounts):
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
                 if offset >= size:
                     return f"header only: the pixel data starts at byte {offset} but the file has {size} bytes"
                 if offset + count > size:
@@ -182,7 +182,8 @@ def read_raw(path, cfa: str = "RGGB") -> RawImage:
         raise UserError(f"{path}: LibRaw could not decode it ({type(exc).__name__}: {exc})") from None
     file_cfa = _pattern(colors, desc)
     if file_cfa not in bayer.CFA_PATTERNS:
-        raise UserError(f"{path}: CFA colours {file_cfa!r} ({desc.decode('ascii', 'replace')}), not an RGB Bayer mosaic")
+        raise UserError(f"{path}: CFA colours {file_cfa!r} ({desc.decode('ascii', 'replace')}), "
+                        "not an RGB Bayer mosaic")
     height, width = visible.shape
     if height < 2 or width < 2:
         raise UserError(f"{path}: visible area {height}x{width} is too small for a 2x2 Bayer tile")

@@ -32,7 +32,7 @@ def test_raw_and_rgb_patches_stay_aligned(tmp_path, file_cfa):
     mosaic, rgb = pairs.aligned_pair(pair, "RGGB")
     raws, rgbs, spots = pairs.cut_patches(mosaic, rgb, 8)
     assert len(raws) == (mosaic.shape[0] // 8) * (mosaic.shape[1] // 8) and len(raws) >= 9
-    for raw, rgb_patch in zip(raws, rgbs):
+    for raw, rgb_patch in zip(raws, rgbs, strict=True):
         code = np.round(raw * 65535).astype(np.int64) - 1
         np.testing.assert_array_equal(code // 100, rgb_patch[..., 0])
         np.testing.assert_array_equal(code % 100, rgb_patch[..., 1])
@@ -181,7 +181,7 @@ def test_max_patches_per_pair_samples_a_seeded_subset(bursts, tmp_path, tiny_tea
     again = _build(bursts, tmp_path / "cache2", tiny_teacher, min_teacher_prob=0.0, max_patches_per_pair=2)
     first = [r.numpy() for r, _, _ in pairs.dataset(tmp_path / "cache", "train")]
     second = [r.numpy() for r, _, _ in pairs.dataset(tmp_path / "cache2", "train")]
-    assert again["key"] == index["key"] and all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert again["key"] == index["key"] and all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def test_bad_file_is_skipped_or_stops_with_strict(bursts, tmp_path, tiny_teacher, monkeypatch):

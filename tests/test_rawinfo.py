@@ -31,7 +31,8 @@ def test_lines_and_dumps(tmp_path, capsys):
     assert failed == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
-    assert lines[0].startswith(f"{a}: 32x24 visible, CFA GRBG -> RGGB offset 0,1 -> 30x24; black 64,64,64,64; white 1023")
+    assert lines[0].startswith(f"{a}: 32x24 visible, CFA GRBG -> RGGB offset 0,1 -> 30x24; "
+                               "black 64,64,64,64; white 1023")
     assert lines[1].startswith(f"{bad}: ") and "not a RAW file" in lines[1]
     assert lines[2].startswith(f"{b}: 30x26 visible, CFA RGGB -> RGGB offset 0,0 -> 30x26; black 1,2,3,4; white 4095")
     dumps = sorted(p.name for p in (tmp_path / "dump").iterdir())

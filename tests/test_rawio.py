@@ -1,4 +1,4 @@
-"""rawio: DNGs written with tifffile read back exactly through rawpy, in every CFA phase; bad files give clear errors."""
+"""rawio: DNGs written with tifffile read back exactly through rawpy in every CFA phase; bad files: clear errors."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ alpha=1) and distilled (alpha and T from the flags, hard labels = teacher argmax
 top-1 is the top-1 agreement with the teacher, top-5 whether the teacher's class is in the student's top 5, on the
 test patches the teacher is confident about. Writes <model_dir>/results.json (rows carry "raw": merged|short) and
 results.md; with --synthesize_bursts=N a missing hdrplus:DIR is first filled with N synthetic bursts made from
---dataset's training images (pairs.synthesize_bursts).
+the embedded test images, which the teacher never saw (pairs.synthesize_bursts).
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def maybe_synthesize(opts: Table2Options, cfg: config.TrainConfig) -> None:
     if cfg.dataset != "embedded":
         raise UserError(f"--synthesize_bursts: only from --dataset=embedded (got {cfg.dataset})")
     per = opts.burst_tiles ** 2
-    images, labels = pairs.embedded_images("train", opts.synthesize_bursts * per)
+    # The test images: like HDR+ scenes for an ImageNet teacher, none was seen while training the teacher.
+    images, labels = pairs.embedded_images("test", opts.synthesize_bursts * per)
     n = pairs.synthesize_bursts(root, images, labels, tiles=opts.burst_tiles, frames=opts.burst_frames,
                                 short_exposure=opts.short_exposure, cfa=cfg.cfa, seed=cfg.seed)
     logging.info("wrote %d synthetic bursts to %s", n, root)
@@ -156,8 +157,9 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
                          "(keeps a full-resolution HDR+ cache to a manageable size).", **fv)
     flags.DEFINE_string("cache_dir", None, "Patch caches (default: <model_dir>/cache/<mode>).", **fv)
     flags.DEFINE_integer("synthesize_bursts", 0, "If > 0 and hdrplus:DIR is missing, write this many synthetic "
-                         "bursts there first (from the embedded training images).", **fv)
-    flags.DEFINE_integer("burst_tiles", 2, "Synthetic bursts: images per frame side (frame = tiles x image size).", **fv)
+                         "bursts there first (from the embedded test images, unseen by the teacher).", **fv)
+    flags.DEFINE_integer("burst_tiles", 2, "Synthetic bursts: images per frame side (frame = tiles x image size).",
+                         **fv)
     flags.DEFINE_integer("burst_frames", 3, "Synthetic bursts: payload frames (merged noise = 1/frames).", **fv)
     flags.DEFINE_float("short_exposure", 0.25, "Synthetic bursts: exposure of the payload frames.", **fv)
 
