@@ -94,3 +94,12 @@ def test_realistic_pipeline_is_deterministic():
     assert np.concatenate(first).mean() < 0.6 * gauss.mean()
     with pytest.raises(ValueError, match="unknown sensor"):
         datasets.raw_simulator(dataclasses.replace(cfg, sensor="film"))
+
+
+def test_sensor_flag_is_checked():
+    from isp_keras.config import TrainConfig
+    from isp_keras.errors import UserError
+
+    assert TrainConfig(sensor="realistic").validate().sensor == "realistic"
+    with pytest.raises(UserError, match="--sensor=film: must be gaussian or realistic"):
+        TrainConfig(sensor="film").validate()
