@@ -9,14 +9,13 @@ Resumable: rerun the same command and it continues from the last finished epoch 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import keras
 from absl import app, flags
 
-from isp_keras import datasets, models, training
+from isp_keras import datasets, fsutil, models, training
 from isp_keras.errors import UserError, run_main
 
 FLAGS = flags.FLAGS
@@ -86,7 +85,7 @@ def train(cfg: TeacherConfig) -> dict:
     tmp.replace(out)
     models.write_spec(out, spec)
     result = {"test_top1": 100 * float(top1), "train_seconds_this_run": time.time() - start, "config": dataclasses.asdict(cfg)}
-    (run_dir / "teacher_result.json").write_text(json.dumps(result, indent=2))
+    fsutil.write_json_atomic(run_dir / "teacher_result.json", result)
     print(f"teacher {out}: clean test top-1 {100 * top1:.2f}%")
     return result
 
