@@ -21,9 +21,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from isp_keras import config, datasets, errors, experiment, fsutil, models, rawio, records
+from isp_keras import datasets, errors, experiment, fsutil, models, rawio, records
 from isp_keras.config import TrainConfig
-from isp_keras.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -302,4 +301,3 @@ def test_data_error_message_ignores_bugs():
     assert errors.data_error_message(bug) is None
     data = tf.errors.InvalidArgumentError(None, None, "Invalid JPEG data or crop window, data size 512\n\t [[{{node x}}]]")
     assert errors.data_error_message(data) == "data pipeline: Invalid JPEG data or crop window, data size 512"
-    assert config.TrainConfig().validate() is not None
