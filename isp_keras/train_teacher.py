@@ -69,9 +69,17 @@ def train(cfg: TeacherConfig) -> dict:
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")])
     initial_epoch = state["epochs_done"] if state else 0
     start = time.time()
+    checkpoint = training.AtomicCheckpoint(run_dir, lambda d: model.save(d / "model.keras"))
+    nan_guard = training.StopOnNaN()
     model.fit(train_ds, epochs=cfg.epochs, initial_epoch=initial_epoch, validation_data=test_ds,
-              callbacks=[training.AtomicCheckpoint(run_dir, lambda d: model.save(d / "model.keras")), keras.callbacks.TensorBoard(str(run_dir / "logs")),
-                         keras.callbacks.TerminateOnNaN()], verbose=2)
+              callbacks=[checkpoint, keras.callbacks.TensorBoard(str(run_dir / "logs")), nan_guard], verbose=2)
+    # Never write a half-trained or NaN teacher to --out.
+    if nan_guard.bad_step is not None:
+        raise UserError(f"the loss became NaN/Inf at step {nan_guard.bad_step}; the last good checkpoint is kept in "
+                        f"{run_dir} (lower --lr?)")
+    if checkpoint.terminated:
+        raise training.Stopped(f"stopped by signal {checkpoint.signal}; rerun the same command to resume from the "
+                               f"last finished epoch in {run_dir}", checkpoint.signal)
     _, top1 = model.evaluate(test_ds, verbose=0)
     spec = models.TeacherSpec(image_size=cfg.image_size, num_classes=len(source.classes), rgb_mean=norm.rgb_mean,
                               rgb_std=norm.rgb_std, classes=list(source.classes), arch=cfg.arch,
