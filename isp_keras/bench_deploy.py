@@ -31,15 +31,19 @@ ISP_PARAMS = dict(gamma=(1, 1), no_auto_bright=True, use_camera_wb=False, user_w
 BLACK_LEVEL, WHITE_LEVEL = 256, 4095  # a 12-bit sensor
 
 
-def define_flags() -> None:
-    flags.DEFINE_string("student", "runs/default", "Run directory of the student to benchmark (deploy suite).")
-    flags.DEFINE_integer("runs", 300, "Timed single-image calls per latency figure (deploy suite).")
-    flags.DEFINE_integer("warmup", 30, "Untimed calls before timing (deploy suite).")
-    flags.DEFINE_integer("threads", 2, "Threads for LiteRT and TensorFlow (deploy suite).")
-    flags.DEFINE_integer("agreement_take", 0, "Test mosaics for the int8 agreement (0: the whole test split).")
-    flags.DEFINE_integer("calibration_samples", 300, "Training-pipeline mosaics calibrating the int8 model.")
-    flags.DEFINE_integer("e2e_images", 50, "Distinct DNGs cycled through in the end-to-end timings.")
-    flags.DEFINE_boolean("mobilenet", True, "Also benchmark MobileNetV2 at 224 px (random weights).")
+def define_flags(flag_values=flags.FLAGS) -> None:
+    fv = flag_values
+    flags.DEFINE_string("student", "runs/default", "Run directory of the student to benchmark (deploy suite).",
+                        flag_values=fv)
+    flags.DEFINE_integer("runs", 300, "Timed single-image calls per latency figure (deploy suite).", flag_values=fv)
+    flags.DEFINE_integer("warmup", 30, "Untimed calls before timing (deploy suite).", flag_values=fv)
+    flags.DEFINE_integer("threads", 2, "Threads for LiteRT and TensorFlow (deploy suite).", flag_values=fv)
+    flags.DEFINE_integer("agreement_take", 0, "Test mosaics for the int8 agreement (0: the whole test split).",
+                         flag_values=fv)
+    flags.DEFINE_integer("calibration_samples", 300, "Training-pipeline mosaics calibrating the int8 model.",
+                         flag_values=fv)
+    flags.DEFINE_integer("e2e_images", 50, "Distinct DNGs cycled through in the end-to-end timings.", flag_values=fv)
+    flags.DEFINE_boolean("mobilenet", True, "Also benchmark MobileNetV2 at 224 px (random weights).", flag_values=fv)
 
 
 def median_ms(fn, runs: int, warmup: int) -> float:

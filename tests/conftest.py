@@ -29,3 +29,21 @@ def tiny_config(tiny_teacher, tmp_path):
 
     return TrainConfig(teacher=str(tiny_teacher), model_dir=str(tmp_path / "run"), epochs=1, batch_size=32,
                        train_take=128, test_take=128, stats_images=256, lr=0.05).validate()
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tiny_teacher, tmp_path_factory):
+    """A finished run directory (student.keras + student.json + config.json): the tiny teacher distilled for one
+    epoch on 1,024 real CIFAR-10 mosaics (noise 0.1), as `python -m isp_keras.train` writes it (~10 s)."""
+    from isp_keras import experiment
+    from isp_keras.config import TrainConfig
+
+    run_dir = tmp_path_factory.mktemp("tiny_student")
+    cfg = TrainConfig(teacher=str(tiny_teacher), model_dir=str(run_dir), epochs=1, batch_size=64, train_take=1024,
+                      test_take=128, stats_images=512, lr=0.05).validate()
+    s = experiment.setup(cfg)
+    experiment.write_config(run_dir, cfg, s)
+    _, student = experiment.train_student(s, run_dir / "distilled", "distilled", cfg.alpha, cfg.hard_labels,
+                                          verbose=0)
+    experiment.save_student(student, run_dir, s)
+    return run_dir

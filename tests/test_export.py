@@ -1,0 +1,139 @@
+"""export: a tiny trained student exported and checked on real CIFAR-10 test mosaics (SavedModel, float32 and int8
+TFLite, labels, manifest with hashes), the parity gate, atomic publication and one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from isp_keras import datasets, export, serving
+from isp_keras.errors import UserError
+
+PARITY_TAKE = 256
+REAL_TEACHER = Path(__file__).resolve().parent.parent / "data" / "teacher" / "resnet20_cifar10.keras"
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_student, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "deploy"
+    # The 5k-parameter tiny student is barely trained (median top probability ~0.25): its top-2 logits are often
+    # closer than one int8 step, so its int8 agreement is ~96%; the gate is checked on a real student below.
+    manifest = export.run(export.ExportConfig(student=str(tiny_student), out=str(out), calibration_samples=100,
+                                              parity_take=PARITY_TAKE, parity_gate=False))
+    return out, manifest
+
+
+def test_files_and_manifest(exported, tiny_student):
+    out, manifest = exported
+    names = {p.name for p in out.iterdir()}
+    assert {"saved_model.pb", "variables", "model_float32.tflite", "model_int8.tflite", "model_dynamic.tflite",
+            "labels.txt", "manifest.json"} <= names
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary export directory left over"
+    meta = json.loads((tiny_student / "student.json").read_text())
+    assert (out / "labels.txt").read_text().splitlines() == meta["classes"]
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["classes"] == meta["classes"] and on_disk["cfa"] == meta["cfa"]
+    assert on_disk["input"]["shape"] == [None, 32, 32, 1] and on_disk["normalisation"] == meta["normalisation"]
+    files = [p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"]
+    assert sorted(on_disk["files"]) == sorted(str(p.relative_to(out)) for p in files)
+    for p in files:
+        assert on_disk["files"][str(p.relative_to(out))] == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_float_parity_on_real_mosaics(exported):
+    _, manifest = exported
+    parity = manifest["parity"]
+    assert parity["parity_examples"] == PARITY_TAKE
+    assert parity["saved_model_max_abs_prob_diff"] <= 1e-4
+    assert parity["float32_max_abs_prob_diff"] <= 1e-4
+    assert parity["float32_top1_agreement"] == 100.0
+
+
+def test_int8_is_full_integer_and_agreement_recomputed(exported, tiny_student):
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, manifest = exported
+    interpreter = Interpreter(model_path=str(out / "model_int8.tflite"), num_threads=2)
+    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert inp["dtype"] == np.int8 and outp["dtype"] == np.int8
+    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    for op in interpreter._get_ops_details():
+        for index in list(op["inputs"]) + list(op["outputs"]):
+            if index >= 0:
+                assert tensors[index] in (np.int8, np.int32), f"{op['op_name']} has a {tensors[index]} tensor"
+
+    student = serving.load_student(tiny_student)
+    source = datasets.get_source("embedded")
+    mosaics, _ = serving.pipeline_mosaics(student, source, "test", PARITY_TAKE)
+    reference = serving.keras_probabilities(student, mosaics)
+    scale, zero = inp["quantization"]
+    quantised = np.clip(np.round(mosaics / scale + zero), -128, 127).astype(np.int8)
+    interpreter.resize_tensor_input(inp["index"], list(quantised.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], quantised)
+    interpreter.invoke()
+    got = interpreter.get_tensor(outp["index"]).astype(np.float64)
+    agreement = 100.0 * np.mean(np.argmax(got, -1) == np.argmax(reference, -1))
+    assert manifest["parity"]["int8_top1_agreement"] == pytest.approx(agreement)
+    assert agreement > 80.0  # a broken quantisation (wrong input scale, swapped channels) lands near chance
+
+
+def test_parity_gate_publishes_nothing(tiny_student, tmp_path, monkeypatch):
+    monkeypatch.setattr(serving, "MIN_INT8_AGREEMENT", 100.1)
+    out = tmp_path / "gated"
+    cfg = export.ExportConfig(student=str(tiny_student), out=str(out), calibration_samples=20, parity_take=64,
+                              dynamic=False)
+    with pytest.raises(UserError, match=r"parity failed on 64 test mosaics: int8 top-1 agreement .* < 100.1%"):
+        export.run(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_out_and_bad_representative(tiny_student, tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        export.run(export.ExportConfig(student=str(tiny_student), out=str(tmp_path / "taken")))
+    np.save(tmp_path / "rgb.npy", np.zeros((10, 32, 32, 3), np.float32))
+    with pytest.raises(UserError, match=r"representative set: shape \(10, 32, 32, 3\)"):
+        export.run(export.ExportConfig(student=str(tiny_student), out=str(tmp_path / "new"),
+                                       representative=str(tmp_path / "rgb.npy")))
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_rejects_a_distiller_in_one_line(tmp_path):
+    fake = tmp_path / "distiller.keras"
+    with zipfile.ZipFile(fake, "w") as archive:
+        archive.writestr("config.json", json.dumps({"class_name": "Distiller", "config": {}}))
+    proc = subprocess.run([sys.executable, "-m", "isp_keras.export", f"--student={fake}", f"--out={tmp_path / 'o'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: {fake}: is a Distiller (the teacher+student training wrapper); export its student "
+                     "(RUN_DIR/student.keras) instead"]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_TEACHER.exists(), reason="the embedded ResNet-20 teacher is not in data/teacher yet")
+def test_int8_gate_on_a_real_student(tmp_path):
+    """The embedded ResNet-20 as a RAW student (per-site statistics of 512 training mosaics, no distillation):
+    the export's gates - float32 within 1e-4, int8 top-1 agreement >= 98% - pass on 512 real test mosaics."""
+    from isp_keras import experiment
+    from isp_keras.config import TrainConfig
+
+    cfg = TrainConfig(teacher=str(REAL_TEACHER), model_dir=str(tmp_path / "run"), stats_images=512,
+                      noise_std=0.1).validate()
+    s = experiment.setup(cfg)
+    from isp_keras import models
+
+    experiment.save_student(models.student_from_teacher(s.teacher), tmp_path / "run", s)
+    manifest = export.run(export.ExportConfig(student=str(tmp_path / "run"), out=str(tmp_path / "deploy"),
+                                              calibration_samples=200, parity_take=512, dynamic=False))
+    assert manifest["parity"]["int8_top1_agreement"] >= 98.0
+    assert manifest["parity"]["float32_max_abs_prob_diff"] <= 1e-4

@@ -1,0 +1,127 @@
+"""serving: the graph a deployed student runs (mosaic -> infill -> per-site norm -> student -> softmax) against
+bayer.infill plus NumPy normalisation, channel order and softmax, loading a run's student, and the one-line errors for what cannot be exported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from isp_keras import bayer, datasets, models, serving
+from isp_keras.errors import UserError
+
+def numpy_student_input(mosaic, cfa, mean, std, channel_order="RGB"):
+    """bayer.infill (checked against NumPy in test_bayer), then per-site normalisation and channel order in NumPy."""
+    out = bayer.infill(tf.constant(mosaic), cfa).numpy().astype(np.float64)
+    out = (out - np.asarray(mean)) / np.asarray(std)
+    return out[..., ::-1] if channel_order == "BGR" else out
+
+
+def make_student(cfa="GRBG", channel_order="RGB", size=8, classes=4):
+    model = models.build("resnet_tiny", classes, image_size=size)
+    norm = datasets.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3, channel_order)
+    return serving.Student(model, cfa, size, [f"c{i}" for i in range(classes)], norm, path="test")
+
+
+@pytest.mark.parametrize("cfa,order", [("GRBG", "RGB"), ("BGGR", "BGR")])
+def test_serving_graph_matches_numpy_reference(cfa, order):
+    student = make_student(cfa, order)
+    mosaic = np.random.default_rng(0).uniform(-0.1, 1.1, (2, 8, 8, 1)).astype(np.float32)
+    expected_x = numpy_student_input(mosaic, cfa, student.norm.raw_mean, student.norm.raw_std, order)
+    expected_x = expected_x.astype(np.float32)
+    logits = student.model(expected_x).numpy().astype(np.float64)
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    got = serving.probabilities_fn(student)(tf.constant(mosaic))[serving.OUTPUT_NAME].numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+def test_saved_model_signatures(tmp_path):
+    student = make_student()
+    serving.export_saved_model(student, tmp_path / "sm", black_level=64, white_level=1023)
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 1024, (3, 8, 8, 1)).astype(np.uint16)
+    mosaic = ((counts.astype(np.float64) - 64) / (1023 - 64)).astype(np.float32)
+    reference = serving.keras_probabilities(student, mosaic)
+    got = serving.saved_model_probabilities(tmp_path / "sm", mosaic)
+    got16 = serving.saved_model_probabilities(tmp_path / "sm", counts, signature=serving.UINT16_SIGNATURE)
+    np.testing.assert_allclose(got, reference, atol=1e-6)
+    np.testing.assert_allclose(got16, reference, atol=1e-6)
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    spec = loaded.signatures[serving.SIGNATURE].structured_input_signature[1][serving.INPUT_NAME]
+    assert spec.shape.as_list() == [None, 8, 8, 1] and spec.dtype == tf.float32
+
+
+def test_float32_tflite_matches_keras(tmp_path):
+    student = make_student()
+    serving.export_saved_model(student, tmp_path / "sm")
+    mosaic = np.random.default_rng(2).uniform(0, 1, (5, 8, 8, 1)).astype(np.float32)
+    runner = serving.TFLiteRunner(serving.to_tflite(tmp_path / "sm", "float32"))
+    assert runner.input_shape == (8, 8, 1)
+    np.testing.assert_allclose(runner.predict(mosaic, batch_size=2), serving.keras_probabilities(student, mosaic),
+                               atol=1e-5)
+
+
+def test_student_checks():
+    student = make_student()
+    teacher = models.build("resnet_tiny", 4, image_size=8)
+    from isp_keras import distiller
+
+    with pytest.raises(UserError, match="is a Distiller"):
+        serving.check_student(distiller.Distiller(student.model, teacher), 8, 4, "d.keras")
+    gray = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(4)])
+    with pytest.raises(UserError, match="3-channel"):
+        serving.check_student(gray, 8, 4, "gray.keras")
+    with pytest.raises(UserError, match="takes 8x8 images but student.json says image_size 16"):
+        serving.check_student(student.model, 16, 4, "s.keras")
+    with pytest.raises(UserError, match="4 outputs but student.json lists 10 classes"):
+        serving.check_student(student.model, 8, 10, "s.keras")
+    with pytest.raises(UserError, match="is a Distiller"):
+        serving.export_saved_model(serving.Student(distiller.Distiller(student.model, teacher), "RGGB", 8,
+                                                   student.classes, student.norm), "unused")
+
+
+def test_check_representative():
+    ok = serving.check_representative(np.zeros((3, 8, 8), np.float64), 8)
+    assert ok.shape == (3, 8, 8, 1) and ok.dtype == np.float32
+    with pytest.raises(UserError, match=r"representative set: shape \(3, 8, 8, 3\); expected"):
+        serving.check_representative(np.zeros((3, 8, 8, 3), np.float32), 8)
+    with pytest.raises(UserError, match=r"shape \(3, 16, 16, 1\)"):
+        serving.check_representative(np.zeros((3, 16, 16, 1), np.float32), 8)
+    with pytest.raises(UserError, match="dtype uint16"):
+        serving.check_representative(np.zeros((3, 8, 8, 1), np.uint16), 8)
+
+
+def test_load_student(tiny_student, tmp_path):
+    student = serving.load_student(tiny_student)
+    meta = json.loads((tiny_student / "student.json").read_text())
+    assert (student.cfa, student.image_size, student.classes) == (meta["cfa"], meta["image_size"], meta["classes"])
+    assert student.norm.raw_mean == meta["normalisation"]["raw_mean"] and student.dataset == "embedded"
+    assert serving.load_student(tiny_student / "student.keras").path == student.path
+
+    lone = tmp_path / "lone.keras"
+    shutil.copy(tiny_student / "student.keras", lone)
+    with pytest.raises(UserError, match="no lone.json beside it"):
+        serving.load_student(lone)
+    (tmp_path / "lone.json").write_text(json.dumps({"image_size": 32}))
+    with pytest.raises(UserError, match="lone.json: not a student description"):
+        serving.load_student(lone)
+    with pytest.raises(UserError, match="no student.keras in this directory"):
+        serving.load_student(tmp_path)
+
+
+def test_parity_gates():
+    ok = {"saved_model_max_abs_prob_diff": 0.0, "float32_max_abs_prob_diff": 9e-5, "int8_top1_agreement": 98.0}
+    assert serving.parity_failures(ok) == []
+    bad = {"saved_model_max_abs_prob_diff": 2e-4, "float32_max_abs_prob_diff": float("nan"),
+           "int8_top1_agreement": 97.9}
+    failures = serving.parity_failures(bad)
+    assert len(failures) == 3 and "int8 top-1 agreement 97.90% < 98%" in failures[2]
+    reference = np.array([[0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+    figures = serving.parity_figures(reference, {"int8": np.array([[0.6, 0.4], [0.9, 0.1], [0.5, 0.5]])})
+    assert figures["int8_top1_agreement"] == pytest.approx(200 / 3)
+    assert figures["int8_max_abs_prob_diff"] == pytest.approx(0.7)
