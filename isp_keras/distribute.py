@@ -80,6 +80,8 @@ def _multi_worker() -> tf.distribute.Strategy:
 
 def _tpu(address: str) -> tf.distribute.Strategy:
     where = address or "local"
+    if address.startswith("grpc://"):
+        _check_reachable(address)
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address or "local")
         tf.config.experimental_connect_to_cluster(resolver)
@@ -87,6 +89,19 @@ def _tpu(address: str) -> tf.distribute.Strategy:
     except (ValueError, RuntimeError, tf.errors.OpError) as exc:
         raise UserError(f"--strategy=tpu --tpu={where}: no TPU reachable ({str(exc).splitlines()[0][:200]})") from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """TensorFlow would retry an unreachable TPU worker for minutes; fail in seconds with one line instead."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(address)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 8470), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--tpu={address}: no TPU worker reachable ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def needs_custom_loop(strategy: tf.distribute.Strategy) -> bool:

@@ -86,6 +86,24 @@ def test_unknown_strategy_is_a_user_error():
         distribute.get_strategy("bogus")
 
 
+def test_unreachable_tpu_is_a_user_error():
+    """The TPU path cannot run here (no TPU); at least an unreachable address fails fast with one line."""
+    from isp_keras import distribute
+    from isp_keras.errors import UserError
+
+    with pytest.raises(UserError, match="--tpu=grpc://127.0.0.1:1: no TPU worker reachable"):
+        distribute.get_strategy("tpu", "grpc://127.0.0.1:1")
+
+
+def test_multi_worker_without_tf_config_is_a_user_error(monkeypatch):
+    from isp_keras import distribute
+    from isp_keras.errors import UserError
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(UserError, match="--strategy=multi_worker: set TF_CONFIG"):
+        distribute.get_strategy("multi_worker")
+
+
 # ---------------------------------------------------------------- child processes
 
 
