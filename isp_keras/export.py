@@ -65,19 +65,11 @@ def write_export(cfg: ExportConfig, student: serving.Student, source, representa
     for kind in kinds:
         candidates[kind] = serving.TFLiteRunner(tflite[kind]).predict(mosaics)
     parity = serving.parity_figures(reference, candidates)
-    manifest = {
-        "classes": list(student.classes), "input": {"shape": [None, student.image_size, student.image_size, 1],
-                                                    "dtype": "float32", "range": [0.0, 1.0]},
-        "cfa": student.cfa, "normalisation": student.norm.to_json(), "noise_std": student.noise_std,
-        "uint16_input": {"signature": serving.UINT16_SIGNATURE, "black_level": cfg.black_level,
-                         "white_level": cfg.white_level},
-        "signatures": [serving.SIGNATURE, serving.UINT16_SIGNATURE], "output": serving.OUTPUT_NAME,
-        "tflite": {kind: serving.TFLITE_FILES[kind] for kind in kinds},
-        "int8_input_quantisation": serving.tflite_input_quantisation(tflite["int8"]),
-        "calibration": {"samples": int(len(representative)),
-                        "source": cfg.representative or f"{source.name}:{source.train_split}"},
-        "parity": {**parity, "dataset": f"{source.name}:{source.test_split}"},
-        "student": student.path, "teacher": student.teacher, "files": serving.file_hashes(tmp)}
+    manifest = serving.manifest(
+        student, tmp, kinds, parity={**parity, "dataset": f"{source.name}:{source.test_split}"},
+        levels=(cfg.black_level, cfg.white_level), int8_model=tflite["int8"],
+        calibration={"samples": int(len(representative)),
+                     "source": cfg.representative or f"{source.name}:{source.train_split}"})
     fsutil.write_json_atomic(tmp / serving.MANIFEST, manifest)
     failures = serving.parity_failures(parity)
     if failures and cfg.parity_gate:

@@ -331,3 +331,18 @@ def tflite_input_quantisation(model_bytes: bytes) -> dict:
     runner = TFLiteRunner(model_bytes, num_threads=1)
     scale, zero = runner.input["quantization"]
     return {"dtype": np.dtype(runner.input_dtype).name, "scale": float(scale), "zero_point": int(zero)}
+
+
+def manifest(student: Student, directory, kinds: list, parity: dict, levels: tuple, int8_model: bytes,
+             calibration: dict) -> dict:
+    """What a device needs besides the files (classes, input, CFA, statistics) plus parity and every file's sha256."""
+    size = student.image_size
+    return {
+        "classes": list(student.classes), "input": {"shape": [None, size, size, 1], "dtype": "float32",
+                                                    "range": [0.0, 1.0]},
+        "cfa": student.cfa, "normalisation": student.norm.to_json(), "noise_std": student.noise_std,
+        "uint16_input": {"signature": UINT16_SIGNATURE, "black_level": levels[0], "white_level": levels[1]},
+        "signatures": [SIGNATURE, UINT16_SIGNATURE], "output": OUTPUT_NAME,
+        "tflite": {kind: TFLITE_FILES[kind] for kind in kinds},
+        "int8_input_quantisation": tflite_input_quantisation(int8_model), "calibration": calibration,
+        "parity": parity, "student": student.path, "teacher": student.teacher, "files": file_hashes(directory)}
