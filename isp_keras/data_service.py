@@ -15,7 +15,6 @@ interleaved in arrival order. Workers must be able to read the data files (share
 from __future__ import annotations
 
 import socket
-import time
 from urllib.parse import urlparse
 
 import tensorflow as tf
@@ -90,11 +89,7 @@ def main(argv):
                         f"({exc.message.splitlines()[0][:200]})") from None
     print(f"tf.data service at {address} with {FLAGS.workers} local worker(s); train with "
           f"--data_service={address.replace('localhost', socket.gethostname())}. Ctrl-C stops it.", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    finally:
-        del servers
+    servers[0].join()  # serves until the process is stopped
 
 
 if __name__ == "__main__":
