@@ -430,6 +430,10 @@ def base_examples(source: Source, split: str, cfg: PipelineConfig, training: boo
         logits = (teacher_logits if isinstance(teacher_logits, tf.data.Dataset)
                   else tf.data.Dataset.from_tensor_slices(np.asarray(teacher_logits, np.float32)))
         ds = tf.data.Dataset.zip(ds, logits).map(_with_logits)
+        # Multi-worker auto-sharding by file would split the image files and the logit file differently.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        ds = ds.with_options(options)
     if cfg.take:
         # The embedded set and records are shuffled at build time, so the first N span all classes.
         ds = ds.take(cfg.take)
