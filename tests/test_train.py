@@ -1,0 +1,108 @@
+"""`python -m isp_keras.train` end to end on a tiny real slice: outputs, table == results.json, reproducibility."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_train(args, cwd=ROOT):
+    proc = subprocess.run([sys.executable, "-m", "isp_keras.train", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return proc
+
+
+def tiny_args(teacher, run_dir, *extra):
+    return [f"--teacher={teacher}", f"--model_dir={run_dir}", "--noise_std=0.1", "--epochs=1", "--batch_size=64",
+            "--train_take=512", "--test_take=256", "--stats_images=512", "--lr=0.05", *extra]
+
+
+def parse_table(stdout):
+    rows = {}
+    for line in stdout.splitlines():
+        m = re.match(r"\| (\w+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", line)
+        if m:
+            rows[m.group(1)] = tuple(float(v) for v in m.groups()[1:])
+    return rows
+
+
+@pytest.mark.slow
+def test_train_end_to_end_writes_the_contract(tiny_teacher, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_train(tiny_args(tiny_teacher, run_dir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results) >= {"rows", "config", "wall_seconds"} and results["wall_seconds"] > 0
+    assert [r["name"] for r in results["rows"]] == ["teacher_clean", "teacher_raw", "distilled"]
+    for row in results["rows"]:
+        assert set(row) == {"name", "top1", "top5", "agreement"}
+        assert all(0.0 <= row[k] <= 100.0 for k in ("top1", "top5", "agreement"))
+        assert row["top1"] <= row["top5"]
+    clean = results["rows"][0]
+    assert clean["agreement"] == 100.0 and clean["top1"] > 14.0  # above chance (10%) by > 2 sigma at n=256
+    assert results["config"]["noise_std"] == 0.1 and results["config"]["alpha"] == 0.9
+
+    # The printed table says what results.json says.
+    table = parse_table(proc.stdout)
+    assert set(table) == {r["name"] for r in results["rows"]}
+    for row in results["rows"]:
+        assert table[row["name"]] == pytest.approx((row["top1"], row["top5"], row["agreement"]), abs=0.006)
+
+    # The run directory: resolved config, the student alone, serving metadata, TensorBoard logs.
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["teacher"] == str(tiny_teacher) and len(config["normalisation"]["raw_mean"]) == 3
+    import keras
+
+    student = keras.saving.load_model(run_dir / "student.keras", safe_mode=True)
+    assert student.input_shape == (None, 32, 32, 3) and student.output_shape == (None, 10)
+    meta = json.loads((run_dir / "student.json").read_text())
+    assert meta["cfa"] == "RGGB" and meta["image_size"] == 32
+    tags = _tensorboard_tags(run_dir)
+    assert {"epoch_loss", "epoch_ce", "epoch_kd", "epoch_top1", "epoch_agreement"} <= tags["scalars"]
+    assert any("rgb | mosaic | infill" in t for t in tags["images"])
+
+    # Golden: the same command with the same seed gives the same numbers (CPU, one process).
+    again = run_train(tiny_args(tiny_teacher, run_dir, "--overwrite"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    rerun = json.loads((run_dir / "results.json").read_text())
+    for a, b in zip(results["rows"], rerun["rows"]):
+        for k in ("top1", "top5", "agreement"):
+            assert abs(a[k] - b[k]) <= 0.5, (a, b)
+
+
+def _tensorboard_tags(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars, images = set(), set()
+    for events in Path(run_dir).rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("tensors", []):
+            (images if tag.startswith("rgb") else scalars).add(tag)
+    return {"scalars": scalars, "images": images}
+
+
+def test_a_finished_run_is_not_overwritten_without_the_flag(tiny_teacher, tmp_path):
+    run_dir = tmp_path / "done"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text("{}")
+    proc = run_train(tiny_args(tiny_teacher, run_dir))
+    assert proc.returncode != 0
+    assert "holds a finished run" in proc.stderr and "--overwrite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--alpha=1.5", "--alpha=1.5: must be in [0, 1]"),
+    ("--temperature=0", "--temperature=0.0: must be > 0"),
+    ("--dataset=nosuch", "unknown dataset 'nosuch'"),
+])
+def test_bad_flags_give_one_line(tiny_teacher, tmp_path, flag, message):
+    proc = run_train(tiny_args(tiny_teacher, tmp_path / "r", flag))
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len([l for l in proc.stderr.splitlines() if l.startswith("error:")]) == 1
