@@ -35,23 +35,27 @@ def save_checkpoint(run_dir, save_fn, state: dict) -> Path:
     leaves the last complete checkpoint readable. `state` holds `epochs_done` and, when saved mid-epoch, `step`."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{CKPT_DIR}-{state['epochs_done']:04d}"
-    if "step" in state:
-        name += f"-step{state['step']:09d}"
+    base = f"{CKPT_DIR}-{state['epochs_done']:04d}" + (f"-step{state['step']:09d}" if "step" in state else "")
+    name, version = base, 1
+    while (run_dir / name).exists():  # never delete what the current record may name before replacing it
+        name, version = f"{base}-v{version}", version + 1
     tmp = run_dir / f".{name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_fn(tmp)
-    fsutil.fsync_tree(tmp)
-    final = run_dir / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_fn(tmp)
+        fsutil.fsync_tree(tmp)
+        os.replace(tmp, run_dir / name)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, fsutil.WriteError):
+            raise
+        raise fsutil.write_error(run_dir / name, exc, "could not write the checkpoint") from exc
     fsutil.fsync_dir(run_dir)
     fsutil.write_json_atomic(run_dir / STATE_NAME, {**state, "folder": name})
     _remove_stale(run_dir, keep=name)
-    return final
+    return run_dir / name
 
 
 def _remove_stale(run_dir: Path, keep: str) -> None:

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from isp_keras import training
+from isp_keras import fsutil, training
 from isp_keras.errors import UserError
 
 
@@ -39,13 +39,26 @@ def test_failed_save_keeps_the_last_complete_checkpoint(tmp_path):
         (folder / "w.txt").write_text("half")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(fsutil.WriteError) as info:
         training.save_checkpoint(tmp_path, crash, {"epochs_done": 2})
+    assert str(info.value) == (f"{tmp_path / 'checkpoint-0002'}: could not write the checkpoint: No space left on "
+                               f"device (the disk is full); any previous version is kept")
     state = training.read_checkpoint_state(tmp_path)
     assert state["path"] == str(good) and (good / "w.txt").read_text() == "good"
-    # The leftover of the failed save is cleared by the next successful one.
-    training.save_checkpoint(tmp_path, _write("w.txt", "three"), {"epochs_done": 3})
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_saving_the_same_step_again_never_deletes_the_committed_one(tmp_path):
+    first = training.save_checkpoint(tmp_path, _write("w.txt", "a"), {"epochs_done": 0, "step": 7})
+    seen = []
+
+    def save(folder):  # while the second copy is written, the committed first one must still be there
+        seen.append((first / "w.txt").read_text())
+        (folder / "w.txt").write_text("b")
+
+    second = training.save_checkpoint(tmp_path, save, {"epochs_done": 0, "step": 7})
+    assert seen == ["a"] and second != first and not first.exists()
+    assert training.read_checkpoint_state(tmp_path)["path"] == str(second) and (second / "w.txt").read_text() == "b"
 
 
 def test_commit_record_pointing_nowhere_is_no_checkpoint(tmp_path):
