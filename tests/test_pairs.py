@@ -175,6 +175,19 @@ def test_cache_contents_split_and_filter(bursts, tmp_path, tiny_teacher):
     assert strict_index["test_dropped_low_prob"] == counts["test"] - len(kept)
 
 
+def test_csv_manifest_builds_the_same_patches(bursts, tmp_path, tiny_teacher):
+    lines = ["raw,rgb,group"] + [f"{bursts}/burst_{b:05d}/merged.dng,{bursts}/burst_{b:05d}/final.jpg,burst_{b:05d}"
+                                 for b in range(6)]
+    (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
+    teacher, spec = _teacher(tiny_teacher)
+    via_csv = pairs.build_cache(pairs.BuildConfig(pairs=f"csv:{tmp_path / 'pairs.csv'}", out=str(tmp_path / "c1"),
+                                                  patch_size=32, min_teacher_prob=0.0), teacher, spec,
+                                str(tiny_teacher), progress=False)
+    via_dir = _build(bursts, tmp_path / "c2", tiny_teacher, min_teacher_prob=0.0)
+    assert via_csv["splits"]["train"]["count"] == via_dir["splits"]["train"]["count"]
+    assert via_csv["test_groups"] == via_dir["test_groups"] and via_csv["raw_stats"] == via_dir["raw_stats"]
+
+
 def test_max_patches_per_pair_samples_a_seeded_subset(bursts, tmp_path, tiny_teacher):
     index = _build(bursts, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.0, max_patches_per_pair=2)
     assert index["splits"]["train"]["count"] + index["splits"]["test"]["count"] == 6 * 2
