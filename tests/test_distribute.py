@@ -48,7 +48,6 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow
 def test_multi_worker_two_processes_custom_loop(tiny_teacher):
     """Two worker processes on 127.0.0.1 (TF_CONFIG), MultiWorkerMirroredStrategy, the custom strategy.run loop:
     both workers end with identical weights, equal to one device trained on the same global batches."""
