@@ -124,14 +124,13 @@ def test_cli_rejects_a_distiller_in_one_line(tmp_path):
 def test_int8_gate_on_a_real_student(tmp_path):
     """The embedded ResNet-20 as a RAW student (per-site statistics of 512 training mosaics, no distillation):
     the export's gates - float32 within 1e-4, int8 top-1 agreement >= 98% - pass on 512 real test mosaics."""
-    from isp_keras import experiment
+    from isp_keras import experiment, models
     from isp_keras.config import TrainConfig
 
     cfg = TrainConfig(teacher=str(REAL_TEACHER), model_dir=str(tmp_path / "run"), stats_images=512,
                       noise_std=0.1).validate()
     s = experiment.setup(cfg)
-    from isp_keras import models
-
+    (tmp_path / "run").mkdir()
     experiment.save_student(models.student_from_teacher(s.teacher), tmp_path / "run", s)
     manifest = export.run(export.ExportConfig(student=str(tmp_path / "run"), out=str(tmp_path / "deploy"),
                                               calibration_samples=200, parity_take=512, dynamic=False))
