@@ -48,6 +48,8 @@ class BenchConfig:
     batch_32: int = 128
     batch_224: int = 16
     pipeline_images: int = 1024
+    pipeline_seconds: float = 2.0  # each pipeline timing runs at least this long
+    pipeline_repeats: int = 5
     stall_steps: int = 20
     stall_shuffle_32: int = 20000  # the training default: the whole embedded split
     teacher: str = "data/teacher/resnet20_cifar10.keras"
@@ -63,6 +65,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("train_batch_224", BenchConfig.batch_224, "Batch size of the 224-px models.", lower_bound=2)
     flags.DEFINE_integer("train_pipeline_images", BenchConfig.pipeline_images,
                          "Images per input-pipeline timing.", lower_bound=16)
+    flags.DEFINE_float("train_pipeline_seconds", BenchConfig.pipeline_seconds,
+                       "Minimum duration of each input-pipeline timing.", lower_bound=0.1)
     flags.DEFINE_integer("train_stall_steps", BenchConfig.stall_steps, "Timed steps of the stall measurement.",
                          lower_bound=1)
     flags.DEFINE_string("train_teacher", BenchConfig.teacher,
@@ -78,6 +82,7 @@ def run(FLAGS) -> dict:
         raise UserError(f"--train_models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     cfg = BenchConfig(models=tuple(FLAGS.train_models), steps=FLAGS.train_steps, batch_32=FLAGS.train_batch_32,
                       batch_224=FLAGS.train_batch_224, pipeline_images=FLAGS.train_pipeline_images,
+                      pipeline_seconds=FLAGS.train_pipeline_seconds,
                       stall_steps=FLAGS.train_stall_steps, teacher=FLAGS.train_teacher, mirrored=FLAGS.train_mirrored)
     return run_suite(cfg)
 
@@ -203,20 +208,23 @@ def _single_threaded(ds):
 
 def pipeline_costs(source, size: int, batch: int, cfg: BenchConfig, norm, desc: str) -> dict:
     """Per-image cost (one thread) of the RGB pipeline (decode, crop/resize, batch, normalise) and of the same
-    pipeline producing the student's RAW input instead (+ mosaic, noise, infill, per-site normalisation)."""
+    pipeline producing the student's RAW input instead (+ mosaic, noise, infill, per-site normalisation): the best
+    of `pipeline_repeats` alternating runs of at least `pipeline_seconds` each."""
     from isp_keras import datasets
 
     n = min(cfg.pipeline_images, source.counts["train"])
     pcfg = datasets.PipelineConfig(image_size=size, batch_size=batch, noise_std=0.1, seed=cfg.seed, take=n,
                                    cache=False, shuffle_buffer=1)
     per_image = {"rgb": [], "raw": []}
-    for _ in tqdm(range(3), desc=desc, disable=not cfg.progress):
+    for _ in tqdm(range(cfg.pipeline_repeats), desc=desc, disable=not cfg.progress):
         for mode in per_image:
-            iterator = iter(_single_threaded(datasets.build(source, "train", pcfg, training=True, norm=norm,
-                                                            mode=mode)))
+            ds = datasets.build(source, "train", pcfg, training=True, norm=norm, mode=mode).repeat()
+            iterator = iter(_single_threaded(ds))
             next(iterator)  # start-up (graph, threads, first reads) is not a per-image cost
             start = time.perf_counter()
-            count = sum(int(y.shape[0]) for _, y in iterator)
+            count = 0
+            while time.perf_counter() - start < cfg.pipeline_seconds:
+                count += int(next(iterator)[1].shape[0])
             per_image[mode].append((time.perf_counter() - start) / count)
     rgb, raw = min(per_image["rgb"]), min(per_image["raw"])
     return {"rgb_pipeline_us_per_image": 1e6 * rgb, "raw_pipeline_us_per_image": 1e6 * raw,
