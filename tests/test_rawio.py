@@ -154,3 +154,22 @@ def test_bad_files_give_one_line_errors_naming_the_file(tmp_path, good_dng, capf
     with pytest.raises(UserError, match="no such file"):
         rawio.read_raw(tmp_path / "missing.dng")
     assert "Unexpected end of file" not in capfd.readouterr().err  # LibRaw's own chatter is silenced
+
+
+def test_raw_in_a_subifd_behind_a_preview(tmp_path):
+    """Camera DNGs keep a preview in IFD0 and the raw in a SubIFD: the raw is found, checked and read exactly."""
+    m = np.random.default_rng(3).integers(64, 1024, (40, 48)).astype(np.uint16)
+    cfa_tags = [(33421, 3, 2, (2, 2), True), (33422, 1, 4, (1, 2, 0, 1), True), (50713, 3, 2, (2, 2), True),
+                (50714, 4, 4, (64, 64, 64, 64), True), (50717, 4, 1, 1023, True)]
+    ifd0_tags = [(50706, 1, 4, (1, 4, 0, 0), True), (50708, 2, None, "cam", True), (50778, 3, 1, 21, True),
+                 (50721, 10, 9, tuple(x for v in np.eye(3).reshape(-1) for x in (int(v * 10000), 10000)), True)]
+    path = tmp_path / "camera.dng"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(np.zeros((20, 24, 3), np.uint8), photometric="rgb", subfiletype=1, subifds=1, extratags=ifd0_tags)
+        tw.write(m, photometric=32803, subfiletype=0, extratags=cfa_tags)
+    img = rawio.read_raw(path)
+    assert img.file_cfa == "GBRG" and img.offset == (1, 0)
+    np.testing.assert_array_equal(img.mosaic, reference(m, [64] * 4, 1023, (1, 0)))
+    (tmp_path / "cut.dng").write_bytes(path.read_bytes()[:-500])
+    with pytest.raises(UserError, match="cut.dng: truncated"):
+        rawio.read_raw(tmp_path / "cut.dng")
