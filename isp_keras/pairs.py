@@ -284,6 +284,16 @@ class _SplitWriter:
                 "files": {n: records.sha256_file(self.folder / n) for n in self.names}}
 
 
+def check_patch_size(teacher, patch_size: int, source: str) -> None:
+    """The teacher (and so the student, its clone) must take whole patches: a RAW patch cannot be resized."""
+    from isp_keras import models
+
+    h, w, _ = models.input_size(teacher)
+    if (h is not None and h != patch_size) or (w is not None and w != patch_size):
+        raise UserError(f"--patch_size={patch_size}: the teacher {source} takes {h}x{w} images and the student (its "
+                        f"clone) sees whole RAW patches, which cannot be resized; use --patch_size={h}")
+
+
 def _teacher_probs(teacher, rgbs: np.ndarray, rgb_mean, rgb_std, channel_order: str, batch_size: int) -> np.ndarray:
     probs = []
     for start in range(0, len(rgbs), batch_size):
@@ -301,6 +311,7 @@ def build_cache(cfg: BuildConfig, teacher, spec, teacher_path: str, pairs: list[
     from tqdm import tqdm
 
     cfg.validate()
+    check_patch_size(teacher, cfg.patch_size, teacher_path)
     pairs = list_pairs(cfg.pairs, cfg.mode) if pairs is None else pairs
     if not pairs:
         raise UserError(f"{cfg.pairs}: no RAW/RGB pairs")

@@ -105,10 +105,7 @@ def run(opts: Table2Options, cfg: config.TrainConfig, command: str = "") -> dict
     teacher, spec = models.load_teacher(cfg.teacher)
     if spec is None:
         raise UserError(f"--teacher={cfg.teacher}: needs its sidecar JSON (RGB normalisation) to label the RGB patches")
-    h, w, _ = models.input_size(teacher)
-    if (h is not None and h != opts.patch_size) or (w is not None and w != opts.patch_size):
-        raise UserError(f"--patch_size={opts.patch_size}: the teacher takes {h}x{w} images and the student (its "
-                        f"clone) sees whole RAW patches, which cannot be resized; use --patch_size={h}")
+    pairs.check_patch_size(teacher, opts.patch_size, cfg.teacher)
     models.freeze(teacher)
     maybe_synthesize(opts, cfg)
     rows, caches = [], {}
