@@ -27,7 +27,6 @@ from isp_keras import config, datasets, distiller, experiment, flagdefs, fsutil,
 from isp_keras.errors import UserError, run_main
 
 FLAGS = flags.FLAGS
-ROWS = ("teacher_raw", "teacher_labels", "distilled")
 
 
 @dataclasses.dataclass
