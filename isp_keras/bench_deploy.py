@@ -198,4 +198,4 @@ def run(FLAGS) -> dict:
             mb = measure(mb_student, mb_teacher, source, work / "mobilenetv2", FLAGS, keras_path, False,
                          min(FLAGS.calibration_samples, 100))
             figures.update({f"mobilenetv2_224_{k}": v for k, v in mb.items()})
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+    return {k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in figures.items()}
