@@ -269,8 +269,8 @@ def mirrored(name: str, teacher_desc: dict, size: int, classes: int, batch: int,
                        "steps": cfg.steps, "warmup": cfg.warmup, "seed": cfg.seed})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-c", f"from isp_keras import bench_train; bench_train.mirrored_child({args!r})"],
-                          capture_output=True, text=True, env=env, timeout=3600)
+    code = f"from isp_keras import bench_train; bench_train.mirrored_child({args!r})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"{name}: mirrored benchmark child failed:\n{proc.stderr[-2000:]}")
     print(f"{name}: mirrored measured", file=sys.stderr)
@@ -323,6 +323,7 @@ def mirrored_child(args_json: str) -> None:
             float(model.metrics[0].result())
             if r >= args["warmup"]:
                 times[name].append(time.perf_counter() - start)
+    ratio = statistics.median(times["mirrored"]) / statistics.median(times["single"])
     print(json.dumps({"mirrored_loss_abs_diff": abs(losses["mirrored"] - losses["single"]),
-                      "mirrored_step_time_ratio": statistics.median(times["mirrored"]) / statistics.median(times["single"]),
+                      "mirrored_step_time_ratio": ratio,
                       "mirrored_replicas": 2}))

@@ -75,7 +75,8 @@ def _multi_worker() -> tf.distribute.Strategy:
                 implementation=tf.distribute.experimental.CommunicationImplementation.AUTO))
     except (RuntimeError, ValueError) as exc:
         raise UserError(f"--strategy=multi_worker: could not join the cluster in TF_CONFIG "
-                        f"({str(exc).splitlines()[0][:200]}); create the strategy before other TensorFlow work") from None
+                        f"({str(exc).splitlines()[0][:200]}); create the strategy before other TensorFlow work"
+                        ) from None
 
 
 def _tpu(address: str) -> tf.distribute.Strategy:
