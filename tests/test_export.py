@@ -119,6 +119,7 @@ def test_cli_rejects_a_distiller_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL_TEACHER.exists(), reason="the embedded ResNet-20 teacher is not in data/teacher yet")
 def test_real_resnet20_student(tmp_path):
     """The embedded ResNet-20 as a RAW student (per-site statistics of 512 training mosaics, no distillation) on 512
