@@ -37,7 +37,8 @@ def define_train_flags(flag_values: flags.FlagValues | None = None) -> None:
     flags.DEFINE_integer("stats_images", _D.stats_images, "Training images used for the per-site statistics.", **fv)
     flags.DEFINE_enum("strategy", _D.strategy, list(distribute.STRATEGIES), "tf.distribute strategy.", **fv)
     flags.DEFINE_integer("cpu_replicas", 2, "Logical CPU devices for --strategy=mirrored without GPUs.", **fv)
-    flags.DEFINE_string("tpu", _D.tpu, "--strategy=tpu: TPU name or grpc:// address ('' or 'local': this TPU VM).", **fv)
+    flags.DEFINE_string("tpu", _D.tpu, "--strategy=tpu: TPU name or grpc:// address ('' or 'local': this TPU VM).",
+                        **fv)
     flags.DEFINE_string("data_service", _D.data_service,
                         "grpc://HOST:PORT of a tf.data service dispatcher that runs the training pipeline.", **fv)
     flags.DEFINE_boolean("cached_logits", _D.cached_logits,
