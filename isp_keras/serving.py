@@ -146,7 +146,7 @@ def write_archive(model: keras.Model, endpoints: dict, directory) -> None:
 
 
 def export_saved_model(student: Student, directory, black_level: float = 0.0, white_level: float = 65535.0) -> None:
-    """SavedModel with `serving_default` (float32 mosaic in [0,1]) and `serving_uint16` (sensor counts, levels fixed)."""
+    """SavedModel: `serving_default` (float32 mosaic in [0,1]) and `serving_uint16` (sensor counts, fixed levels)."""
     check_student(student.model, student.image_size, len(student.classes), student.path or "student")
     if not white_level > black_level >= 0:
         raise UserError(f"--black_level={black_level}, --white_level={white_level}: need 0 <= black < white")
@@ -224,7 +224,8 @@ class TFLiteRunner:
         try:
             self.interpreter = Interpreter(num_threads=num_threads, **kwargs)
         except (ValueError, RuntimeError) as exc:
-            raise UserError(f"{kwargs.get('model_path', 'model')}: not a TFLite model LiteRT can load ({exc})") from None
+            name = kwargs.get("model_path", "model")
+            raise UserError(f"{name}: not a TFLite model LiteRT can load ({exc})") from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_shape = tuple(int(s) for s in self.input["shape"][1:])

@@ -1,5 +1,6 @@
 """serving: the graph a deployed student runs (mosaic -> infill -> per-site norm -> student -> softmax) against
-bayer.infill plus NumPy normalisation, channel order and softmax, loading a run's student, and the one-line errors for what cannot be exported."""
+bayer.infill plus NumPy normalisation, channel order and softmax; loading a run's student; and the one-line
+errors for what cannot be exported."""
 
 from __future__ import annotations
 
