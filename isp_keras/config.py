@@ -13,6 +13,7 @@ from isp_keras.errors import UserError
 class TrainConfig:
     dataset: str = "embedded"
     teacher: str = "data/teacher/resnet20_cifar10.keras"
+    student_init: str = ""  # .keras the student starts from when the teacher is a SavedModel (not cloneable)
     model_dir: str = ""
     alpha: float = 0.9
     temperature: float = 4.0

@@ -31,6 +31,10 @@ class Setup:
     spec: models.TeacherSpec
     norm: datasets.Normalisation
     pipeline: datasets.PipelineConfig
+    student_init: keras.Model | None = None  # what the student is cloned from (default: the teacher)
+
+    def student_source(self) -> keras.Model:
+        return self.student_init if self.student_init is not None else self.teacher
 
     def train_ds(self, start_step: int = 0):
         """The run's batches from global step `start_step` on (the same data a run that never stopped sees).
@@ -129,6 +133,10 @@ def setup(cfg: TrainConfig, norm: datasets.Normalisation | None = None) -> Setup
     if spec and spec.classes and list(spec.classes) != list(source.classes):
         logging.warning("teacher classes %s differ in name from the data's %s; matching by index",
                         spec.classes, source.classes)
+    student_init = models.load_student_init(cfg.student_init, teacher) if cfg.student_init else None
+    if student_init is None and not models.is_cloneable(teacher):
+        raise UserError(f"--teacher={cfg.teacher}: a SavedModel teacher cannot be cloned into a student; give "
+                        f"--student_init=MODEL.keras (same architecture, the weights the student starts from)")
     models.freeze(teacher)
     pipeline = datasets.PipelineConfig(image_size=image_size, batch_size=cfg.batch_size, cfa=cfg.cfa,
                                        noise_std=cfg.noise_std, seed=cfg.seed, take=cfg.train_take,
@@ -142,7 +150,7 @@ def setup(cfg: TrainConfig, norm: datasets.Normalisation | None = None) -> Setup
     if spec is None:
         spec = models.TeacherSpec(image_size, len(source.classes), norm.rgb_mean, norm.rgb_std, classes=source.classes,
                                   source=cfg.teacher)
-    return Setup(cfg, source, teacher, spec, norm, pipeline)
+    return Setup(cfg, source, teacher, spec, norm, pipeline, student_init)
 
 
 def baseline_rows(s: Setup) -> list[dict]:
@@ -167,7 +175,7 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
     run_dir = _distribute().worker_dir(strategy, run_dir)
     steps = s.steps_per_epoch()
     with strategy.scope():
-        student = models.student_from_teacher(s.teacher, sync_bn=strategy.num_replicas_in_sync > 1)
+        student = models.student_from_teacher(s.student_source(), sync_bn=strategy.num_replicas_in_sync > 1)
         trainable = models.set_trainable_prefix(student, finetune_first)
         optimizer = training.sgd(cfg.epochs * steps, cfg.lr, cfg.weight_decay,
                                  warmup_steps=int(cfg.warmup_epochs * steps))

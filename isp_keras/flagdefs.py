@@ -16,6 +16,9 @@ def define_train_flags(flag_values: flags.FlagValues | None = None) -> None:
     flags.DEFINE_string("dataset", _D.dataset, "embedded | folder:PATH | tfds:NAME | records:PATH", **fv)
     flags.DEFINE_string("teacher", _D.teacher,
                         "keras.applications name (ImageNet weights), .keras file or SavedModel.", **fv)
+    flags.DEFINE_string("student_init", _D.student_init,
+                        "A .keras model the student starts from (architecture and weights); needed when --teacher "
+                        "is a SavedModel, which cannot be cloned. Default: the teacher itself.", **fv)
     flags.DEFINE_string("model_dir", "", "Run directory (default: runs/<name>-noise<std>-seed<seed>).", **fv)
     flags.DEFINE_float("alpha", _D.alpha, "Weight of the hard-label cross-entropy, in [0, 1].", **fv)
     flags.DEFINE_float("temperature", _D.temperature, "Distillation temperature T > 0.", **fv)

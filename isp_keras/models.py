@@ -235,7 +235,7 @@ def load_teacher(name_or_path: str) -> tuple[keras.Model, TeacherSpec | None]:
                         f"({', '.join(KERAS_APPLICATIONS)})")
     model = load_model_file(path)
     if isinstance(model, keras.layers.TFSMLayer):
-        raise UserError(f"{path}: a SavedModel cannot serve as a teacher to clone; save it as a .keras file")
+        model = _saved_model_teacher(path, model)
     raw = _read_spec(path)
     spec = None
     if raw is not None:
@@ -244,6 +244,43 @@ def load_teacher(name_or_path: str) -> tuple[keras.Model, TeacherSpec | None]:
         except TypeError as exc:
             raise UserError(f"{sidecar_path(path)}: bad teacher description ({exc})") from None
     return model, spec
+
+
+def _saved_model_teacher(path: Path, layer: keras.layers.TFSMLayer) -> keras.Model:
+    """A SavedModel's `serving_default` (one image input [batch, H, W, 3], one logits output) as a Keras model.
+
+    It can teach (it is only run forward) but not be cloned: the student then needs --student_init."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UserError(f"{path}: serving_default must take one image and return one logits tensor "
+                        f"(takes {sorted(inputs)}, returns {sorted(outputs)})")
+    spec = next(iter(inputs.values()))
+    if spec.shape.rank != 4:
+        raise UserError(f"{path}: serving_default takes shape {spec.shape}; expected [batch, H, W, 3]")
+    x = keras.Input(tuple(spec.shape[1:]), name="image")
+    y = layer(x)
+    y = next(iter(y.values())) if isinstance(y, dict) else y
+    return keras.Model(x, y, name=f"saved_model_{path.name}")
+
+
+def load_student_init(path, teacher: keras.Model) -> keras.Model:
+    """--student_init: a .keras model of the teacher's input/output shapes whose architecture and weights the
+    student starts from (needed when the teacher is a SavedModel, which cannot be cloned)."""
+    model = load_model_file(path)
+    if isinstance(model, keras.layers.TFSMLayer):
+        raise UserError(f"--student_init={path}: must be a .keras file (a SavedModel has no architecture to clone)")
+    if model.input_shape[1:] != teacher.input_shape[1:] or model.output_shape[-1] != teacher.output_shape[-1]:
+        raise UserError(f"--student_init={path}: takes {model.input_shape[1:]} -> {model.output_shape[-1]} classes "
+                        f"but the teacher takes {teacher.input_shape[1:]} -> {teacher.output_shape[-1]}")
+    return model
+
+
+def is_cloneable(model: keras.Model) -> bool:
+    return not any(isinstance(layer, keras.layers.TFSMLayer) for layer in model.layers)
 
 
 def input_size(model: keras.Model) -> tuple[int | None, int | None, int | None]:

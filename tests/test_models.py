@@ -95,3 +95,30 @@ def test_keras_applications_name_offline_fails_with_one_line():
     with pytest.raises(UserError) as info:
         models.load_teacher("MobileNetV2")
     assert "could not download the ImageNet weights" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_saved_model_teacher_needs_student_init(tiny_teacher, tmp_path):
+    """A SavedModel teaches (forward only, same logits as the .keras it came from); the student starts from
+    --student_init because a SavedModel has no architecture to clone."""
+    import dataclasses
+
+    from isp_keras import experiment
+    from isp_keras.config import TrainConfig
+
+    keras_teacher, spec = models.load_teacher(str(tiny_teacher))
+    saved = tmp_path / "teacher_sm"
+    keras_teacher.export(str(saved), format="tf_saved_model")
+    models.write_spec(saved, spec)
+    teacher, got_spec = models.load_teacher(str(saved))
+    assert got_spec == spec and teacher.input_shape == (None, 32, 32, 3) and teacher.output_shape == (None, 10)
+    x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(teacher(x, training=False), keras_teacher(x, training=False), atol=1e-5)
+
+    cfg = TrainConfig(teacher=str(saved), model_dir=str(tmp_path / "run"), epochs=1, batch_size=32, train_take=64,
+                      test_take=64, stats_images=128).validate()
+    with pytest.raises(UserError, match="--student_init"):
+        experiment.setup(cfg)
+    s = experiment.setup(dataclasses.replace(cfg, student_init=str(tiny_teacher)))
+    row, student = experiment.train_student(s, tmp_path / "run", "distilled", 0.9, "gt", verbose=0)
+    assert row["name"] == "distilled" and 0 <= row["top1"] <= 100
+    assert student.count_params() == keras_teacher.count_params()
