@@ -10,13 +10,12 @@ each from the teacher's weights. Writes results.json (core schema), results.md a
 
 from __future__ import annotations
 
-import sys
 import time
 
 from absl import app, flags
 
 from isp_keras import experiment
-from isp_keras.errors import run_main
+from isp_keras.errors import parse_flags, run_main
 from isp_keras.experiments import common
 
 FLAGS = flags.FLAGS
@@ -36,20 +35,9 @@ def run(opts: common.Options) -> dict:
     return results
 
 
-def main(argv):
-    command = " ".join(["python -m isp_keras.experiments." + KIND] + sys.argv[1:])
-    del argv
-    if FLAGS.strategy == "mirrored":
-        from isp_keras import distribute
-
-        distribute.ensure_logical_cpus(FLAGS.cpu_replicas)
-    opts = common.options_from_flags(KIND, FLAGS, command)
-    if opts.dry_run:
-        print(common.plan_text(opts))
-        return
-    run(opts)
+main = common.make_main(KIND, run)
 
 
 if __name__ == "__main__":
     common.define_flags(KIND)
-    app.run(run_main(main))
+    app.run(run_main(main), flags_parser=parse_flags)

@@ -108,6 +108,29 @@ def define_flags(kind: str, flag_values: flags.FlagValues | None = None) -> None
                           "(classifier frozen); a finetune_all row is always added.", **fv)
 
 
+def make_main(kind: str, run, flag_values=None):
+    """The absl `main` of an experiment command: strategy first (multi_worker/tpu configure TensorFlow), then
+    options from flags, then the plan (--dry_run) or the run."""
+
+    def main(argv):
+        import sys
+
+        from isp_keras import distribute
+
+        del argv
+        fv = flag_values if flag_values is not None else flags.FLAGS
+        command = " ".join([f"python -m isp_keras.experiments.{kind}"] + sys.argv[1:])
+        if not fv.dry_run:
+            distribute.init(fv.strategy, fv.tpu, fv.cpu_replicas)
+        opts = options_from_flags(kind, fv, command)
+        if opts.dry_run:
+            print(plan_text(opts))
+            return
+        run(opts)
+
+    return main
+
+
 def default_model_dir(kind: str, cfg: TrainConfig) -> str:
     data = cfg.dataset.replace(":", "_").replace("/", "_")
     noise = "" if kind == "sweep" else f"-noise{cfg.noise_std:g}"
