@@ -124,7 +124,7 @@ def test_cli_rejects_a_distiller_in_one_line(tmp_path):
 def test_real_resnet20_student(tmp_path):
     """The embedded ResNet-20 as a RAW student (per-site statistics of 512 training mosaics, no distillation) on 512
     real test mosaics: the float gates hold; the int8 model is far from chance but does NOT reach the issue's 98%
-    (measured 95.5% here, 96.6% for the distilled default student: see notes/issue-4.md), so the gate refuses it."""
+    (measured 95.5% here, 96.6% for the distilled default student: see BUILD_NOTES.md, section 6), so the gate refuses it."""
     from isp_keras import experiment, models
     from isp_keras.config import TrainConfig
 
