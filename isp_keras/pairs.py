@@ -231,16 +231,7 @@ def cache_key(cfg: BuildConfig, pairs: list[Pair], teacher_path: str) -> str:
 
 
 def read_index(cache_dir) -> dict:
-    path = Path(cache_dir) / "index.json"
-    if not path.exists():
-        raise UserError(f"{cache_dir}: not a pairs cache (no index.json)")
-    try:
-        index = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UserError(f"{path}: corrupt index ({exc})") from None
-    if index.get("format") != FORMAT:
-        raise UserError(f"{path}: unknown pairs cache format {index.get('format')!r}")
-    return index
+    return records.read_json_index(cache_dir, FORMAT, "pairs cache")
 
 
 def _example(raw: np.ndarray, rgb: np.ndarray, label: int, prob: float, group: str) -> bytes:
@@ -251,7 +242,7 @@ def _example(raw: np.ndarray, rgb: np.ndarray, label: int, prob: float, group: s
         "prob": tf.train.Feature(float_list=tf.train.FloatList(value=[float(prob)])),
         "group": tf.train.Feature(bytes_list=tf.train.BytesList(value=[group.encode()])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 class _SplitWriter:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import tensorflow as tf
@@ -30,7 +28,7 @@ def _example(image_bytes: bytes, label: int) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature={
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    })).SerializeToString()
+    })).SerializeToString(deterministic=True)
 
 
 def sha256_file(path) -> str:
@@ -47,46 +45,45 @@ def write_records(out_dir, classes, splits: dict, num_shards: dict | int = 1, ex
     Examples are dealt round-robin to shards. The directory appears only when complete.
     """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     index = {"format": FORMAT, "compression": COMPRESSION, "classes": list(classes), "splits": {}, **(extra or {})}
-    for split, examples in splits.items():
-        n = num_shards if isinstance(num_shards, int) else num_shards.get(split, 1)
-        names = [f"{split}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)]
-        options = tf.io.TFRecordOptions(compression_type=COMPRESSION)
-        writers = [tf.io.TFRecordWriter(str(tmp / name), options) for name in names]
-        count = 0
-        per_class = [0] * len(classes)
-        for image_bytes, label in examples:
-            if not 0 <= int(label) < len(classes):
-                raise ValueError(f"label {label} out of range for {len(classes)} classes")
-            writers[count % n].write(_example(image_bytes, label))
-            per_class[int(label)] += 1
-            count += 1
-        for w in writers:
-            w.close()
-        index["splits"][split] = {"count": count, "per_class": per_class,
-                                  "files": {name: sha256_file(tmp / name) for name in names}}
-    fsutil.write_json_atomic(tmp / "index.json", index)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with fsutil.atomic_dir(out_dir) as tmp:
+        for split, examples in splits.items():
+            n = num_shards if isinstance(num_shards, int) else num_shards.get(split, 1)
+            names = [f"{split}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)]
+            options = tf.io.TFRecordOptions(compression_type=COMPRESSION)
+            writers = [tf.io.TFRecordWriter(str(tmp / name), options) for name in names]
+            count = 0
+            per_class = [0] * len(classes)
+            for image_bytes, label in examples:
+                if not 0 <= int(label) < len(classes):
+                    raise ValueError(f"label {label} out of range for {len(classes)} classes")
+                writers[count % n].write(_example(image_bytes, label))
+                per_class[int(label)] += 1
+                count += 1
+            for w in writers:
+                w.close()
+            index["splits"][split] = {"count": count, "per_class": per_class,
+                                      "files": {name: sha256_file(tmp / name) for name in names}}
+        fsutil.write_json_atomic(tmp / "index.json", index)
     return index
 
 
-def read_index(records_dir) -> dict:
-    path = Path(records_dir) / "index.json"
+def read_json_index(folder, fmt: str, what: str) -> dict:
+    """The index.json of a folder this project wrote (records, pairs cache), checked for its format tag."""
+    path = Path(folder) / "index.json"
     if not path.exists():
-        raise UserError(f"{records_dir}: not a records directory (no index.json)")
+        raise UserError(f"{folder}: not a {what} (no index.json)")
     try:
         index = json.loads(path.read_text())
     except ValueError as exc:
         raise UserError(f"{path}: corrupt index ({exc})") from None
-    if index.get("format") != FORMAT:
-        raise UserError(f"{path}: unknown records format {index.get('format')!r}")
+    if index.get("format") != fmt:
+        raise UserError(f"{path}: unknown {what} format {index.get('format')!r}")
     return index
+
+
+def read_index(records_dir) -> dict:
+    return read_json_index(records_dir, FORMAT, "records directory")
 
 
 def split_files(records_dir, split: str) -> list[str]:
