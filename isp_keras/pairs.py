@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import zlib
 from pathlib import Path
 
@@ -319,11 +318,7 @@ def build_cache(cfg: BuildConfig, teacher, spec, teacher_path: str, pairs: list[
             return index
     num_classes = int(spec.num_classes)
     test_groups = split_groups([p.group for p in pairs], cfg.test_fraction, cfg.seed)
-    tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with fsutil.atomic_dir(out) as tmp:
         writers = {s: _SplitWriter(tmp, s, cfg.shards, cfg.cfa, num_classes) for s in ("train", "test")}
         skipped, dropped, read = [], 0, 0
         for pair in tqdm(pairs, desc=f"patches {cfg.mode}", unit="pair", disable=not progress):
@@ -378,12 +373,6 @@ def build_cache(cfg: BuildConfig, teacher, spec, teacher_path: str, pairs: list[
             "splits": splits,
         }
         fsutil.write_json_atomic(tmp / "index.json", index)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logging.info("%s: %d train / %d test patches from %d pairs (%d skipped, %d low-confidence test patches dropped)",
                  out, splits["train"]["count"], splits["test"]["count"], read, len(skipped), dropped)
     return index
@@ -495,14 +484,10 @@ def synthesize_bursts(out_dir, images: np.ndarray, labels=None, *, tiles: int = 
         raise UserError(f"synthetic bursts: frames of {side} px are below LibRaw's minimum {rawio.MIN_SIDE}; "
                         "use more tiles")
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     burst_fn = _burst_fn(frames, float(short_exposure), cfa)
     rng = np.random.default_rng(seed)
     label_rows = ["burst,tile,label"]
-    try:
+    with fsutil.atomic_dir(out) as tmp:
         for b in tqdm(range(count), desc="synthetic bursts", unit="burst", disable=not progress):
             group = images[b * per:(b + 1) * per]
             frame = np.concatenate([np.concatenate(list(group[r * tiles:(r + 1) * tiles]), axis=1)
@@ -527,12 +512,6 @@ def synthesize_bursts(out_dir, images: np.ndarray, labels=None, *, tiles: int = 
                 label_rows += [f"{folder.name},{t},{int(labels[b * per + t])}" for t in range(per)]
         if labels is not None:
             fsutil.write_text_atomic(tmp / "labels.csv", "\n".join(label_rows) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return count
 
 

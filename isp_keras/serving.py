@@ -9,7 +9,6 @@ a LiteRT runner, the representative set and the parity figures the export comman
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from isp_keras import bayer, datasets
+from isp_keras import bayer, datasets, records
 from isp_keras.errors import UserError
 
 SIGNATURE = "serving_default"
@@ -313,18 +312,10 @@ def parity_failures(figures: dict) -> list[str]:
     return failures
 
 
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_hashes(directory) -> dict:
     """sha256 of every file under `directory` but the manifest, by relative path."""
     directory = Path(directory)
-    return {str(p.relative_to(directory)): sha256(p) for p in sorted(directory.rglob("*"))
+    return {str(p.relative_to(directory)): records.sha256_file(p) for p in sorted(directory.rglob("*"))
             if p.is_file() and p.name != MANIFEST}
 
 
