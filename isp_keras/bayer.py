@@ -77,6 +77,65 @@ def _border_weights(height: int, width: int, cfa: str) -> np.ndarray:
     return (1.0 / mass).astype(np.float32)
 
 
+def _tile_conv_weights(cfa: str, scale) -> np.ndarray:
+    """The bilinear kernels of all four pixel phases as one 3x3 convolution over the space-to-depth mosaic.
+
+    Input channel i*2+j holds the sample at phase (i, j) of each 2x2 tile; output channel (a*2+b)*3+c is colour c
+    at phase (a, b), in tf.nn.depth_to_space order. `scale` [3] multiplies colour c (the 1/std of normalisation).
+    """
+    site, kernel = site_index(cfa), _kernel()
+    weights = np.zeros((3, 3, 4, 12), np.float64)
+    for a in range(2):
+        for b in range(2):
+            for u in (-1, 0, 1):
+                for v in (-1, 0, 1):
+                    i, j = (a + u) % 2, (b + v) % 2
+                    c = site[i, j]
+                    weights[(a + u) // 2 + 1, (b + v) // 2 + 1, i * 2 + j, (a * 2 + b) * 3 + c] += (
+                        kernel[u + 1, v + 1, c] * scale[c])
+    return weights.astype(np.float32)
+
+
+def _affine_infill(raw: tf.Tensor, cfa: str, scale, offset) -> tf.Tensor:
+    """(bilinear infill of `raw`) * scale + offset per channel, for a mosaic [B, H, W, 1].
+
+    One convolution over the 2x2 tiles gives the exact result inside the image; only the one-pixel border, where
+    the kernel overhangs, is renormalised over the samples that exist (normalised convolution). Done this way so
+    that a full-integer (int8) export rounds the interior once, not once per mask/convolution/normalisation step
+    (see BUILD_NOTES, issue 4): training and serving both run this function.
+    """
+    if raw.shape[1] is None or raw.shape[2] is None:
+        raise ValueError("Bayer ops need a static image height and width")
+    height, width = int(raw.shape[1]), int(raw.shape[2])
+    check_even(height, width, "mosaic")
+    scale = np.asarray(scale, np.float64)
+    offset = np.asarray(offset, np.float64)
+    weights = tf.constant(_tile_conv_weights(cfa, scale), raw.dtype)
+    bias = tf.constant(np.tile(offset, 4).astype(np.float32), raw.dtype)
+    tiles = tf.nn.space_to_depth(raw, 2)
+    out = tf.nn.depth_to_space(tf.nn.conv2d(tiles, weights, 1, "SAME") + bias, 2)
+    if height < 3 or width < 3:
+        return (out - offset) * _border_weights(height, width, cfa) + offset
+    gain = _border_weights(height, width, cfa)
+    off = tf.constant(offset.astype(np.float32), raw.dtype)
+
+    def fix(strip, g):  # strip = partial sum * scale + offset -> full-mass value * scale + offset
+        return (strip - off) * tf.constant(g, raw.dtype) + off
+
+    top = fix(out[:, :1], gain[:1])
+    bottom = fix(out[:, -1:], gain[-1:])
+    left = fix(out[:, 1:-1, :1], gain[1:-1, :1])
+    right = fix(out[:, 1:-1, -1:], gain[1:-1, -1:])
+    middle = tf.concat([left, out[:, 1:-1, 1:-1], right], axis=2)
+    return tf.concat([top, middle, bottom], axis=1)
+
+
+def _batched(fn, raw: tf.Tensor, *args) -> tf.Tensor:
+    if raw.shape.rank == 3:
+        return fn(raw[tf.newaxis], *args)[0]
+    return fn(raw, *args)
+
+
 def infill(raw: tf.Tensor, cfa: str = "RGGB") -> tf.Tensor:
     """Bilinear infill of a mosaic [B, H, W, 1] (or [H, W, 1]) to three channels.
 
@@ -84,15 +143,7 @@ def infill(raw: tf.Tensor, cfa: str = "RGGB") -> tf.Tensor:
     image border the average is taken over the samples that exist (normalised convolution), so edge rows are
     neither darkened (zero padding) nor biased towards the inner row (mirror padding).
     """
-    squeeze = raw.shape.rank == 3
-    if squeeze:
-        raw = raw[tf.newaxis]
-    height, width = int(raw.shape[1]), int(raw.shape[2])
-    sparse = raw * _masks_like(raw, cfa)
-    kernel = tf.constant(_kernel()[..., np.newaxis], raw.dtype)
-    out = tf.nn.depthwise_conv2d(sparse, kernel, [1, 1, 1, 1], "SAME")
-    out = out * tf.constant(_border_weights(height, width, cfa), raw.dtype)
-    return out[0] if squeeze else out
+    return _batched(_affine_infill, raw, check_cfa(cfa), np.ones(3), np.zeros(3))
 
 
 def site_moments(raw: tf.Tensor, cfa: str = "RGGB") -> tf.Tensor:
@@ -124,8 +175,12 @@ def normalize(x: tf.Tensor, mean, std) -> tf.Tensor:
 
 
 def raw_to_input(raw: tf.Tensor, cfa: str, mean, std) -> tf.Tensor:
-    """What the student sees: infilled mosaic normalised per Bayer site. Used by training and serving alike."""
-    return normalize(infill(raw, cfa), mean, std)
+    """What the student sees: infilled mosaic normalised per Bayer site. Used by training and serving alike.
+
+    Equals normalize(infill(raw, cfa), mean, std); the normalisation is folded into the infill's convolution."""
+    mean = np.asarray(mean, np.float64)
+    std = np.asarray(std, np.float64)
+    return _batched(_affine_infill, raw, check_cfa(cfa), 1.0 / std, -mean / std)
 
 
 def scale_levels(raw: tf.Tensor, black_level: float, white_level: float) -> tf.Tensor:

@@ -93,7 +93,8 @@ def measure(student: serving.Student, teacher, source, work: Path, opts, keras_p
     tflite = {}
     for kind in ("float32", "dynamic", "int8"):
         logging.info("converting %s to TFLite (%s)", student.model.name, kind)
-        tflite[kind] = serving.to_tflite(sm_dir, kind, representative if kind == "int8" else None)
+        tflite[kind] = (serving.int8_tflite(student, representative)[0] if kind == "int8"
+                        else serving.to_tflite(sm_dir, kind))
         fig[f"{kind}_bytes"] = len(tflite[kind])
     fig["keras_bytes"] = keras_path.stat().st_size
     raw_path_model = serving.to_tflite(sm_dir, "float32", signature=serving.UINT16_SIGNATURE)

@@ -27,6 +27,7 @@ class ExportConfig:
     out: str
     dataset: str = ""  # default: the run's dataset (config.json), else embedded
     calibration_samples: int = 300
+    range_batch: int = serving.RANGE_BATCH  # mosaics per batch of the activation-range estimate
     representative: str = ""  # .npy of mosaics [N, H, W(, 1)] instead of the training pipeline
     parity_take: int | None = None  # None: the whole test split
     black_level: float = 0.0
@@ -54,9 +55,13 @@ def write_export(cfg: ExportConfig, student: serving.Student, source, representa
     serving.export_saved_model(student, tmp, cfg.black_level, cfg.white_level)
     kinds = ["float32", "int8"] + (["dynamic"] if cfg.dynamic else [])
     tflite = {}
+    ranges = {}
     for kind in kinds:
         logging.info("converting to TFLite (%s)", kind)
-        tflite[kind] = serving.to_tflite(tmp, kind, representative if kind == "int8" else None)
+        if kind == "int8":
+            tflite[kind], ranges = serving.int8_tflite(student, representative, cfg.range_batch)
+        else:
+            tflite[kind] = serving.to_tflite(tmp, kind)
         (tmp / serving.TFLITE_FILES[kind]).write_bytes(tflite[kind])
     (tmp / serving.LABELS).write_text("".join(f"{c}\n" for c in student.classes))
     mosaics, _ = serving.pipeline_mosaics(student, source, source.test_split, cfg.parity_take, cfg.seed)
@@ -69,7 +74,9 @@ def write_export(cfg: ExportConfig, student: serving.Student, source, representa
         student, tmp, kinds, parity={**parity, "dataset": f"{source.name}:{source.test_split}"},
         levels=(cfg.black_level, cfg.white_level), int8_model=tflite["int8"],
         calibration={"samples": int(len(representative)),
-                     "source": cfg.representative or f"{source.name}:{source.train_split}"})
+                     "source": cfg.representative or f"{source.name}:{source.train_split}",
+                     "activation_ranges": {"method": "mean over batches of per-batch min/max (quantise.py)",
+                                           "batch": cfg.range_batch, "ranges": ranges}})
     fsutil.write_json_atomic(tmp / serving.MANIFEST, manifest)
     failures = serving.parity_failures(parity)
     if failures and cfg.parity_gate:
@@ -98,12 +105,14 @@ def run(cfg: ExportConfig) -> dict:
 def main(argv):
     del argv
     cfg = ExportConfig(student=FLAGS.student, out=FLAGS.out, dataset=FLAGS.dataset,
-                       calibration_samples=FLAGS.calibration_samples, representative=FLAGS.representative,
+                       calibration_samples=FLAGS.calibration_samples, range_batch=FLAGS.range_batch, representative=FLAGS.representative,
                        parity_take=FLAGS.parity_take or None, black_level=FLAGS.black_level,
                        white_level=FLAGS.white_level, dynamic=FLAGS.dynamic, parity_gate=FLAGS.parity_gate,
                        overwrite=FLAGS.overwrite, seed=FLAGS.seed)
     if cfg.calibration_samples < 1:
         raise UserError(f"--calibration_samples={cfg.calibration_samples}: must be >= 1")
+    if cfg.range_batch < 1:
+        raise UserError(f"--range_batch={cfg.range_batch}: must be >= 1")
     manifest = run(cfg)
     p = manifest["parity"]
     print(f"wrote {cfg.out}: SavedModel ({', '.join(manifest['signatures'])}), "
@@ -119,6 +128,8 @@ def define_flags() -> None:
     flags.DEFINE_string("out", None, "Export directory to create.")
     flags.DEFINE_string("dataset", "", "Data for calibration and parity (default: the run's dataset).")
     flags.DEFINE_integer("calibration_samples", 300, "Training-pipeline mosaics used to calibrate the int8 model.")
+    flags.DEFINE_integer("range_batch", serving.RANGE_BATCH, "Calibration mosaics per batch when estimating the "
+                         "int8 activation ranges (mean of per-batch min/max).")
     flags.DEFINE_string("representative", "", "Optional .npy of calibration mosaics [N, H, W(, 1)] float in [0,1].")
     flags.DEFINE_integer("parity_take", 0, "Test mosaics for the parity check (0: the whole test split).")
     flags.DEFINE_float("black_level", 0.0, "Sensor black level of the uint16 serving input.")

@@ -213,6 +213,27 @@ def to_tflite(saved_model_dir, kind: str, representative: np.ndarray | None = No
     return converter.convert()
 
 
+RANGE_BATCH = 100  # calibration mosaics per batch of the activation-range estimate (quantise.activation_ranges)
+
+
+def int8_tflite(student: Student, representative: np.ndarray, range_batch: int = RANGE_BATCH) -> tuple[bytes, dict]:
+    """Full-integer TFLite of the serving graph, with the student's activation ranges pinned (quantise.py) and the
+    RAW front end calibrated by the converter on the same representative mosaics. Returns (model, ranges)."""
+    import tempfile
+
+    from isp_keras import quantise
+
+    if range_batch < 1:
+        raise UserError(f"range batch {range_batch}: must be >= 1")
+    inputs = datasets.student_input(tf.constant(representative), cfa=student.cfa, norm=student.norm).numpy()
+    ranges = quantise.activation_ranges(
+        student.model, [inputs[i:i + range_batch] for i in range(0, len(inputs), range_batch)])
+    ranged = dataclasses.replace(student, model=quantise.with_ranges(student.model, ranges))
+    with tempfile.TemporaryDirectory(prefix="isp_keras_int8_") as tmp:
+        write_archive(ranged.model, {SIGNATURE: (probabilities_fn(ranged), mosaic_spec(student.image_size))}, tmp)
+        return to_tflite(tmp, "int8", representative), ranges
+
+
 class TFLiteRunner:
     """A LiteRT interpreter over a mosaic -> probabilities model; quantises int8 input/output transparently."""
 

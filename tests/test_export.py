@@ -123,8 +123,9 @@ def test_cli_rejects_a_distiller_in_one_line(tmp_path):
 @pytest.mark.skipif(not REAL_TEACHER.exists(), reason="the embedded ResNet-20 teacher is not in data/teacher yet")
 def test_real_resnet20_student(tmp_path):
     """The embedded ResNet-20 as a RAW student (per-site statistics of 512 training mosaics, no distillation) on 512
-    real test mosaics: the float gates hold; the int8 model is far from chance but does NOT reach the issue's 98%
-    (measured 95.5% here, 96.6% for the distilled default student: see BUILD_NOTES.md, section 6), so the gate refuses it."""
+    real test mosaics: the float gates hold, the int8 model agrees on well over 90% and the gate's verdict follows
+    its figure (measured: 98.24% on these 512, 97.85% on all 10,000; the distilled default student 98.11%, see
+    BUILD_NOTES.md section 6)."""
     from isp_keras import experiment, models
     from isp_keras.config import TrainConfig
 

@@ -1,0 +1,90 @@
+"""quantise: which tensors get a range, the range estimate against NumPy, FakeQuant against a NumPy rounding
+reference and a save/load round trip, and that the int8 converter keeps the pinned ranges."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from isp_keras import datasets, models, quantise, serving
+
+
+def tiny_resnet():
+    return models.build("resnet_tiny", 4, image_size=8)
+
+
+def test_quantised_layers_skip_fused_producers():
+    model = tiny_resnet()
+    names = quantise.quantised_layers(model)
+    kinds = {layer.name: type(layer).__name__ for layer in model.layers}
+    # Conv -> BN and BN -> ReLU are fused by TFLite: no int8 tensor of their own; a BN feeding an Add is one.
+    assert not [n for n in names if kinds[n] == "Conv2D"]
+    assert sorted(n for n in names if kinds[n] == "BatchNormalization") == [
+        "stage1_block1_bn2", "stage2_block1_bn2", "stage2_block1_proj_bn"]
+    assert "stem_relu" in names and "pool" in names and "logits" in names
+    assert all(kinds[n] in ("ReLU", "GlobalAveragePooling2D", "Dense", "BatchNormalization") for n in names)
+    # Every Add of this network feeds a ReLU, so its output is fused too.
+    assert not [n for n in names if kinds[n] == "Add"]
+
+
+def test_fake_quant_matches_numpy_rounding():
+    lo, hi = -1.0, 3.0
+    x = np.random.default_rng(0).uniform(-2.0, 4.0, 1000).astype(np.float32)  # no exact ties (float32 vs 64)
+    got = quantise.FakeQuant(lo, hi)(tf.constant(x)).numpy()
+    scale = (hi - lo) / 255.0
+    zero = np.round(-lo / scale)  # lo/hi nudged so that 0 is a level, as TFLite does
+    levels = (np.clip(np.floor(x / scale + zero + 0.5), 0, 255) - zero) * scale  # ties round up, as TF does
+    np.testing.assert_allclose(got, levels, atol=1e-6)
+    assert len(np.unique(got)) <= 256
+
+
+def test_activation_ranges_are_mean_of_batch_extremes():
+    model = tiny_resnet()
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(5, 8, 8, 3)).astype(np.float32) for _ in range(3)]
+    ranges = quantise.activation_ranges(model, batches)
+    assert set(ranges) == {quantise.INPUT, *quantise.quantised_layers(model)}
+    np.testing.assert_allclose(ranges[quantise.INPUT], [np.mean([b.min() for b in batches]),
+                                                        np.mean([b.max() for b in batches])], rtol=1e-6)
+    probe = keras.Model(model.inputs, model.get_layer("logits").output)
+    outs = [probe(b).numpy() for b in batches]
+    expected = [min(np.mean([o.min() for o in outs]), 0.0), max(np.mean([o.max() for o in outs]), 0.0)]
+    np.testing.assert_allclose(ranges["logits"], expected, rtol=1e-5)
+    assert ranges["stem_relu"][0] == 0.0 and ranges["stem_relu"][1] > 0.0
+    with pytest.raises(ValueError, match="at least one calibration batch"):
+        quantise.activation_ranges(model, [])
+
+
+def test_with_ranges_shares_weights_and_round_trips(tmp_path):
+    model = tiny_resnet()
+    x = np.random.default_rng(1).normal(size=(4, 8, 8, 3)).astype(np.float32)
+    ranges = quantise.activation_ranges(model, [x])
+    ranged = quantise.with_ranges(model, ranges)
+    assert {id(v) for v in model.weights} <= {id(v) for v in ranged.weights}
+    fq = [layer for layer in ranged.layers if isinstance(layer, quantise.FakeQuant)]
+    assert len(fq) == 1  # the input; the others sit inside the cloned body
+    # Rounding to 256 levels moves the logits a little, never a lot.
+    diff = np.abs(ranged(x).numpy() - model(x).numpy())
+    assert 0 < diff.max() < 0.1 * np.abs(model(x).numpy()).max()
+    ranged.save(tmp_path / "ranged.keras")
+    loaded = keras.saving.load_model(tmp_path / "ranged.keras")
+    np.testing.assert_allclose(loaded(x).numpy(), ranged(x).numpy(), atol=1e-6)
+
+
+def test_int8_tflite_keeps_the_pinned_ranges():
+    model = tiny_resnet()
+    norm = datasets.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
+    student = serving.Student(model, "RGGB", 8, ["a", "b", "c", "d"], norm, path="test")
+    mosaics = np.random.default_rng(2).uniform(-0.1, 1.1, (40, 8, 8, 1)).astype(np.float32)
+    tflite, ranges = serving.int8_tflite(student, mosaics, range_batch=10)
+    runner = serving.TFLiteRunner(tflite)
+    details = runner.interpreter.get_tensor_details()
+    assert {np.dtype(d["dtype"]).name for d in details} <= {"int8", "int32"}
+    scales = [float(s) for d in details for s in np.atleast_1d(d["quantization_parameters"]["scales"])]
+    for name, (lo, hi) in ranges.items():
+        expected = (hi - lo) / 255.0
+        assert any(abs(s - expected) <= 1e-6 * expected for s in scales), (name, expected)
+    with pytest.raises(Exception, match="range batch 0"):
+        serving.int8_tflite(student, mosaics, range_batch=0)
