@@ -41,9 +41,11 @@ class TrainConfig:
     data_service: str = ""
     augment: bool = True
     tpu: str = ""
+    qat_epochs: int = 0  # quantisation-aware fine-tuning after distillation (train only)
+    qat_lr: float = 0.002
 
     def validate(self) -> "TrainConfig":
-        for name in ("alpha", "temperature", "noise_std", "lr", "weight_decay", "warmup_epochs"):
+        for name in ("alpha", "temperature", "noise_std", "lr", "weight_decay", "warmup_epochs", "qat_lr"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"--{name}={getattr(self, name)}: must be a finite number")
         if self.cached_logits and self.augment:
@@ -69,6 +71,13 @@ class TrainConfig:
             raise UserError(f"--sensor={self.sensor}: must be gaussian or realistic")
         if self.hard_labels not in ("gt", "teacher"):
             raise UserError(f"--hard_labels={self.hard_labels}: must be gt or teacher")
+        if self.qat_epochs < 0 or not self.qat_lr > 0:
+            raise UserError(f"--qat_epochs={self.qat_epochs}, --qat_lr={self.qat_lr}: need qat_epochs >= 0 and "
+                            "qat_lr > 0")
+        if self.qat_epochs and self.strategy != "default":
+            raise UserError(f"--qat_epochs={self.qat_epochs} with --strategy={self.strategy}: quantisation-aware "
+                            "fine-tuning runs on one device only (its moving activation ranges are not synchronised "
+                            "across replicas); pass --qat_epochs=0 and fine-tune on one device")
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("--epochs and --batch_size must be >= 1")
         if self.image_size is not None and (self.image_size < 2 or self.image_size % 2):

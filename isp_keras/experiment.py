@@ -166,8 +166,12 @@ def _row(name, metrics) -> dict:
 
 
 def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, finetune_first: int | None = None,
-                  verbose: int | str = "auto") -> tuple[dict, keras.Model]:
-    """Train one student row from the teacher's weights, resumably in run_dir; returns (row, student)."""
+                  verbose: int | str = "auto", start_from: keras.Model | None = None,
+                  quantisation_aware: bool = False) -> tuple[dict, keras.Model]:
+    """Train one student row, resumably in run_dir; returns (row, student).
+
+    The student starts from the teacher's weights (or `start_from`'s). `quantisation_aware`: train through
+    quantise.quantisation_aware (int8 simulated, BN frozen), then snap the weights to their int8 grid."""
     cfg = s.cfg
     run_dir = Path(run_dir)
     keras.utils.set_random_seed(cfg.seed)
@@ -175,17 +179,23 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
     run_dir = _distribute().worker_dir(strategy, run_dir)
     steps = s.steps_per_epoch()
     with strategy.scope():
-        student = models.student_from_teacher(s.student_source(), sync_bn=strategy.num_replicas_in_sync > 1)
+        student = models.student_from_teacher(start_from if start_from is not None else s.student_source(),
+                                              sync_bn=strategy.num_replicas_in_sync > 1)
         trainable = models.set_trainable_prefix(student, finetune_first)
+        trained = student
+        if quantisation_aware:
+            from isp_keras import quantise
+
+            trained = quantise.quantisation_aware(student)
         optimizer = training.sgd(cfg.epochs * steps, cfg.lr, cfg.weight_decay,
                                  warmup_steps=int(cfg.warmup_epochs * steps))
-        model = distiller.Distiller(student, s.teacher, alpha=alpha, temperature=cfg.temperature,
+        model = distiller.Distiller(trained, s.teacher, alpha=alpha, temperature=cfg.temperature,
                                     hard_labels=hard_labels, cached_logits=cfg.cached_logits)
         model.compile(optimizer=optimizer)
         state = training.read_checkpoint_state(run_dir)
         if state:
-            student.load_weights(Path(state["path"]) / "student.weights.h5")
-            distiller.load_optimizer_state(optimizer, student.trainable_variables,
+            trained.load_weights(Path(state["path"]) / "student.weights.h5")
+            distiller.load_optimizer_state(optimizer, trained.trainable_variables,
                                            Path(state["path"]) / "optimizer.npz")
             logging.info("resuming %s after epoch %d from %s", name, state["epochs_done"], state["path"])
     start_step = int(state.get("step", state["epochs_done"] * steps)) if state else 0
@@ -193,7 +203,7 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
                  len(student.layers), cfg.epochs, steps)
 
     def save(folder):
-        student.save_weights(folder / "student.weights.h5")
+        trained.save_weights(folder / "student.weights.h5")
         distiller.save_optimizer_state(optimizer, folder / "optimizer.npz")
 
     nan_guard = training.StopOnNaN()
@@ -222,6 +232,11 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
         raise training.Stopped(f"{name}: stopped by signal {checkpoint.signal} at step {checkpoint.saved_step}, "
                                f"checkpoint saved in {run_dir}; rerun the same command to resume",
                                checkpoint.signal)
+    if quantisation_aware:
+        from isp_keras import quantise
+
+        quantise.snap_weights(student)
+        quantise.unfreeze_batchnorm(student)
     metrics = distiller.evaluate(s.test_ds(), s.teacher, student, on="student")
     return _row(name, metrics), student
 

@@ -112,3 +112,107 @@ def with_ranges(model: keras.Model, ranges: dict) -> keras.Model:
     x = FakeQuant(*ranges[INPUT], name="input_range")(inputs) if INPUT in ranges else inputs
     return keras.Model(inputs, body(x), name=f"{model.name}_int8_ranges")
 
+
+
+# Quantisation-aware fine-tuning (QAT). The student is trained through a copy of its graph that rounds weights
+# (per output channel, symmetric, as TFLite's int8 kernels do) and activations (to moving-average ranges) in the
+# forward pass, with straight-through gradients; BatchNormalization is frozen so that TFLite's folding of it into
+# the convolution matches what was trained. Afterwards the float weights are snapped to their int8 grid, so the
+# converter's weight quantisation is exact and only activation rounding remains.
+
+_WEIGHT_AXES = {"DepthwiseConv2D": (2, 3), "Conv2D": (3,), "Dense": (1,)}
+
+
+def _weight_axes(layer) -> tuple | None:
+    for cls in type(layer).__mro__:
+        if cls.__name__ in _WEIGHT_AXES:
+            return _WEIGHT_AXES[cls.__name__]
+    return None
+
+
+def fake_quant_weight(w, keep_axes: tuple):
+    """Symmetric int8 (levels -127..127) per slice along `keep_axes`, straight-through gradient."""
+    reduce = [i for i in range(len(w.shape)) if i not in keep_axes]
+    scale = tf.maximum(tf.reduce_max(tf.abs(w), axis=reduce, keepdims=True), 1e-12) / 127.0
+    q = tf.clip_by_value(tf.round(w / scale), -127.0, 127.0) * scale
+    return w + tf.stop_gradient(q - w)
+
+
+class _QuantisedWeights(layers.Layer):
+    """Runs a Conv2D/DepthwiseConv2D/Dense layer (shared, not copied) with its kernel fake-quantised."""
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def call(self, x):
+        inner = self.inner
+        kernel = fake_quant_weight(inner.kernel, _weight_axes(inner))
+        if isinstance(inner, layers.DepthwiseConv2D):
+            y = keras.ops.depthwise_conv(x, kernel, inner.strides, inner.padding, inner.data_format,
+                                         inner.dilation_rate)
+        elif isinstance(inner, layers.Conv2D):
+            y = inner.convolution_op(x, kernel)
+        else:
+            y = keras.ops.matmul(x, kernel)
+        if inner.use_bias:
+            y = y + inner.bias
+        return inner.activation(y)
+
+
+class _MovingRange(layers.Layer):
+    """Fake-quantises to [lo, hi], the moving average (first batch: the batch itself) of batch min/max in training."""
+
+    def __init__(self, momentum: float = 0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = momentum
+
+    def build(self, shape):
+        self.lo = self.add_weight(shape=(), initializer="zeros", trainable=False, name="lo")
+        self.hi = self.add_weight(shape=(), initializer="zeros", trainable=False, name="hi")
+        self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, name="seen")
+
+    def call(self, x, training=False):
+        if training:
+            m = tf.where(self.seen > 0, self.momentum, 0.0)
+            self.lo.assign(m * self.lo + (1.0 - m) * tf.minimum(tf.reduce_min(x), 0.0))
+            self.hi.assign(m * self.hi + (1.0 - m) * tf.maximum(tf.reduce_max(x), 0.0))
+            self.seen.assign_add(1.0)
+        return tf.quantization.fake_quant_with_min_max_vars(x, self.lo, tf.maximum(self.hi, self.lo + 1e-6),
+                                                            num_bits=8)
+
+
+def quantisation_aware(model: keras.Model) -> keras.Model:
+    """A training view of `model` (same weight variables) that simulates int8 inference; freezes its BN layers."""
+    names = set(quantised_layers(model))
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False  # Keras 3: a frozen BN also runs in inference mode
+
+    def call(layer, *args, **kwargs):
+        if _weight_axes(layer) is not None:
+            out = _QuantisedWeights(layer, name=f"{layer.name}_qat")(*args)
+        else:
+            out = layer(*args, **kwargs)
+        return _MovingRange(name=f"{layer.name}_range")(out) if layer.name in names else out
+
+    body = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+    inputs = keras.Input(model.inputs[0].shape[1:], name="image")
+    return keras.Model(inputs, body(_MovingRange(name="input_range")(inputs)), name=f"{model.name}_qat")
+
+
+def snap_weights(model: keras.Model) -> int:
+    """Replace every conv/dense kernel by its int8-grid value (what quantisation_aware trained); returns how many."""
+    count = 0
+    for layer in model.layers:
+        axes = _weight_axes(layer)
+        if axes is not None:
+            layer.kernel.assign(fake_quant_weight(layer.kernel, axes))
+            count += 1
+    return count
+
+
+def unfreeze_batchnorm(model: keras.Model) -> None:
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = True

@@ -1,13 +1,15 @@
 """ISP distillation of one student: `python -m isp_keras.train --noise_std=0.1`.
 
 Loads the teacher and data (the embedded default unless told otherwise), computes per-Bayer-site statistics,
-evaluates the teacher on clean RGB and on RAW, distils a RAW student from it, and writes a run directory:
+evaluates the teacher on clean RGB and on RAW, distils a RAW student from it, fine-tunes it quantisation-aware
+(--qat_epochs, so that its int8 export agrees with it; 0 skips), and writes a run directory:
 config.json, results.json, student.keras (+ student.json), TensorBoard logs, checkpoints. Rerunning the same
 command resumes an interrupted run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -33,6 +35,12 @@ def run(cfg: config.TrainConfig) -> dict:
     rows = experiment.baseline_rows(s)
     row, student = experiment.train_student(s, run_dir / "distilled", "distilled", cfg.alpha, cfg.hard_labels)
     rows.append(row)
+    if cfg.qat_epochs:
+        qat = dataclasses.replace(s, cfg=dataclasses.replace(cfg, epochs=cfg.qat_epochs, lr=cfg.qat_lr,
+                                                             warmup_epochs=0.0))
+        row, student = experiment.train_student(qat, run_dir / "qat", "distilled_qat", cfg.alpha, cfg.hard_labels,
+                                                start_from=student, quantisation_aware=True)
+        rows.append(row)
     experiment.save_student(student, run_dir, s)
     results = experiment.write_results(run_dir, rows, cfg, time.time() - start)
     print(experiment.format_table(rows))
@@ -51,6 +59,15 @@ def main(argv):
     run(cfg)
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
     flagdefs.define_train_flags()
+    flags.DEFINE_integer("qat_epochs", 1, "Quantisation-aware fine-tuning epochs after distillation (int8 rounding "
+                         "simulated, BN frozen, weights snapped to the int8 grid); the saved student is then the "
+                         "fine-tuned one. 0: save the distilled student as is.")
+    flags.DEFINE_float("qat_lr", config.TrainConfig.qat_lr, "Peak learning rate of quantisation-aware fine-tuning "
+                       "(cosine, no warmup).")
+
+
+if __name__ == "__main__":
+    define_flags()
     app.run(run_main(main), flags_parser=parse_flags)

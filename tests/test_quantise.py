@@ -88,3 +88,50 @@ def test_int8_tflite_keeps_the_pinned_ranges():
         assert any(abs(s - expected) <= 1e-6 * expected for s in scales), (name, expected)
     with pytest.raises(Exception, match="range batch 0"):
         serving.int8_tflite(student, mosaics, range_batch=0)
+
+
+def test_fake_quant_weight_is_per_channel_symmetric_int8():
+    w = np.random.default_rng(3).normal(size=(3, 3, 2, 5)).astype(np.float32)
+    w[..., 4] *= 100.0  # one channel with a large range must not coarsen the others
+    got = quantise.fake_quant_weight(tf.constant(w), (3,)).numpy()
+    scale = np.abs(w).reshape(-1, 5).max(0) / 127.0
+    np.testing.assert_allclose(got, np.clip(np.round(w / scale), -127, 127) * scale, rtol=1e-6, atol=1e-7)
+    var = tf.Variable(w)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(quantise.fake_quant_weight(var, (3,)) * 2.0)
+    np.testing.assert_allclose(tape.gradient(loss, var).numpy(), np.full_like(w, 2.0))  # straight through
+
+
+def test_quantisation_aware_view_trains_the_students_own_weights():
+    model = tiny_resnet()
+    qat = quantise.quantisation_aware(model)
+    assert {id(v) for v in qat.trainable_variables} <= {id(v) for v in model.weights}
+    assert not [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
+    x = np.random.default_rng(4).normal(size=(6, 8, 8, 3)).astype(np.float32)
+    qat(x, training=True)  # first batch sets the ranges to its own min/max
+    ranges = [l for l in qat.layers if l.name == "input_range"][0]
+    np.testing.assert_allclose([float(ranges.lo), float(ranges.hi)], [x.min(), x.max()], rtol=1e-6)
+    qat(2.0 * x, training=True)  # then a moving average with momentum 0.99
+    np.testing.assert_allclose(float(ranges.hi), 0.99 * x.max() + 0.01 * 2.0 * x.max(), rtol=1e-5)
+    # Inference uses the ranges without moving them, and rounds: close to, not equal to, the float model.
+    hi = float(ranges.hi)
+    out = qat(x).numpy()
+    assert float(ranges.hi) == hi
+    assert 0 < np.abs(out - model(x).numpy()).max() < 0.2 * np.abs(model(x).numpy()).max() + 1e-3
+    # One optimiser step through the view moves the student's kernel.
+    before = model.get_layer("stem_conv").kernel.numpy().copy()
+    opt = keras.optimizers.SGD(0.1)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(qat(x, training=True)))
+    opt.apply_gradients(zip(tape.gradient(loss, qat.trainable_variables), qat.trainable_variables))
+    assert np.abs(model.get_layer("stem_conv").kernel.numpy() - before).max() > 0
+
+
+def test_snap_weights_puts_kernels_on_the_grid():
+    model = tiny_resnet()
+    assert quantise.snap_weights(model) == len([l for l in model.layers if hasattr(l, "kernel")])
+    for layer in model.layers:
+        if hasattr(layer, "kernel"):
+            k = layer.kernel.numpy()
+            steps = k / (np.abs(k).reshape(-1, k.shape[-1]).max(0) / 127.0)
+            np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,8 @@ def test_train_end_to_end_writes_the_contract(tiny_teacher, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results) >= {"rows", "config", "wall_seconds"} and results["wall_seconds"] > 0
-    assert [r["name"] for r in results["rows"]] == ["teacher_clean", "teacher_raw", "distilled"]
+    assert [r["name"] for r in results["rows"]] == ["teacher_clean", "teacher_raw", "distilled", "distilled_qat"]
+    assert results["config"]["qat_epochs"] == 1
     for row in results["rows"]:
         assert set(row) == {"name", "top1", "top5", "agreement"}
         assert all(0.0 <= row[k] <= 100.0 for k in ("top1", "top5", "agreement"))
@@ -60,6 +62,14 @@ def test_train_end_to_end_writes_the_contract(tiny_teacher, tmp_path):
 
     student = keras.saving.load_model(run_dir / "student.keras", safe_mode=True)
     assert student.input_shape == (None, 32, 32, 3) and student.output_shape == (None, 10)
+    # The saved student is the quantisation-aware one: every kernel sits on its per-output-channel int8 grid, and
+    # its BN layers are trainable again (frozen only during the fine-tuning).
+    kernels = [layer.kernel.numpy() for layer in student.layers if hasattr(layer, "kernel")]
+    assert len(kernels) > 3
+    for kernel in kernels:
+        steps = kernel / (np.abs(kernel).reshape(-1, kernel.shape[-1]).max(0) / 127.0)
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert all(layer.trainable for layer in student.layers)
     meta = json.loads((run_dir / "student.json").read_text())
     assert meta["cfa"] == "RGGB" and meta["image_size"] == 32
     tags = _tensorboard_tags(run_dir)
@@ -87,6 +97,22 @@ def _tensorboard_tags(run_dir):
     return {"scalars": scalars, "images": images}
 
 
+@pytest.mark.slow
+def test_without_qat_the_distilled_student_is_saved(tiny_teacher, tmp_path):
+    """--qat_epochs=0: no fine-tuning row, and the saved student is the distilled one (kernels off the int8 grid)."""
+    run_dir = tmp_path / "run"
+    proc = run_train(tiny_args(tiny_teacher, run_dir, "--qat_epochs=0", "--train_take=256"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [r["name"] for r in results["rows"]] == ["teacher_clean", "teacher_raw", "distilled"]
+    import keras
+
+    student = keras.saving.load_model(run_dir / "student.keras", safe_mode=True)
+    kernel = student.get_layer("stem_conv").kernel.numpy()
+    steps = kernel / (np.abs(kernel).reshape(-1, kernel.shape[-1]).max(0) / 127.0)
+    assert np.abs(steps - np.round(steps)).max() > 0.1
+
+
 def test_a_finished_run_is_not_overwritten_without_the_flag(tiny_teacher, tmp_path):
     run_dir = tmp_path / "done"
     run_dir.mkdir()
@@ -101,6 +127,8 @@ def test_a_finished_run_is_not_overwritten_without_the_flag(tiny_teacher, tmp_pa
     ("--alpha=1.5", "--alpha=1.5: must be in [0, 1]"),
     ("--temperature=0", "--temperature=0.0: must be > 0"),
     ("--dataset=nosuch", "unknown dataset 'nosuch'"),
+    ("--qat_epochs=-1", "--qat_epochs=-1, --qat_lr=0.002: need qat_epochs >= 0"),
+    ("--strategy=mirrored", "quantisation-aware fine-tuning runs on one device only"),
 ])
 def test_bad_flags_give_one_line(tiny_teacher, tmp_path, flag, message):
     proc = run_train(tiny_args(tiny_teacher, tmp_path / "r", flag))
