@@ -35,15 +35,15 @@ def _start(teacher, run_dir, log):
                             cwd=Path(__file__).resolve().parent.parent)
 
 
-def _committed_step(run_dir) -> int | None:
-    state = training.read_checkpoint_state(Path(run_dir) / "distilled")
+def _committed_step(run_dir, phase: str = "distilled") -> int | None:
+    state = training.read_checkpoint_state(Path(run_dir) / phase)
     return state.get("step") if state else None
 
 
-def _wait_for_step(proc, run_dir, at_least: int, timeout: float = 240.0) -> int:
+def _wait_for_step(proc, run_dir, at_least: int, timeout: float = 240.0, phase: str = "distilled") -> int:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        step = _committed_step(run_dir)
+        step = _committed_step(run_dir, phase)
         if step is not None and step >= at_least:
             return step
         if proc.poll() is not None:
@@ -120,6 +120,39 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_teacher, tmp_path):
     again = subprocess.run(_command(tiny_teacher, killed_dir), capture_output=True, text=True, env=_env(),
                            cwd=Path(__file__).resolve().parent.parent)
     assert again.returncode == 2 and "pass --overwrite" in again.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_stop_during_quantisation_aware_epoch_resumes_it(tiny_teacher, tmp_path):
+    """SIGTERM inside the QAT phase (after distillation finished): the rerun keeps the distilled checkpoint,
+    resumes QAT from its own step checkpoint (moving ranges included) and saves the same student as a run that
+    never stopped."""
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+    command = lambda run_dir: [*_command(tiny_teacher, run_dir), "--epochs=1", "--qat_epochs=2"]
+    cwd = Path(__file__).resolve().parent.parent
+    with open(tmp_path / "straight.log", "wb") as straight_log, open(tmp_path / "killed.log", "wb") as log:
+        straight = subprocess.Popen(command(straight_dir), stdout=straight_log, stderr=subprocess.STDOUT,
+                                    env=_env(), cwd=cwd)
+        proc = subprocess.Popen(command(killed_dir), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=cwd)
+        _wait_for_step(proc, killed_dir, STEPS_PER_EPOCH + 5, phase="qat")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        stopped_at = _committed_step(killed_dir, "qat")
+        assert STEPS_PER_EPOCH < stopped_at < 2 * STEPS_PER_EPOCH and not (killed_dir / "results.json").exists()
+        proc = subprocess.Popen(command(killed_dir), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=cwd)
+        assert proc.wait(timeout=300) == 0, (tmp_path / "killed.log").read_text()[-2000:]
+        assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-2000:]
+    text = (tmp_path / "killed.log").read_text()
+    assert f"distilled_qat: stopped by signal {int(signal.SIGTERM)} at step {stopped_at}" in text
+    assert "resuming distilled after epoch 1" in text and "resuming distilled_qat after epoch 1" in text
+    rows_a = {r["name"]: r for r in json.loads((straight_dir / "results.json").read_text())["rows"]}
+    rows_b = {r["name"]: r for r in json.loads((killed_dir / "results.json").read_text())["rows"]}
+    assert rows_a["distilled"] == rows_b["distilled"]
+    for key in ("top1", "top5", "agreement"):
+        assert abs(rows_a["distilled_qat"][key] - rows_b["distilled_qat"][key]) <= 0.4, (key, rows_a, rows_b)
+    worst = max(float(np.max(np.abs(wa - wb)))
+                for wa, wb in zip(_student_weights(straight_dir), _student_weights(killed_dir)))
+    assert worst < 1e-3, f"resumed QAT student differs from the uninterrupted one by {worst}"
 
 
 def _batches(ds, n):
