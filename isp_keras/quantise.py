@@ -48,6 +48,10 @@ class FakeQuant(layers.Layer):
 def _consumers(model: keras.Model) -> dict:
     """Layer name -> names of the layers that take its output, read from the functional config."""
     config = model.get_config()
+    graph = config.get("layers") if isinstance(config, dict) else None
+    if not graph or not all(isinstance(layer, dict) and "name" in layer and "inbound_nodes" in layer
+                            for layer in graph):
+        raise ValueError(f"{type(model).__name__} is not a functional model (no layer graph in its config)")
     consumers = {layer["name"]: [] for layer in config["layers"]}
 
     def walk(node, name):
@@ -67,7 +71,7 @@ def _consumers(model: keras.Model) -> dict:
 
 def quantised_layers(model: keras.Model) -> list[str]:
     """Names of the layers whose output is an int8 tensor of its own in the converted model."""
-    if not isinstance(model, keras.Model) or not hasattr(model, "get_config"):
+    if not isinstance(model, keras.Model):
         raise ValueError("activation ranges need a functional Keras model")
     consumers = _consumers(model)
     kinds = {layer.name: type(layer).__name__ for layer in model.layers}

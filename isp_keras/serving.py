@@ -226,9 +226,15 @@ def int8_tflite(student: Student, representative: np.ndarray, range_batch: int =
     if range_batch < 1:
         raise UserError(f"range batch {range_batch}: must be >= 1")
     inputs = datasets.student_input(tf.constant(representative), cfa=student.cfa, norm=student.norm).numpy()
-    ranges = quantise.activation_ranges(
-        student.model, [inputs[i:i + range_batch] for i in range(0, len(inputs), range_batch)])
-    ranged = dataclasses.replace(student, model=quantise.with_ranges(student.model, ranges))
+    try:
+        ranges = quantise.activation_ranges(
+            student.model, [inputs[i:i + range_batch] for i in range(0, len(inputs), range_batch)])
+        ranged = dataclasses.replace(student, model=quantise.with_ranges(student.model, ranges))
+    except ValueError as exc:  # not a functional model (Sequential, subclassed): the converter's own ranges
+        from absl import logging
+
+        logging.warning("%s: int8 activation ranges left to the converter (%s)", student.path or "student", exc)
+        ranges, ranged = {}, student
     with tempfile.TemporaryDirectory(prefix="isp_keras_int8_") as tmp:
         write_archive(ranged.model, {SIGNATURE: (probabilities_fn(ranged), mosaic_spec(student.image_size))}, tmp)
         return to_tflite(tmp, "int8", representative), ranges

@@ -135,3 +135,15 @@ def test_snap_weights_puts_kernels_on_the_grid():
             k = layer.kernel.numpy()
             steps = k / (np.abs(k).reshape(-1, k.shape[-1]).max(0) / 127.0)
             np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+
+
+def test_int8_tflite_of_a_sequential_student_falls_back_to_the_converters_ranges():
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)])
+    norm = datasets.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
+    student = serving.Student(model, "RGGB", 8, ["a", "b", "c", "d"], norm, path="seq")
+    mosaics = np.random.default_rng(5).uniform(0.0, 1.0, (20, 8, 8, 1)).astype(np.float32)
+    tflite, ranges = serving.int8_tflite(student, mosaics)
+    assert ranges == {}
+    probs = serving.TFLiteRunner(tflite).predict(mosaics)
+    assert probs.shape == (20, 4) and np.all(np.isfinite(probs))
