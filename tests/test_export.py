@@ -45,6 +45,9 @@ def test_files_and_manifest(exported, tiny_student):
     assert sorted(on_disk["files"]) == sorted(str(p.relative_to(out)) for p in files)
     for p in files:
         assert on_disk["files"][str(p.relative_to(out))] == hashlib.sha256(p.read_bytes()).hexdigest()
+    ranges = on_disk["calibration"]["activation_ranges"]
+    assert ranges["batch"] == 100 and "__input__" in ranges["ranges"] and "logits" in ranges["ranges"]
+    assert all(lo <= 0.0 <= hi and hi > lo for lo, hi in ranges["ranges"].values())
 
 
 def test_float_parity_on_real_mosaics(exported):
@@ -117,6 +120,14 @@ def test_cli_rejects_a_distiller_in_one_line(tmp_path):
     assert lines == [f"error: {fake}: is a Distiller (the teacher+student training wrapper); export its student "
                      "(RUN_DIR/student.keras) instead"]
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_rejects_a_bad_range_batch_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "isp_keras.export", f"--student={tmp_path}", f"--out={tmp_path / 'o'}",
+                           "--range_batch=0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [l for l in proc.stderr.splitlines() if l.startswith("error:")] == [
+        "error: --range_batch=0: must be >= 1"]
 
 
 @pytest.mark.slow
