@@ -107,8 +107,8 @@ def main(argv):
     cfg = ExportConfig(student=FLAGS.student, out=FLAGS.out, dataset=FLAGS.dataset,
                        calibration_samples=FLAGS.calibration_samples, range_batch=FLAGS.range_batch,
                        representative=FLAGS.representative, parity_take=FLAGS.parity_take or None,
-                       black_level=FLAGS.black_level, white_level=FLAGS.white_level, dynamic=FLAGS.dynamic, parity_gate=FLAGS.parity_gate,
-                       overwrite=FLAGS.overwrite, seed=FLAGS.seed)
+                       black_level=FLAGS.black_level, white_level=FLAGS.white_level, dynamic=FLAGS.dynamic,
+                       parity_gate=FLAGS.parity_gate, overwrite=FLAGS.overwrite, seed=FLAGS.seed)
     if cfg.calibration_samples < 1:
         raise UserError(f"--calibration_samples={cfg.calibration_samples}: must be >= 1")
     if cfg.range_batch < 1:
