@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from isp_keras import datasets, distiller, fsutil, models, training
+from isp_keras import datasets, distiller, fsutil, models, quantise, training
 from isp_keras.config import TrainConfig
 from isp_keras.errors import UserError
 
@@ -184,8 +184,6 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
         trainable = models.set_trainable_prefix(student, finetune_first)
         trained = student
         if quantisation_aware:
-            from isp_keras import quantise
-
             trained = quantise.quantisation_aware(student)
         optimizer = training.sgd(cfg.epochs * steps, cfg.lr, cfg.weight_decay,
                                  warmup_steps=int(cfg.warmup_epochs * steps))
@@ -233,8 +231,6 @@ def train_student(s: Setup, run_dir, name: str, alpha: float, hard_labels: str, 
                                f"checkpoint saved in {run_dir}; rerun the same command to resume",
                                checkpoint.signal)
     if quantisation_aware:
-        from isp_keras import quantise
-
         quantise.snap_weights(student)
         quantise.unfreeze_batchnorm(student)
     metrics = distiller.evaluate(s.test_ds(), s.teacher, student, on="student")

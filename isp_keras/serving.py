@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from isp_keras import bayer, datasets, records
+from isp_keras import bayer, datasets, quantise, records
 from isp_keras.errors import UserError
 
 SIGNATURE = "serving_default"
@@ -219,10 +221,6 @@ RANGE_BATCH = 100  # calibration mosaics per batch of the activation-range estim
 def int8_tflite(student: Student, representative: np.ndarray, range_batch: int = RANGE_BATCH) -> tuple[bytes, dict]:
     """Full-integer TFLite of the serving graph, with the student's activation ranges pinned (quantise.py) and the
     RAW front end calibrated by the converter on the same representative mosaics. Returns (model, ranges)."""
-    import tempfile
-
-    from isp_keras import quantise
-
     if range_batch < 1:
         raise UserError(f"range batch {range_batch}: must be >= 1")
     inputs = datasets.student_input(tf.constant(representative), cfa=student.cfa, norm=student.norm).numpy()
@@ -231,8 +229,6 @@ def int8_tflite(student: Student, representative: np.ndarray, range_batch: int =
             student.model, [inputs[i:i + range_batch] for i in range(0, len(inputs), range_batch)])
         ranged = dataclasses.replace(student, model=quantise.with_ranges(student.model, ranges))
     except ValueError as exc:  # not a functional model (Sequential, subclassed): the converter's own ranges
-        from absl import logging
-
         logging.warning("%s: int8 activation ranges left to the converter (%s)", student.path or "student", exc)
         ranges, ranged = {}, student
     with tempfile.TemporaryDirectory(prefix="isp_keras_int8_") as tmp:
