@@ -21,9 +21,9 @@ flags.DEFINE_string("json", "", "Also write the figures as JSON {name: value} to
 def main(argv):
     del argv
     if FLAGS.suite == "deploy":
-        from isp_keras import bench_deploy as suite
+        from isp_keras.bench import deploy as suite
     else:
-        from isp_keras import bench_train as suite
+        from isp_keras.bench import train as suite
     figures = suite.run(FLAGS)
     print(json.dumps(figures, indent=2))
     if FLAGS.json:
@@ -31,7 +31,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from isp_keras import bench_deploy, bench_train
+    from isp_keras.bench import deploy as bench_deploy
+    from isp_keras.bench import train as bench_train
 
     bench_deploy.define_flags()
     bench_train.define_flags()

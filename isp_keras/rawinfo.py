@@ -7,84 +7,36 @@ Exit status 1 if any file failed.
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import sys
-from pathlib import Path
 
-import numpy as np
-from absl import app, flags
-
-from isp_keras import bayer, fsutil, rawio
-from isp_keras.errors import UserError, run_main
-
-FLAGS = flags.FLAGS
+from isp_keras import cli
+from isp_keras.config import option
+from isp_keras.errors import UserError
+from isp_keras.raw.cfa import CFA_PATTERNS
 
 
-def describe(img: rawio.RawImage) -> str:
-    h, w = img.mosaic.shape
-    vh, vw = img.visible_shape
-    black = ",".join(f"{b:g}" for b in img.black_level)
-    wb = "none" if img.wb_gains is None else ",".join(f"{g:.3f}" for g in img.wb_gains)
-    return (f"{vw}x{vh} visible, CFA {img.file_cfa} -> {img.cfa} offset {img.offset[0]},{img.offset[1]} -> {w}x{h}; "
-            f"black {black}; white {img.white_level:g}; wb {wb}; range {img.mosaic.min():.4f}..{img.mosaic.max():.4f}")
+@dataclasses.dataclass
+class RawinfoConfig:
+    dump: str = option("", "Folder for the normalised canonical-phase mosaics (.npy, float32).")
+    cfa: str = option("RGGB", "Canonical CFA phase to crop to.", choices=CFA_PATTERNS)
+    files: list[str] = option([], "RAW files.", positional=True)
+
+    def validate(self) -> RawinfoConfig:
+        if not self.files:
+            raise UserError("rawinfo: give one or more RAW files (python -m isp_keras.rawinfo FILE... [--dump DIR])")
+        return self
 
 
-def dump_name(path: Path, used: set) -> str:
-    """`<file name>.npy`, prefixed with the parent folder when two inputs share a name (HDR+: merged.dng)."""
-    name = f"{path.name}.npy"
-    if name in used:
-        name = f"{path.parent.name}_{path.name}.npy"
-    stem, n = name, 1
-    while name in used:
-        n += 1
-        name = f"{n}_{stem}"
-    used.add(name)
-    return name
+def run(cfg: RawinfoConfig) -> int:
+    from isp_keras.raw import info
 
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    fsutil.write_bytes_atomic(path, buf.getvalue())
-
-
-def run(files: list[str], cfa: str = "RGGB", dump: str | None = None) -> int:
-    """Print one line per file; returns the number of files that failed."""
-    out_dir = Path(dump) if dump else None
-    if out_dir is not None:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"--dump={dump}: cannot create the folder ({exc.strerror or exc})") from None
-    failed = 0
-    used: set = set()
-    for name in files:
-        try:
-            img = rawio.read_raw(name, cfa)
-        except UserError as exc:
-            failed += 1
-            print(f"{exc}" if str(exc).startswith(f"{name}:") else f"{name}: {exc}", flush=True)
-            continue
-        line = f"{name}: {describe(img)}"
-        if out_dir is not None:
-            target = out_dir / dump_name(Path(name), used)
-            save_npy(target, img.mosaic)
-            line += f"; dumped {target}"
-        print(line, flush=True)
+    failed = info.run(cfg.files, cfg.cfa, cfg.dump or None)
+    if failed:
+        print(f"{failed} of {len(cfg.files)} file(s) failed", file=sys.stderr)
+        sys.exit(1)
     return failed
 
 
-def main(argv):
-    files = argv[1:]
-    if not files:
-        raise UserError("rawinfo: give one or more RAW files (python -m isp_keras.rawinfo FILE... [--dump DIR])")
-    failed = run(files, FLAGS.cfa, FLAGS.dump)
-    if failed:
-        print(f"{failed} of {len(files)} file(s) failed", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    flags.DEFINE_string("dump", None, "Folder for the normalised canonical-phase mosaics (.npy, float32).")
-    flags.DEFINE_enum("cfa", "RGGB", list(bayer.CFA_PATTERNS), "Canonical CFA phase to crop to.")
-    app.run(run_main(main))
+    cli.main(RawinfoConfig, run)

@@ -12,11 +12,12 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
     """A resnet_tiny RGB teacher (+ sidecar JSON) trained 2 epochs on 1,024 real CIFAR-10 images (~10 s)."""
-    from isp_keras import train_teacher
+    from isp_keras.training import teacher
+    from isp_keras.training.config import TeacherConfig
 
     root = tmp_path_factory.mktemp("tiny_teacher")
     out = root / "teacher.keras"
-    train_teacher.train(train_teacher.TeacherConfig(
+    teacher.train(TeacherConfig(
         dataset="embedded", arch="resnet_tiny", image_size=32, epochs=2, batch_size=64, lr=0.05,
         weight_decay=5e-4, take=1024, seed=0, out=str(out), model_dir=str(root / "run")))
     return out
@@ -25,25 +26,21 @@ def tiny_teacher(tmp_path_factory):
 @pytest.fixture()
 def tiny_config(tiny_teacher, tmp_path):
     """A TrainConfig for a few-step distillation on the tiny teacher."""
-    from isp_keras.config import TrainConfig
+    from isp_keras.training.config import TrainConfig
 
     return TrainConfig(teacher=str(tiny_teacher), model_dir=str(tmp_path / "run"), epochs=1, batch_size=32,
-                       train_take=128, test_take=128, stats_images=256, lr=0.05).validate()
+                       train_take=128, test_take=128, stats_images=256, lr=0.05, qat_epochs=0).validate()
 
 
 @pytest.fixture(scope="session")
 def tiny_student(tiny_teacher, tmp_path_factory):
     """A finished run directory (student.keras + student.json + config.json): the tiny teacher distilled for one
     epoch on 1,024 real CIFAR-10 mosaics (noise 0.1), as `python -m isp_keras.train` writes it (~10 s)."""
-    from isp_keras import experiment
-    from isp_keras.config import TrainConfig
+    from isp_keras.training import experiments
+    from isp_keras.training.config import TrainConfig
 
     run_dir = tmp_path_factory.mktemp("tiny_student")
     cfg = TrainConfig(teacher=str(tiny_teacher), model_dir=str(run_dir), epochs=1, batch_size=64, train_take=1024,
-                      test_take=128, stats_images=512, lr=0.05).validate()
-    s = experiment.setup(cfg)
-    experiment.write_config(run_dir, cfg, s)
-    _, student = experiment.train_student(s, run_dir / "distilled", "distilled", cfg.alpha, cfg.hard_labels,
-                                          verbose=0)
-    experiment.save_student(student, run_dir, s)
+                      test_take=128, stats_images=512, lr=0.05, qat_epochs=0).validate()
+    experiments.train(cfg)
     return run_dir

@@ -21,8 +21,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from isp_keras import datasets, errors, experiment, fsutil, models, rawio, records
-from isp_keras.config import TrainConfig
+from isp_keras import errors, fsutil
+from isp_keras.data import normalisation
+from isp_keras.data import pipeline
+from isp_keras.data import sources
+from isp_keras.training import experiment
+from isp_keras.models import teachers
+from isp_keras.raw import rawio
+from isp_keras.data import records
+from isp_keras.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,14 +81,14 @@ def test_bad_flag_values(capsys, field, value, words):
 
 
 def test_unknown_dataset_name(capsys):
-    line = one_line(capsys, lambda: datasets.get_source("imagenet"))
+    line = one_line(capsys, lambda: sources.get_source("imagenet"))
     assert line.startswith("--dataset: unknown dataset 'imagenet'")
-    line = one_line(capsys, lambda: datasets.get_source("folder:/no/such/dir"))
+    line = one_line(capsys, lambda: sources.get_source("folder:/no/such/dir"))
     assert line == "--dataset=folder:/no/such/dir: not a directory"
 
 
 def test_unknown_model_name(capsys):
-    line = one_line(capsys, lambda: models.load_teacher("ResNet999"))
+    line = one_line(capsys, lambda: teachers.load_teacher("ResNet999"))
     assert line.startswith("--teacher: 'ResNet999' is neither a file nor a known keras.applications name")
 
 
@@ -103,7 +110,7 @@ def test_one_and_four_channel_images_are_converted_and_said(tmp_path):
     rgba = np.concatenate([_rgb(2), np.full((32, 32, 1), 7, np.uint8)], axis=-1)
     _png(root / "test" / "cat" / "gray.png", gray)
     _png(root / "test" / "dog" / "rgba.png", rgba)
-    source = datasets.folder_source(root)
+    source = sources.folder_source(root)
     notes = " | ".join(source.notes)
     assert "converting 1 1-channel (grayscale) image(s) to RGB by repeating the channel" in notes
     assert "gray.png" in notes
@@ -116,10 +123,10 @@ def test_one_and_four_channel_images_are_converted_and_said(tmp_path):
 
 def test_odd_image_sizes_are_cropped_and_said(tmp_path):
     root = make_folder(tmp_path / "odd", per_class=2, size=(33, 31))
-    source = datasets.folder_source(root)
+    source = sources.folder_source(root)
     assert any("odd width or height" in n and "(31x33)" in n for n in source.notes), source.notes
-    cfg = datasets.PipelineConfig(image_size=32, batch_size=2, noise_std=0.0)
-    (raw, rgb, _), = list(datasets.build(source, "test", cfg, training=False, norm=None, mode="mosaic").take(1))
+    cfg = pipeline.PipelineConfig(image_size=32, batch_size=2, noise_std=0.0)
+    (raw, rgb, _), = list(pipeline.build(source, "test", cfg, training=False, norm=None, mode="mosaic").take(1))
     assert raw.shape == (2, 32, 32, 1) and rgb.shape == (2, 32, 32, 3)
 
 
@@ -132,7 +139,7 @@ def _corrupt_folder(tmp_path):
 
 def test_unreadable_images_are_skipped_with_a_count(tmp_path):
     root = _corrupt_folder(tmp_path)
-    source = datasets.folder_source(root)
+    source = sources.folder_source(root)
     assert source.counts == {"train": 9, "test": 9}
     note = next(n for n in source.notes if "unreadable" in n)
     assert "skipped 2 unreadable image file(s)" in note and "--strict stops instead" in note
@@ -141,7 +148,7 @@ def test_unreadable_images_are_skipped_with_a_count(tmp_path):
 
 def test_unreadable_image_with_strict_stops_naming_the_file(capsys, tmp_path):
     root = _corrupt_folder(tmp_path)
-    line = one_line(capsys, lambda: datasets.get_source(f"folder:{root}", strict=True))
+    line = one_line(capsys, lambda: sources.get_source(f"folder:{root}", strict=True))
     assert line.startswith(str(root / "train" / "cat" / "empty.jpg") + ": not a readable image")
     assert "--strict" in line
 
@@ -152,24 +159,24 @@ def test_corrupt_image_data_skipped_or_one_line_with_strict(capsys, tmp_path):
     Image.fromarray(_rgb(9, 64, 64)).save(buf, quality=95)
     data = buf.read_bytes()
     (root / "train" / "owl" / "cut.jpg").write_bytes(data[: len(data) // 3])  # header fine, pixels missing
-    lenient = datasets.folder_source(root)
+    lenient = sources.folder_source(root)
     assert lenient.counts["train"] == 7 and len(list(lenient.split("train"))) == 6
-    strict = datasets.folder_source(root, strict=True)
+    strict = sources.folder_source(root, strict=True)
     line = one_line(capsys, lambda: list(strict.split("train")))
     assert line.startswith("data pipeline:") and "JPEG" in line
 
 
 def test_nan_in_the_pipeline_names_the_example(capsys, tmp_path):
-    source = datasets.get_source("embedded")
-    cfg = datasets.PipelineConfig(image_size=32, batch_size=4, noise_std=0.0, take=8)
-    bad = datasets.Normalisation([0.4] * 3, [0.25, 0.0, 0.25], [0.5] * 3, [0.25] * 3)  # a zero std: Inf/NaN
-    ds = datasets.build(source, "test", cfg, training=False, norm=bad)
+    source = sources.get_source("embedded")
+    cfg = pipeline.PipelineConfig(image_size=32, batch_size=4, noise_std=0.0, take=8)
+    bad = normalisation.Normalisation([0.4] * 3, [0.25, 0.0, 0.25], [0.5] * 3, [0.25] * 3)  # a zero std: Inf/NaN
+    ds = pipeline.build(source, "test", cfg, training=False, norm=bad)
     line = one_line(capsys, lambda: list(ds))
     assert line.startswith("embedded test: NaN/Inf in the model input at batch 0 row 0 = example 0 in pipeline order")
     # Statistics files are checked when read, before any pipeline runs.
     path = tmp_path / "norm.json"
     path.write_text(json.dumps(dataclasses.asdict(bad)))
-    line = one_line(capsys, lambda: datasets.load_normalisation(path))
+    line = one_line(capsys, lambda: normalisation.load_normalisation(path))
     assert line == f"{path}: raw_std=[0.25, 0.0, 0.25] must be > 0 (constant input images?)"
 
 
@@ -179,14 +186,14 @@ def test_nan_in_the_pipeline_names_the_example(capsys, tmp_path):
 def test_model_file_that_is_not_a_model(capsys, tmp_path):
     junk = tmp_path / "teacher.keras"
     junk.write_bytes(b"PK\x03\x04 definitely not a zip")
-    assert one_line(capsys, lambda: models.load_model_file(junk)).startswith(f"{junk}: not a loadable Keras model")
+    assert one_line(capsys, lambda: teachers.load_model_file(junk)).startswith(f"{junk}: not a loadable Keras model")
     txt = tmp_path / "teacher.h5"
     txt.write_text("hello")
-    assert one_line(capsys, lambda: models.load_model_file(txt)) == \
+    assert one_line(capsys, lambda: teachers.load_model_file(txt)) == \
         f"{txt}: expected a .keras file or a SavedModel directory"
     folder = tmp_path / "saved"
     folder.mkdir()
-    assert "not a SavedModel" in one_line(capsys, lambda: models.load_model_file(folder))
+    assert "not a SavedModel" in one_line(capsys, lambda: teachers.load_model_file(folder))
 
 
 def test_model_file_with_code_is_refused_by_safe_mode(capsys, tmp_path):
@@ -196,7 +203,7 @@ def test_model_file_with_code_is_refused_by_safe_mode(capsys, tmp_path):
     model.save(path)
     with zipfile.ZipFile(path) as z:
         assert "config.json" in z.namelist()
-    line = one_line(capsys, lambda: models.load_model_file(path))
+    line = one_line(capsys, lambda: teachers.load_model_file(path))
     assert line.startswith(f"{path}: not a loadable Keras model") and "Lambda" in line
 
 
@@ -253,11 +260,11 @@ def test_finished_run_is_not_overwritten(capsys, tmp_path):
 
 
 def test_resume_with_different_flags_is_refused(capsys, tmp_path):
-    from isp_keras import training
+    from isp_keras.training import checkpoint
 
     cfg = TrainConfig(model_dir=str(tmp_path), lr=0.05)
     experiment.write_config(tmp_path, cfg)
-    training.save_checkpoint(tmp_path / "distilled", lambda folder: (folder / "w").write_text("w"), {"epochs_done": 1})
+    checkpoint.save_checkpoint(tmp_path / "distilled", lambda folder: (folder / "w").write_text("w"), {"epochs_done": 1})
     line = one_line(capsys, lambda: experiment.resume_normalisation(tmp_path, dataclasses.replace(cfg, lr=0.1)))
     assert line == (f"{tmp_path}: holds an unfinished run with --lr=0.05 (now 0.1); rerun with the same flags to "
                     f"resume, or pass --overwrite to start over")

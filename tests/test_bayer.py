@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isp_keras import bayer
+from isp_keras.raw import bayer
+from isp_keras.raw.cfa import CFA_PATTERNS
 
-CFAS = bayer.CFA_PATTERNS
+CFAS = CFA_PATTERNS
 
 
 def np_mosaic(rgb, cfa):

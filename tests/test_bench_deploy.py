@@ -1,32 +1,44 @@
-"""bench_deploy: a tiny smoke run (few calls, no MobileNetV2) gives every figure the issue names, consistently."""
+"""bench_deploy: a tiny smoke run (few calls, no MobileNetV2) gives every figure the issue names, consistently;
+the config: flags generated from it, validation, composition with the training benchmark's config."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 from absl import flags
 
-from isp_keras import bench_deploy
+from isp_keras import config
+from isp_keras.bench import deploy as bench_deploy
+from isp_keras.bench import train as bench_train
 from isp_keras.errors import UserError
 
+RATIOS = (("int8_over_float32_latency", "int8_latency_ms", "float32_latency_ms"),
+          ("dynamic_over_float32_latency", "dynamic_latency_ms", "float32_latency_ms"),
+          ("raw_path_speedup_over_isp_path", "isp_path_latency_ms", "raw_path_latency_ms"))
 
-def parse(argv):
+
+def parse(argv, cls=bench_deploy.DeployBenchConfig):
     fv = flags.FlagValues()
-    bench_deploy.define_flags(fv)
+    config.define_flags(cls, fv)
     fv(["bench", *argv])
-    return fv
+    return config.from_flags(cls, fv)
 
 
 def test_smoke(tiny_student):
-    fig = bench_deploy.run(parse([f"--student={tiny_student}", "--runs=3", "--warmup=1", "--agreement_take=32",
-                                  "--calibration_samples=16", "--e2e_images=2", "--nomobilenet"]))
-    for name in ("keras", "float32", "dynamic", "int8", "raw_path", "isp_path"):
+    cfg = bench_deploy.DeployBenchConfig(student=str(tiny_student), runs=3, warmup=1, latency_block=1,
+                                         agreement_take=32, calibration_samples=16, e2e_images=2, mobilenet=False)
+    fig = bench_deploy.run(cfg)
+    for name in ("keras", "float32", "dynamic", "int8", "raw_path", "isp_path", "isp_only"):
         assert fig[f"{name}_latency_ms"] > 0
-    assert fig["int8_over_float32_latency"] == pytest.approx(fig["int8_latency_ms"] / fig["float32_latency_ms"],
-                                                             rel=1e-3, abs=1e-3)
-    assert fig["raw_path_speedup_over_isp_path"] == pytest.approx(
-        fig["isp_path_latency_ms"] / fig["raw_path_latency_ms"], rel=1e-3, abs=1e-3)
+    assert fig["latency_rounds"] == 3
+    for name, num, den in RATIOS:
+        # The median of the per-round ratios within their spread, and the ratio of the two median latencies (the
+        # same timings) within the per-round ratios' range.
+        lo, q1, q3, hi = (fig[f"{name}_{s}"] for s in ("min", "q1", "q3", "max"))
+        assert lo <= q1 <= fig[name] <= q3 <= hi, (name, fig)
+        assert lo * (1 - 1e-3) <= fig[num] / fig[den] <= hi * (1 + 1e-3), (name, fig)
     assert 0 <= fig["int8_top1_agreement"] <= 100 and fig["float32_top1_agreement"] == 100.0
     assert fig["agreement_examples"] == 32 and fig["e2e_images"] == 2
     assert fig["int8_bytes"] < fig["float32_bytes"] and fig["keras_bytes"] > 0
@@ -34,7 +46,32 @@ def test_smoke(tiny_student):
 
 
 def test_bad_flags(tmp_path):
-    with pytest.raises(UserError, match="--runs=0: must be >= 1"):
-        bench_deploy.run(parse(["--runs=0"]))
+    with pytest.raises(UserError, match=r"^--runs=0: must be >= 1$"):
+        parse(["--runs=0"])  # from_flags validates
+    with pytest.raises(UserError, match=r"^--runs=0: must be >= 1$"):
+        bench_deploy.run(bench_deploy.DeployBenchConfig(runs=0))
+    with pytest.raises(UserError, match="--latency_block=0: must be >= 1"):
+        bench_deploy.DeployBenchConfig(latency_block=0).validate()
     with pytest.raises(UserError, match="no such file or run directory"):
         bench_deploy.run(parse([f"--student={tmp_path / 'missing'}"]))
+
+
+def test_config_defaults_and_composition():
+    assert bench_deploy.DeployBenchConfig().student == "runs/train"
+    assert parse(["--nomobilenet", "--runs=7"]) == bench_deploy.DeployBenchConfig(mobilenet=False, runs=7)
+
+    @dataclasses.dataclass
+    class BenchmarkConfig(bench_train.TrainBenchConfig, bench_deploy.DeployBenchConfig):
+        suite: str = config.option("deploy", "Which benchmark suite.", choices=("deploy", "train"))
+        json: str = config.option("", "Also write the figures as JSON to this path.")
+
+    train_names = {f.name for f in dataclasses.fields(bench_train.TrainBenchConfig)}
+    deploy_names = {f.name for f in dataclasses.fields(bench_deploy.DeployBenchConfig)}
+    assert not train_names & deploy_names and not (train_names | deploy_names) & {"suite", "json"}
+    cfg = parse(["--suite=train", "--train_models=embedded", "--runs=5"], cls=BenchmarkConfig)
+    assert cfg.suite == "train" and cfg.train_models == ["embedded"] and cfg.runs == 5
+    # validate() is cooperative: the composed config checks both suites' fields.
+    with pytest.raises(UserError, match="--runs=0"):
+        parse(["--runs=0"], cls=BenchmarkConfig)
+    with pytest.raises(UserError, match="--train_steps=0"):
+        parse(["--train_steps=0"], cls=BenchmarkConfig)

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isp_keras import data_service, datasets, make_records
+from isp_keras import data_service, make_records
+from isp_keras.data import normalisation
+from isp_keras.data import pipeline
+from isp_keras.data import sources
 from isp_keras.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
-NORM = datasets.Normalisation([0.4, 0.45, 0.4], [0.25, 0.25, 0.25], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+NORM = normalisation.Normalisation([0.4, 0.45, 0.4], [0.25, 0.25, 0.25], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
 
 
 def _free_port():
@@ -45,7 +48,7 @@ def small_records(tmp_path_factory):
     """96 + 96 real CIFAR-10 images in 4 shards per split (file splits are what the dispatcher hands out)."""
     out = tmp_path_factory.mktemp("records") / "cifar96"
     make_records.write("embedded", out, examples_per_shard=24, take=96, progress=False)
-    return datasets.get_source(f"records:{out}")
+    return sources.get_source(f"records:{out}")
 
 
 def _examples(ds):
@@ -58,10 +61,10 @@ def _examples(ds):
 
 
 def test_distributed_epoch_sees_every_example_exactly_once(service, small_records):
-    cfg = datasets.PipelineConfig(image_size=32, batch_size=16, noise_std=0.0)
-    local = _examples(datasets.build(small_records, "test", cfg, training=False, norm=NORM))
+    cfg = pipeline.PipelineConfig(image_size=32, batch_size=16, noise_std=0.0)
+    local = _examples(pipeline.build(small_records, "test", cfg, training=False, norm=NORM))
     remote = _examples(data_service.distribute(
-        datasets.build(small_records, "test", cfg, training=False, norm=NORM), service))
+        pipeline.build(small_records, "test", cfg, training=False, norm=NORM), service))
     assert sum(local.values()) == 96 and len(local) == 96  # distinct examples, so the check is meaningful
     assert remote == local
 
@@ -69,16 +72,16 @@ def test_distributed_epoch_sees_every_example_exactly_once(service, small_record
 def test_training_stream_each_epoch_exactly_once(service, small_records):
     """The whole training stream (2 epochs, RAW simulation on the workers): every example exactly once per epoch.
     Without RGB augmentation and noise, examples are recognisable by their pixels."""
-    cfg = datasets.PipelineConfig(image_size=32, batch_size=8, noise_std=0.0, augment=False)
-    ds = datasets.build(small_records, "train", cfg, training=True, norm=NORM, steps_per_epoch=12, epochs=2)
+    cfg = pipeline.PipelineConfig(image_size=32, batch_size=8, noise_std=0.0, augment=False)
+    ds = pipeline.build(small_records, "train", cfg, training=True, norm=NORM, steps_per_epoch=12, epochs=2)
     local = _examples(ds)
     assert sum(local.values()) == 192 and set(local.values()) == {2} and len(local) == 96
     assert _examples(data_service.distribute(ds, service)) == local
 
 
 def test_noisy_training_batches_from_the_service(service, small_records):
-    cfg = datasets.PipelineConfig(image_size=32, batch_size=8, noise_std=0.1)
-    ds = datasets.build(small_records, "train", cfg, training=True, norm=NORM, steps_per_epoch=12, epochs=1)
+    cfg = pipeline.PipelineConfig(image_size=32, batch_size=8, noise_std=0.1)
+    ds = pipeline.build(small_records, "train", cfg, training=True, norm=NORM, steps_per_epoch=12, epochs=1)
     batches = list(data_service.distribute(ds, service))
     assert len(batches) == 12
     for (student_x, teacher_x), labels in batches:

@@ -7,22 +7,25 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from isp_keras import bayer, datasets
+from isp_keras.raw import bayer
+from isp_keras.data import normalisation
+from isp_keras.data import pipeline
+from isp_keras.data import sources
 from isp_keras.errors import UserError
 
-NORM = datasets.Normalisation(raw_mean=[0.4, 0.45, 0.5], raw_std=[0.2, 0.25, 0.3],
+NORM = normalisation.Normalisation(raw_mean=[0.4, 0.45, 0.5], raw_std=[0.2, 0.25, 0.3],
                               rgb_mean=[0.5, 0.48, 0.45], rgb_std=[0.25, 0.24, 0.26])
 
 
 @pytest.fixture(scope="module")
 def embedded():
-    return datasets.get_source("embedded")
+    return sources.get_source("embedded")
 
 
 def cfg(**kw):
     base = dict(image_size=32, batch_size=16, cfa="GRBG", noise_std=0.0, seed=3, take=64)
     base.update(kw)
-    return datasets.PipelineConfig(**base)
+    return pipeline.PipelineConfig(**base)
 
 
 def _first(ds):
@@ -39,7 +42,7 @@ def test_embedded_source_is_real_cifar10(embedded):
 
 @pytest.mark.parametrize("training", [False, True])
 def test_student_sees_the_raw_of_the_teachers_crop(embedded, training):
-    (student_x, teacher_x), labels = _first(datasets.build(embedded, "train", cfg(), training=training, norm=NORM))
+    (student_x, teacher_x), labels = _first(pipeline.build(embedded, "train", cfg(), training=training, norm=NORM))
     assert student_x.shape == teacher_x.shape == (16, 32, 32, 3) and student_x.dtype == tf.float32
     assert labels.dtype == tf.int32 and labels.shape == (16,)
     rgb = teacher_x.numpy() * np.array(NORM.rgb_std, np.float32) + np.array(NORM.rgb_mean, np.float32)
@@ -48,15 +51,15 @@ def test_student_sees_the_raw_of_the_teachers_crop(embedded, training):
 
 
 def test_noise_is_added_with_the_asked_std(embedded):
-    clean = _first(datasets.build(embedded, "test", cfg(), training=False, norm=None, mode="mosaic"))[0]
-    noisy = _first(datasets.build(embedded, "test", cfg(noise_std=0.1), training=False, norm=None, mode="mosaic"))[0]
+    clean = _first(pipeline.build(embedded, "test", cfg(), training=False, norm=None, mode="mosaic"))[0]
+    noisy = _first(pipeline.build(embedded, "test", cfg(noise_std=0.1), training=False, norm=None, mode="mosaic"))[0]
     assert abs(float(tf.math.reduce_std(noisy - clean)) - 0.1) < 0.005
 
 
 def test_eval_pipeline_is_deterministic_and_seeded(embedded):
     def batch(seed):
         c = cfg(noise_std=0.1, seed=seed)
-        return _first(datasets.build(embedded, "test", c, training=False, norm=NORM))[0][0].numpy()
+        return _first(pipeline.build(embedded, "test", c, training=False, norm=NORM))[0][0].numpy()
 
     np.testing.assert_array_equal(batch(1), batch(1))
     assert np.abs(batch(1) - batch(2)).max() > 0.1
@@ -64,7 +67,7 @@ def test_eval_pipeline_is_deterministic_and_seeded(embedded):
 
 def test_training_pipeline_is_reproducible_per_seed(embedded):
     def epoch(seed):
-        ds = datasets.build(embedded, "train", cfg(noise_std=0.1, seed=seed), training=True, norm=NORM)
+        ds = pipeline.build(embedded, "train", cfg(noise_std=0.1, seed=seed), training=True, norm=NORM)
         return np.concatenate([x[0].numpy() for x, _ in ds])
 
     a, b = epoch(5), epoch(5)
@@ -73,26 +76,26 @@ def test_training_pipeline_is_reproducible_per_seed(embedded):
 
 
 def test_rgb_and_raw_modes(embedded):
-    x, y = _first(datasets.build(embedded, "test", cfg(), training=False, norm=NORM, mode="rgb"))
+    x, y = _first(pipeline.build(embedded, "test", cfg(), training=False, norm=NORM, mode="rgb"))
     assert x.shape == (16, 32, 32, 3)
-    raw, rgb, y = _first(datasets.build(embedded, "test", cfg(), training=False, norm=None, mode="mosaic"))
+    raw, rgb, y = _first(pipeline.build(embedded, "test", cfg(), training=False, norm=None, mode="mosaic"))
     assert raw.shape == (16, 32, 32, 1) and rgb.shape == (16, 32, 32, 3)
     assert 0.0 <= float(tf.reduce_min(rgb)) and float(tf.reduce_max(rgb)) <= 1.0
 
 
 def test_bgr_teacher_gets_flipped_channels(embedded):
     bgr = dataclasses.replace(NORM, channel_order="BGR")
-    (s_rgb, t_rgb), _ = _first(datasets.build(embedded, "test", cfg(), training=False, norm=NORM))
-    (s_bgr, t_bgr), _ = _first(datasets.build(embedded, "test", cfg(), training=False, norm=bgr))
+    (s_rgb, t_rgb), _ = _first(pipeline.build(embedded, "test", cfg(), training=False, norm=NORM))
+    (s_bgr, t_bgr), _ = _first(pipeline.build(embedded, "test", cfg(), training=False, norm=bgr))
     np.testing.assert_array_equal(t_bgr.numpy(), t_rgb.numpy()[..., ::-1])
     np.testing.assert_array_equal(s_bgr.numpy(), s_rgb.numpy()[..., ::-1])
 
 
 def test_per_site_normalisation_matches_numpy(embedded):
     c = cfg(noise_std=0.05, take=200)
-    norm = datasets.compute_normalisation(embedded, c, max_images=200)
+    norm = normalisation.compute_normalisation(embedded, c, max_images=200)
     raw = np.concatenate([r.numpy() for r, _, _ in
-                          datasets.build(embedded, "train", c, training=False, norm=None, mode="mosaic")])
+                          pipeline.build(embedded, "train", c, training=False, norm=None, mode="mosaic")])
     masks = bayer.cfa_masks(32, 32, "GRBG")
     for ch in range(3):
         vals = raw[..., 0][:, masks[..., ch] == 1]
@@ -112,11 +115,11 @@ def _write_folder(root, sizes_modes):
 def test_folder_source_converts_grey_and_rgba_and_resizes_odd_sizes(tmp_path):
     _write_folder(tmp_path, [((33, 41), "L"), ((40, 40), "RGBA"), ((37, 36), "RGB"), ((50, 45), "RGB"),
                              ((32, 32), "RGB")])
-    source = datasets.get_source(f"folder:{tmp_path}", seed=0)
+    source = sources.get_source(f"folder:{tmp_path}", seed=0)
     assert source.classes == ["cats", "dogs"] and source.counts == {"train": 8, "test": 2}
     for image, _ in source.split("train"):
         assert image.shape[-1] == 3 and image.dtype == tf.uint8
-    ds = datasets.build(source, "train", cfg(take=None, batch_size=4), training=False, norm=NORM)
+    ds = pipeline.build(source, "train", cfg(take=None, batch_size=4), training=False, norm=NORM)
     for (s, t), _ in ds:
         assert s.shape[1:] == (32, 32, 3) and t.shape[1:] == (32, 32, 3)
 
@@ -124,7 +127,7 @@ def test_folder_source_converts_grey_and_rgba_and_resizes_odd_sizes(tmp_path):
 def test_folder_with_train_and_test_subfolders(tmp_path):
     _write_folder(tmp_path / "train", [((32, 32), "RGB")] * 3)
     _write_folder(tmp_path / "test", [((32, 32), "RGB")])
-    source = datasets.get_source(f"folder:{tmp_path}")
+    source = sources.get_source(f"folder:{tmp_path}")
     assert source.counts == {"train": 6, "test": 2}
 
 
@@ -149,7 +152,7 @@ def test_tfds_source_reads_a_prepared_dataset(tmp_path):
                 yield i, {"image": np.full((6, 6, 1), 40 * i, np.uint8), "label": i % 2}
 
     TinyGrey(data_dir=str(tmp_path)).download_and_prepare()
-    source = datasets.tfds_source("tiny_grey", data_dir=str(tmp_path))
+    source = sources.tfds_source("tiny_grey", data_dir=str(tmp_path))
     assert source.classes == ["a", "b"] and source.counts == {"train": 4, "test": 2} and source.native_size == 6
     images = [(img.numpy(), int(y)) for img, y in source.split("train")]
     assert all(img.shape == (6, 6, 3) and img.dtype == np.uint8 for img, _ in images)  # grey -> RGB
@@ -158,8 +161,8 @@ def test_tfds_source_reads_a_prepared_dataset(tmp_path):
 
 def test_unknown_dataset_specs_fail_clearly(tmp_path):
     with pytest.raises(UserError, match="unknown dataset 'imagenet'"):
-        datasets.get_source("imagenet")
+        sources.get_source("imagenet")
     with pytest.raises(UserError, match="not a directory"):
-        datasets.get_source(f"folder:{tmp_path / 'missing'}")
+        sources.get_source(f"folder:{tmp_path / 'missing'}")
     with pytest.raises(UserError, match="unknown TFDS dataset"):
-        datasets.get_source("tfds:no_such_dataset_xyz")
+        sources.get_source("tfds:no_such_dataset_xyz")

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isp_keras import distiller, models
+from isp_keras.training import distiller
+from isp_keras.models import architectures
+from isp_keras.models import students
+from isp_keras.models import teachers
 
 
 def np_log_softmax(z):
@@ -42,8 +45,8 @@ def test_mixture_and_zero_kd_when_identical():
 
 
 def test_bad_hyperparameters_are_refused():
-    teacher = models.build("resnet_tiny", 4)
-    student = models.student_from_teacher(teacher)
+    teacher = architectures.build("resnet_tiny", 4)
+    student = students.student_from_teacher(teacher)
     for kwargs, match in [({"alpha": 1.5}, "alpha"), ({"temperature": 0.0}, "temperature"),
                           ({"hard_labels": "soft"}, "hard_labels")]:
         with pytest.raises(ValueError, match=match):
@@ -60,9 +63,9 @@ def _tiny_batches(n_batches=3, batch=8, classes=4, seed=0):
 
 def test_training_moves_the_student_and_never_the_teacher():
     keras.utils.set_random_seed(0)
-    teacher = models.build("resnet_tiny", 4, image_size=16)
-    student = models.student_from_teacher(teacher)
-    models.freeze(teacher)
+    teacher = architectures.build("resnet_tiny", 4, image_size=16)
+    student = students.student_from_teacher(teacher)
+    teachers.freeze(teacher)
     teacher_before = [w.numpy().copy() for w in teacher.weights]  # includes BN moving statistics
     student_before = [w.numpy().copy() for w in student.trainable_weights]
     model = distiller.Distiller(student, teacher, alpha=0.9, temperature=4.0)
@@ -80,8 +83,8 @@ def test_training_moves_the_student_and_never_the_teacher():
 
 
 def test_teacher_labels_use_the_teachers_argmax():
-    teacher = models.build("resnet_tiny", 4, image_size=16)
-    student = models.student_from_teacher(teacher)
+    teacher = architectures.build("resnet_tiny", 4, image_size=16)
+    student = students.student_from_teacher(teacher)
     model = distiller.Distiller(student, teacher, alpha=1.0, hard_labels="teacher")
     t = model.teacher_logits(tf.zeros([2, 16, 16, 3]))
     np.testing.assert_array_equal(model.hard_targets(tf.constant([3, 3]), t).numpy(),
@@ -91,7 +94,7 @@ def test_teacher_labels_use_the_teachers_argmax():
 
 
 def test_evaluate_counts_against_numpy():
-    teacher = models.build("resnet_tiny", 4, image_size=16)
+    teacher = architectures.build("resnet_tiny", 4, image_size=16)
     ds = _tiny_batches(n_batches=2, batch=5)
     got = distiller.evaluate(ds, teacher, teacher, on="student")
     logits_s, logits_t, labels = [], [], []
@@ -108,7 +111,7 @@ def test_evaluate_counts_against_numpy():
 
 
 def test_optimizer_state_round_trip(tmp_path):
-    model = models.build("resnet_tiny", 4, image_size=16)
+    model = architectures.build("resnet_tiny", 4, image_size=16)
     opt = keras.optimizers.SGD(0.1, momentum=0.9)
     opt.build(model.trainable_variables)
     for v in opt.variables:

@@ -78,7 +78,7 @@ def test_multi_worker_two_processes_custom_loop(tiny_teacher):
 
 
 def test_unknown_strategy_is_a_user_error():
-    from isp_keras import distribute
+    from isp_keras.training import distribute
     from isp_keras.errors import UserError
 
     with pytest.raises(UserError, match="--strategy=bogus"):
@@ -87,7 +87,7 @@ def test_unknown_strategy_is_a_user_error():
 
 def test_unreachable_tpu_is_a_user_error():
     """The TPU path cannot run here (no TPU); at least an unreachable address fails fast with one line."""
-    from isp_keras import distribute
+    from isp_keras.training import distribute
     from isp_keras.errors import UserError
 
     with pytest.raises(UserError, match="--tpu=grpc://127.0.0.1:1: no TPU worker reachable"):
@@ -95,7 +95,7 @@ def test_unreachable_tpu_is_a_user_error():
 
 
 def test_multi_worker_without_tf_config_is_a_user_error(monkeypatch):
-    from isp_keras import distribute
+    from isp_keras.training import distribute
     from isp_keras.errors import UserError
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -121,12 +121,14 @@ def _one_step(strategy, teacher, batch):
     """One Distiller.fit step on the global batch under `strategy`; returns (loss, student weights)."""
     import tensorflow as tf
 
-    from isp_keras import distiller, models, training
+    from isp_keras.training import distiller
+    from isp_keras.models import students
+    from isp_keras.training import schedule
 
     with strategy.scope():
-        student = models.student_from_teacher(teacher, sync_bn=strategy.num_replicas_in_sync > 1)
+        student = students.student_from_teacher(teacher, sync_bn=strategy.num_replicas_in_sync > 1)
         model = distiller.Distiller(student, teacher, alpha=0.9, temperature=4.0)
-        model.compile(optimizer=training.sgd(10, 0.1, 5e-4))
+        model.compile(optimizer=schedule.sgd(10, 0.1, 5e-4))
     ds = tf.data.Dataset.from_tensors(batch)
     history = model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
     return float(history.history["loss"][0]), [v.numpy() for v in student.weights]
@@ -135,15 +137,15 @@ def _one_step(strategy, teacher, batch):
 def _child_mirrored_step(teacher_path):
     import numpy as np
 
-    from isp_keras import distribute
+    from isp_keras.training import distribute
 
     distribute.ensure_logical_cpus(2)
     import tensorflow as tf
 
-    from isp_keras import models
+    from isp_keras.models import teachers
 
-    teacher, _ = models.load_teacher(teacher_path)
-    models.freeze(teacher)
+    teacher, _ = teachers.load_teacher(teacher_path)
+    teachers.freeze(teacher)
     batch = _batch(teacher)
     before = [w.copy() for w in teacher.get_weights()]
     single_loss, single_w = _one_step(tf.distribute.get_strategy(), teacher, batch)
@@ -157,24 +159,28 @@ def _child_mirrored_step(teacher_path):
 def _child_multi_worker(teacher_path):
     import numpy as np
 
-    from isp_keras import distribute
+    from isp_keras.training import distribute
 
     strategy = distribute.get_strategy("multi_worker")  # first: it configures the runtime
     import tensorflow as tf
 
-    from isp_keras import custom_loop, distiller, models, training
+    from isp_keras.training import custom_loop
+    from isp_keras.training import distiller
+    from isp_keras.models import students
+    from isp_keras.models import teachers
+    from isp_keras.training import schedule
 
-    teacher, _ = models.load_teacher(teacher_path)
-    models.freeze(teacher)
+    teacher, _ = teachers.load_teacher(teacher_path)
+    teachers.freeze(teacher)
     (sx, tx), y = _batch(teacher, seed=0)
     (sx2, tx2), y2 = _batch(teacher, seed=1)
     data = ((np.concatenate([sx, sx2]), np.concatenate([tx, tx2])), np.concatenate([y, y2]))
     ds = tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH)
     before = [w.copy() for w in teacher.get_weights()]
     with strategy.scope():
-        student = models.student_from_teacher(teacher, sync_bn=strategy.num_replicas_in_sync > 1)
+        student = students.student_from_teacher(teacher, sync_bn=strategy.num_replicas_in_sync > 1)
         model = distiller.Distiller(student, teacher, alpha=0.9, temperature=4.0)
-        model.compile(optimizer=training.sgd(10, 0.1, 5e-4))
+        model.compile(optimizer=schedule.sgd(10, 0.1, 5e-4))
     losses = []
 
     class Record(__import__("keras").callbacks.Callback):
@@ -184,9 +190,9 @@ def _child_multi_worker(teacher_path):
     custom_loop.fit(model, ds, strategy, epochs=1, steps_per_epoch=2, callbacks=[Record()], verbose=0)
     weights = [v.numpy() for v in student.weights]
 
-    ref_student = models.student_from_teacher(teacher)
+    ref_student = students.student_from_teacher(teacher)
     ref = distiller.Distiller(ref_student, teacher, alpha=0.9, temperature=4.0)
-    ref.compile(optimizer=training.sgd(10, 0.1, 5e-4))
+    ref.compile(optimizer=schedule.sgd(10, 0.1, 5e-4))
     history = ref.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
     ref_weights = [v.numpy() for v in ref_student.weights]
     return {"replicas": strategy.num_replicas_in_sync, "chief": distribute.is_chief(strategy), "losses": losses,

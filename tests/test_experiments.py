@@ -50,10 +50,11 @@ def student_weights(teacher_path, row_dir) -> dict:
     """A row's trained student weights (from its last checkpoint), by variable path."""
     import keras
 
-    from isp_keras import models, training
+    from isp_keras.models import students
+    from isp_keras.training import checkpoint
 
-    student = models.student_from_teacher(keras.saving.load_model(teacher_path, compile=False))
-    student.load_weights(Path(training.read_checkpoint_state(row_dir)["path"]) / "student.weights.h5")
+    student = students.student_from_teacher(keras.saving.load_model(teacher_path, compile=False))
+    student.load_weights(Path(checkpoint.read_checkpoint_state(row_dir)["path"]) / "student.weights.h5")
     return {v.path: v.numpy() for v in student.weights}
 
 

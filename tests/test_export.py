@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isp_keras import datasets, export, serving
+from isp_keras import export
+from isp_keras.data import sources
+from isp_keras.deploy import serving
 from isp_keras.errors import UserError
 
 PARITY_TAKE = 256
@@ -73,7 +75,7 @@ def test_int8_is_full_integer_and_agreement_recomputed(exported, tiny_student):
                 assert tensors[index] in (np.int8, np.int32), f"{op['op_name']} has a {tensors[index]} tensor"
 
     student = serving.load_student(tiny_student)
-    source = datasets.get_source("embedded")
+    source = sources.get_source("embedded")
     mosaics, _ = serving.pipeline_mosaics(student, source, "test", PARITY_TAKE)
     reference = serving.keras_probabilities(student, mosaics)
     scale, zero = inp["quantization"]
@@ -137,19 +139,20 @@ def test_real_resnet20_student(tmp_path):
     real test mosaics: the float gates hold, the int8 model agrees on well over 90% and the gate's verdict follows
     its figure (measured: 98.24% on these 512, 97.85% on all 10,000; the distilled default student 98.11%, see
     BUILD_NOTES.md section 6)."""
-    from isp_keras import experiment, models
-    from isp_keras.config import TrainConfig
+    from isp_keras.training import experiment
+    from isp_keras.models import students
+    from isp_keras.training.config import TrainConfig
 
     cfg = TrainConfig(teacher=str(REAL_TEACHER), model_dir=str(tmp_path / "run"), stats_images=512,
                       noise_std=0.1).validate()
     s = experiment.setup(cfg)
     (tmp_path / "run").mkdir()
-    experiment.save_student(models.student_from_teacher(s.teacher), tmp_path / "run", s)
+    experiment.save_student(students.student_from_teacher(s.teacher), tmp_path / "run", s)
     manifest = export.run(export.ExportConfig(student=str(tmp_path / "run"), out=str(tmp_path / "deploy"),
                                               calibration_samples=200, parity_take=512, dynamic=False,
                                               parity_gate=False))
     parity = manifest["parity"]
     assert parity["saved_model_max_abs_prob_diff"] <= 1e-4 and parity["float32_max_abs_prob_diff"] <= 1e-4
     assert 90.0 < parity["int8_top1_agreement"]
-    assert serving.parity_failures(parity) == ([] if parity["int8_top1_agreement"] >= 98.0 else
+    assert parity.parity_failures(parity) == ([] if parity["int8_top1_agreement"] >= 98.0 else
                                                [f"int8 top-1 agreement {parity['int8_top1_agreement']:.2f}% < 98%"])

@@ -9,7 +9,15 @@ import keras
 import numpy as np
 import pytest
 
-from isp_keras import datasets, distiller, logit_cache, models, training
+from isp_keras.data import normalisation
+from isp_keras.data import pipeline
+from isp_keras.data import sources
+from isp_keras.training import distiller
+from isp_keras.data import logit_cache
+from isp_keras.models import architectures
+from isp_keras.models import students
+from isp_keras.models import teachers
+from isp_keras.training import schedule
 from isp_keras.errors import UserError
 
 STEPS, EPOCHS = 4, 2
@@ -17,17 +25,17 @@ STEPS, EPOCHS = 4, 2
 
 @pytest.fixture(scope="module")
 def parts(tiny_teacher):
-    teacher, spec = models.load_teacher(str(tiny_teacher))
-    models.freeze(teacher)
-    source = datasets.get_source("embedded")
-    pipeline = datasets.PipelineConfig(image_size=32, batch_size=16, noise_std=0.1, seed=3, take=64, augment=False)
-    norm = datasets.Normalisation([0.45, 0.43, 0.40], [0.27, 0.26, 0.28], spec.rgb_mean, spec.rgb_std)
+    teacher, spec = teachers.load_teacher(str(tiny_teacher))
+    teachers.freeze(teacher)
+    source = sources.get_source("embedded")
+    pipeline = pipeline.PipelineConfig(image_size=32, batch_size=16, noise_std=0.1, seed=3, take=64, augment=False)
+    norm = normalisation.Normalisation([0.45, 0.43, 0.40], [0.27, 0.26, 0.28], spec.rgb_mean, spec.rgb_std)
     return teacher, str(tiny_teacher), source, pipeline, norm
 
 
 def _train_ds(parts, logits):
     _, _, source, pipeline, norm = parts
-    return datasets.build(source, "train", pipeline, training=True, norm=norm, steps_per_epoch=STEPS, epochs=EPOCHS,
+    return pipeline.build(source, "train", pipeline, training=True, norm=norm, steps_per_epoch=STEPS, epochs=EPOCHS,
                           teacher_logits=logits)
 
 
@@ -50,9 +58,9 @@ def test_cached_batches_hold_the_teachers_logits(parts, tmp_path):
 
 def _fit(parts, teacher, logits):
     keras.utils.set_random_seed(0)
-    student = models.student_from_teacher(parts[0])
+    student = students.student_from_teacher(parts[0])
     model = distiller.Distiller(student, teacher, alpha=0.9, temperature=4.0, cached_logits=logits is not None)
-    model.compile(optimizer=training.sgd(STEPS, 0.05, 5e-4))
+    model.compile(optimizer=schedule.sgd(STEPS, 0.05, 5e-4))
     history = model.fit(_train_ds(parts, logits), epochs=1, steps_per_epoch=STEPS, verbose=0)
     return history.history, student.get_weights()
 
@@ -60,7 +68,7 @@ def _fit(parts, teacher, logits):
 def test_training_from_cached_logits_equals_running_the_teacher(parts, tmp_path):
     plain_hist, plain_w = _fit(parts, parts[0], None)
     # A teacher with the wrong number of classes: any forward pass through it would break the KD loss.
-    wrong_teacher = models.build("resnet_tiny", 3, 32)
+    wrong_teacher = architectures.build("resnet_tiny", 3, 32)
     cached_hist, cached_w = _fit(parts, wrong_teacher, _logits(parts, tmp_path))
     for key in ("loss", "ce", "kd", "agreement"):
         np.testing.assert_allclose(cached_hist[key], plain_hist[key], rtol=1e-4, atol=1e-5, err_msg=key)
@@ -93,4 +101,4 @@ def test_random_rgb_augmentation_is_refused(parts, tmp_path):
     with pytest.raises(UserError, match="--noaugment"):
         logit_cache.load_or_compute(teacher, path, source, "train", augmented, norm, tmp_path, progress=False)
     with pytest.raises(UserError, match="--noaugment"):
-        datasets.build(source, "train", augmented, training=True, norm=norm, teacher_logits=np.zeros((64, 10)))
+        pipeline.build(source, "train", augmented, training=True, norm=norm, teacher_logits=np.zeros((64, 10)))

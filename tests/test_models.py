@@ -6,31 +6,33 @@ import keras
 import numpy as np
 import pytest
 
-from isp_keras import models
+from isp_keras.models import architectures
+from isp_keras.models import students
+from isp_keras.models import teachers
 from isp_keras.errors import UserError
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2_32", "resnet_tiny"])
 def test_32px_architectures_output_logits(arch):
-    model = models.build(arch, 10)
+    model = architectures.build(arch, 10)
     out = model(np.zeros((2, 32, 32, 3), np.float32), training=False)
     assert out.shape == (2, 10)
 
 
 def test_imagenet_scale_architectures_shapes():
     # Built, not run: the shapes say they are the ImageNet variants (224 px in, 1000 logits out).
-    r18 = models.build("resnet18", 1000)
+    r18 = architectures.build("resnet18", 1000)
     assert r18.input_shape == (None, 224, 224, 3) and r18.output_shape == (None, 1000)
     assert 11.0e6 < r18.count_params() < 12.0e6  # ResNet18 has 11.7M parameters with 1000 classes
-    mb = models.build("mobilenetv2", 1000)
+    mb = architectures.build("mobilenetv2", 1000)
     assert 3.4e6 < mb.count_params() < 3.6e6  # MobileNetV2 1.0: 3.5M
 
 
 def test_student_starts_from_teacher_and_teacher_is_frozen():
-    teacher = models.build("resnet_tiny", 10)
+    teacher = architectures.build("resnet_tiny", 10)
     x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
-    student = models.student_from_teacher(teacher)
-    models.freeze(teacher)
+    student = students.student_from_teacher(teacher)
+    teachers.freeze(teacher)
     np.testing.assert_allclose(student(x, training=False), teacher(x, training=False), atol=1e-6)
     assert student.trainable_variables and not teacher.trainable_variables
     # Distinct variables: changing the student leaves the teacher alone.
@@ -39,31 +41,31 @@ def test_student_starts_from_teacher_and_teacher_is_frozen():
 
 
 def test_student_from_frozen_teacher_is_still_trainable():
-    teacher = models.freeze(models.build("resnet_tiny", 10))
-    student = models.student_from_teacher(teacher)
+    teacher = teachers.freeze(architectures.build("resnet_tiny", 10))
+    student = students.student_from_teacher(teacher)
     assert len(student.trainable_variables) == len(teacher.weights) - 2 * sum(
         isinstance(layer, keras.layers.BatchNormalization) for layer in teacher.layers)
 
 
 def test_set_trainable_prefix_freezes_the_rest():
-    model = models.build("resnet20", 10)
-    names = models.set_trainable_prefix(model, 1)
+    model = architectures.build("resnet20", 10)
+    names = students.set_trainable_prefix(model, 1)
     assert "stem_conv" in names and any(n.startswith("stage1") for n in names)
     assert not any(n.startswith("stage2") or n == "logits" for n in names)
     assert all(not layer.trainable for layer in model.layers if layer.name.startswith("stage3"))
-    all_names = models.set_trainable_prefix(model, None)
+    all_names = students.set_trainable_prefix(model, None)
     assert "logits" in all_names
     with pytest.raises(UserError, match="k=4"):
-        models.set_trainable_prefix(model, 4)
+        students.set_trainable_prefix(model, 4)
 
 
 def test_load_teacher_from_file_with_sidecar(tmp_path):
-    model = models.build("resnet_tiny", 10)
+    model = architectures.build("resnet_tiny", 10)
     path = tmp_path / "t.keras"
     model.save(path)
-    spec = models.TeacherSpec(32, 10, [0.5] * 3, [0.25] * 3, classes=[str(i) for i in range(10)])
-    models.write_spec(path, spec)
-    loaded, got = models.load_teacher(str(path))
+    spec = teachers.TeacherSpec(32, 10, [0.5] * 3, [0.25] * 3, classes=[str(i) for i in range(10)])
+    teachers.write_spec(path, spec)
+    loaded, got = teachers.load_teacher(str(path))
     assert got == spec
     x = np.ones((1, 32, 32, 3), np.float32)
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
@@ -72,28 +74,28 @@ def test_load_teacher_from_file_with_sidecar(tmp_path):
 
 def test_teacher_errors_are_one_line(tmp_path):
     with pytest.raises(UserError, match="neither a file nor a known keras.applications name"):
-        models.load_teacher("resnet_nonexistent")
+        teachers.load_teacher("resnet_nonexistent")
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a zip")
     with pytest.raises(UserError, match="junk.keras: not a loadable Keras model"):
-        models.load_teacher(str(junk))
-    model = models.build("resnet_tiny", 10)
+        teachers.load_teacher(str(junk))
+    model = architectures.build("resnet_tiny", 10)
     with pytest.raises(UserError, match="10 classes but the data has 5"):
-        models.check_teacher_matches(model, 32, 5, "t.keras")
+        teachers.check_teacher_matches(model, 32, 5, "t.keras")
     with pytest.raises(UserError, match="32x32 images but the data is 64x64"):
-        models.check_teacher_matches(model, 64, 10, "t.keras")
+        teachers.check_teacher_matches(model, 64, 10, "t.keras")
 
 
 def test_keras_applications_name_offline_fails_with_one_line():
-    from isp_keras import datasets
+    from isp_keras.data import sources
 
     try:
-        datasets._check_online("probe", "-", timeout=3)
+        sources._check_online("probe", "-", timeout=3)
         pytest.skip("this machine is online: the download would succeed")
     except UserError:
         pass
     with pytest.raises(UserError) as info:
-        models.load_teacher("MobileNetV2")
+        teachers.load_teacher("MobileNetV2")
     assert "could not download the ImageNet weights" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -102,14 +104,14 @@ def test_saved_model_teacher_needs_student_init(tiny_teacher, tmp_path):
     --student_init because a SavedModel has no architecture to clone."""
     import dataclasses
 
-    from isp_keras import experiment
-    from isp_keras.config import TrainConfig
+    from isp_keras.training import experiment
+    from isp_keras.training.config import TrainConfig
 
-    keras_teacher, spec = models.load_teacher(str(tiny_teacher))
+    keras_teacher, spec = teachers.load_teacher(str(tiny_teacher))
     saved = tmp_path / "teacher_sm"
     keras_teacher.export(str(saved), format="tf_saved_model")
-    models.write_spec(saved, spec)
-    teacher, got_spec = models.load_teacher(str(saved))
+    teachers.write_spec(saved, spec)
+    teacher, got_spec = teachers.load_teacher(str(saved))
     assert got_spec == spec and teacher.input_shape == (None, 32, 32, 3) and teacher.output_shape == (None, 10)
     x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(teacher(x, training=False), keras_teacher(x, training=False), atol=1e-5)

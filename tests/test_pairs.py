@@ -11,7 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from isp_keras import models, pairs, rawio
+from isp_keras import pairs
+from isp_keras.models import architectures
+from isp_keras.models import teachers
+from isp_keras.raw import rawio
 from isp_keras.errors import UserError
 
 
@@ -117,8 +120,8 @@ def tiny_teacher(tmp_path_factory):
 
     keras.utils.set_random_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "teacher.keras"
-    models.build("resnet_tiny", 10, 32).save(path)
-    models.write_spec(path, models.TeacherSpec(32, 10, [0.5] * 3, [0.25] * 3, classes=[str(i) for i in range(10)]))
+    architectures.build("resnet_tiny", 10, 32).save(path)
+    teachers.write_spec(path, teachers.TeacherSpec(32, 10, [0.5] * 3, [0.25] * 3, classes=[str(i) for i in range(10)]))
     return path
 
 
@@ -129,8 +132,8 @@ def _probs(cache, split):
 
 
 def _teacher(path):
-    teacher, spec = models.load_teacher(str(path))
-    return models.freeze(teacher), spec
+    teacher, spec = teachers.load_teacher(str(path))
+    return teachers.freeze(teacher), spec
 
 
 def _build(bursts, out, teacher_path, **kw):

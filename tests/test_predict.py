@@ -10,7 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from isp_keras import datasets, export, predict, rawio, serving
+from isp_keras import export, predict
+from isp_keras.data import sources
+from isp_keras.raw import rawio
+from isp_keras.deploy import serving
 from isp_keras.errors import UserError
 
 BLACK, WHITE = 64, 1023
@@ -23,7 +26,7 @@ def setup(tiny_student, tmp_path_factory):
                                    parity_take=64, dynamic=False, parity_gate=False, black_level=BLACK,
                                    white_level=WHITE))
     student = serving.load_student(tiny_student)
-    mosaics, _ = serving.pipeline_mosaics(student, datasets.get_source("embedded"), "test", 3)
+    mosaics, _ = serving.pipeline_mosaics(student, sources.get_source("embedded"), "test", 3)
     counts = np.round(BLACK + np.clip(mosaics[..., 0], 0, 1) * (WHITE - BLACK)).astype(np.uint16)
     files = {}
     for i, c in enumerate(counts):

@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isp_keras import datasets, models, quantise, serving
+from isp_keras.data import normalisation
+from isp_keras.models import architectures
+from isp_keras.training import quantise
+from isp_keras.deploy import runtime
+from isp_keras.deploy import serving
+from isp_keras.deploy import tflite
 
 
 def tiny_resnet():
-    return models.build("resnet_tiny", 4, image_size=8)
+    return architectures.build("resnet_tiny", 4, image_size=8)
 
 
 def test_quantised_layers_skip_fused_producers():
@@ -75,19 +80,19 @@ def test_with_ranges_shares_weights_and_round_trips(tmp_path):
 
 def test_int8_tflite_keeps_the_pinned_ranges():
     model = tiny_resnet()
-    norm = datasets.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
+    norm = normalisation.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
     student = serving.Student(model, "RGGB", 8, ["a", "b", "c", "d"], norm, path="test")
     mosaics = np.random.default_rng(2).uniform(-0.1, 1.1, (40, 8, 8, 1)).astype(np.float32)
-    tflite, ranges = serving.int8_tflite(student, mosaics, range_batch=10)
-    runner = serving.TFLiteRunner(tflite)
-    details = runner.interpreter.get_tensor_details()
+    tflite, ranges = tflite.int8_tflite(student, mosaics, range_batch=10)
+    runner = runtime.TFLiteRunner(tflite)
+    details = experiment.interpreter.get_tensor_details()
     assert {np.dtype(d["dtype"]).name for d in details} <= {"int8", "int32"}
     scales = [float(s) for d in details for s in np.atleast_1d(d["quantization_parameters"]["scales"])]
     for name, (lo, hi) in ranges.items():
         expected = (hi - lo) / 255.0
         assert any(abs(s - expected) <= 1e-6 * expected for s in scales), (name, expected)
     with pytest.raises(Exception, match="range batch 0"):
-        serving.int8_tflite(student, mosaics, range_batch=0)
+        tflite.int8_tflite(student, mosaics, range_batch=0)
 
 
 def test_fake_quant_weight_is_per_channel_symmetric_int8():
@@ -140,10 +145,10 @@ def test_snap_weights_puts_kernels_on_the_grid():
 def test_int8_tflite_of_a_sequential_student_falls_back_to_the_converters_ranges():
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)])
-    norm = datasets.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
+    norm = normalisation.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
     student = serving.Student(model, "RGGB", 8, ["a", "b", "c", "d"], norm, path="seq")
     mosaics = np.random.default_rng(5).uniform(0.0, 1.0, (20, 8, 8, 1)).astype(np.float32)
-    tflite, ranges = serving.int8_tflite(student, mosaics)
+    tflite, ranges = tflite.int8_tflite(student, mosaics)
     assert ranges == {}
-    probs = serving.TFLiteRunner(tflite).predict(mosaics)
+    probs = runtime.TFLiteRunner(tflite).predict(mosaics)
     assert probs.shape == (20, 4) and np.all(np.isfinite(probs))

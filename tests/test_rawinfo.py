@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from isp_keras import rawinfo, rawio
+from isp_keras import rawinfo
+from isp_keras.raw import rawio
 from isp_keras.errors import UserError
 
 

@@ -7,7 +7,8 @@ import pytest
 import rawpy
 import tifffile
 
-from isp_keras import bayer, rawio
+from isp_keras.raw import bayer
+from isp_keras.raw import rawio
 from isp_keras.errors import UserError
 
 PHASES = ["RGGB", "GRBG", "GBRG", "BGGR"]

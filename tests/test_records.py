@@ -15,7 +15,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from isp_keras import datasets, make_records, records
+from isp_keras import make_records
+from isp_keras.data import normalisation
+from isp_keras.data import pipeline
+from isp_keras.data import sources
+from isp_keras.data import records
 from isp_keras.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,8 +53,8 @@ def test_folder_round_trip_is_lossless_and_sharded(image_folder, tmp_path):
     assert index["splits"]["train"]["count"] == 18 and len(index["splits"]["train"]["files"]) == 5
     assert index["splits"]["test"]["count"] == 9 and len(index["splits"]["test"]["files"]) == 3
     assert index["splits"]["train"]["per_class"] == [6, 6, 6]
-    folder = datasets.get_source(f"folder:{image_folder}")
-    recs = datasets.get_source(f"records:{out}")
+    folder = sources.get_source(f"folder:{image_folder}")
+    recs = sources.get_source(f"records:{out}")
     for split in ("train", "test"):
         expected = _decoded(folder.split(split))
         assert len(expected) == folder.counts[split]  # all images distinct: the comparison is meaningful
@@ -60,7 +64,7 @@ def test_folder_round_trip_is_lossless_and_sharded(image_folder, tmp_path):
 def test_records_copy_is_byte_exact(tmp_path):
     out = tmp_path / "copy"
     make_records.write("embedded", out, examples_per_shard=16, take=40, progress=False)
-    original = list(records.dataset(datasets.EMBEDDED_DIR, "train").take(40).as_numpy_iterator())
+    original = list(records.dataset(sources.EMBEDDED_DIR, "train").take(40).as_numpy_iterator())
     copied = list(records.dataset(out, "train").as_numpy_iterator())
     assert sorted(original) == sorted(copied)
     assert len(records.split_files(out, "train")) == 3
@@ -80,23 +84,23 @@ def test_shard_by_worker_is_a_partition(tmp_path, image_folder):
 def test_max_size_shrinks_the_shorter_side(image_folder, tmp_path):
     out = tmp_path / "small"
     make_records.write(f"folder:{image_folder}", out, fmt="png", max_size=8, progress=False)
-    shapes = {tuple(x.shape) for x, _ in datasets.get_source(f"records:{out}").split("train").as_numpy_iterator()}
+    shapes = {tuple(x.shape) for x, _ in sources.get_source(f"records:{out}").split("train").as_numpy_iterator()}
     assert shapes == {(8, 8, 3), (8, 11, 3)}  # 14x14 -> 8x8, 12x16 -> 8x10.67 rounded
 
 
 def test_records_feed_the_builder(image_folder, tmp_path):
     out = tmp_path / "records"
     make_records.write(f"folder:{image_folder}", out, fmt="jpeg", progress=False)
-    source = datasets.get_source(f"records:{out}")
-    norm = datasets.Normalisation([0.5] * 3, [0.25] * 3, [0.5] * 3, [0.25] * 3)
-    cfg = datasets.PipelineConfig(image_size=8, batch_size=4)
-    (student_x, teacher_x), labels = next(iter(datasets.build(source, "train", cfg, training=True, norm=norm)))
+    source = sources.get_source(f"records:{out}")
+    norm = normalisation.Normalisation([0.5] * 3, [0.25] * 3, [0.5] * 3, [0.25] * 3)
+    cfg = pipeline.PipelineConfig(image_size=8, batch_size=4)
+    (student_x, teacher_x), labels = next(iter(pipeline.build(source, "train", cfg, training=True, norm=norm)))
     assert student_x.shape == (4, 8, 8, 3) and teacher_x.shape == (4, 8, 8, 3) and labels.dtype == tf.int32
 
 
 def test_out_equal_to_source_is_refused(tmp_path):
     with pytest.raises(UserError, match="is the source itself"):
-        make_records.write("embedded", datasets.EMBEDDED_DIR, progress=False)
+        make_records.write("embedded", sources.EMBEDDED_DIR, progress=False)
 
 
 def test_command_missing_out_is_one_line(tmp_path):

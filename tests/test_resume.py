@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isp_keras import datasets, training
+from isp_keras.data import normalisation
+from isp_keras.data import pipeline
+from isp_keras.data import sources
+from isp_keras.training import checkpoint
 
 STEPS_PER_EPOCH = 20  # 320 images / batch 16
 EPOCHS = 2
@@ -36,7 +39,7 @@ def _start(teacher, run_dir, log):
 
 
 def _committed_step(run_dir, phase: str = "distilled") -> int | None:
-    state = training.read_checkpoint_state(Path(run_dir) / phase)
+    state = checkpoint.read_checkpoint_state(Path(run_dir) / phase)
     return state.get("step") if state else None
 
 
@@ -56,7 +59,7 @@ def _assert_checkpoint_complete(run_dir):
     """What checkpoint.json names loads completely: student weights (HDF5) and optimizer state (pickle-free)."""
     import h5py
 
-    state = training.read_checkpoint_state(Path(run_dir) / "distilled")
+    state = checkpoint.read_checkpoint_state(Path(run_dir) / "distilled")
     folder = Path(state["path"])
     with h5py.File(folder / "student.weights.h5", "r") as f:
         assert len(f.keys()) > 0
@@ -162,11 +165,11 @@ def _batches(ds, n):
 def test_train_stream_resumes_at_any_step():
     """Data order and per-example noise depend on (seed, epoch, position) only: the stream started at step k
     equals the full stream from step k on, across an epoch boundary."""
-    source = datasets.get_source("embedded")
-    cfg = datasets.PipelineConfig(image_size=32, batch_size=8, noise_std=0.1, seed=5, take=40)
-    norm = datasets.Normalisation([0.4] * 3, [0.25] * 3, [0.5] * 3, [0.25] * 3)
-    full = _batches(datasets.build(source, "train", cfg, training=True, norm=norm, steps_per_epoch=5, epochs=3), 15)
-    resumed = _batches(datasets.build(source, "train", cfg, training=True, norm=norm, steps_per_epoch=5,
+    source = sources.get_source("embedded")
+    cfg = pipeline.PipelineConfig(image_size=32, batch_size=8, noise_std=0.1, seed=5, take=40)
+    norm = normalisation.Normalisation([0.4] * 3, [0.25] * 3, [0.5] * 3, [0.25] * 3)
+    full = _batches(pipeline.build(source, "train", cfg, training=True, norm=norm, steps_per_epoch=5, epochs=3), 15)
+    resumed = _batches(pipeline.build(source, "train", cfg, training=True, norm=norm, steps_per_epoch=5,
                                       start_step=3, epochs=3), 12)
     assert len(full) == 15 and len(resumed) == 12
     for (xa, ya), (xb, yb) in zip(full[3:], resumed):
@@ -175,5 +178,5 @@ def test_train_stream_resumes_at_any_step():
     # Epochs differ from each other (reshuffled, fresh noise) and stop after the last one.
     assert not np.array_equal(full[0][0], full[5][0])
     assert sorted(np.concatenate([y for _, y in full[:5]])) == sorted(np.concatenate([y for _, y in full[5:10]]))
-    ds = datasets.build(source, "train", cfg, training=True, norm=norm, steps_per_epoch=5, start_step=12, epochs=3)
+    ds = pipeline.build(source, "train", cfg, training=True, norm=norm, steps_per_epoch=5, start_step=12, epochs=3)
     assert len(_batches(ds, 100)) == 3

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isp_keras import bayer, datasets, sensor
+from isp_keras.raw import bayer
+from isp_keras.data import pipeline
+from isp_keras.data import sources
+from isp_keras.raw import sensor
 
 
 def np_srgb_decode(x):
@@ -81,23 +84,23 @@ def test_expose_mosaics_with_bayer_mosaic():
 
 
 def test_realistic_pipeline_is_deterministic():
-    source = datasets.get_source("embedded")
-    cfg = datasets.PipelineConfig(image_size=32, batch_size=16, take=32, sensor="realistic", cache=False)
-    first = [raw.numpy() for raw, _, _ in datasets.build(source, "test", cfg, training=False, norm=None,
+    source = sources.get_source("embedded")
+    cfg = pipeline.PipelineConfig(image_size=32, batch_size=16, take=32, sensor="realistic", cache=False)
+    first = [raw.numpy() for raw, _, _ in pipeline.build(source, "test", cfg, training=False, norm=None,
                                                          mode="mosaic")]
-    again = [raw.numpy() for raw, _, _ in datasets.build(source, "test", cfg, training=False, norm=None,
+    again = [raw.numpy() for raw, _, _ in pipeline.build(source, "test", cfg, training=False, norm=None,
                                                          mode="mosaic")]
     np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
-    gauss = next(iter(datasets.build(source, "test", dataclasses.replace(cfg, sensor="gaussian"), training=False,
+    gauss = next(iter(pipeline.build(source, "test", dataclasses.replace(cfg, sensor="gaussian"), training=False,
                                      norm=None, mode="mosaic")))[0].numpy()
     # Linear camera RAW is much darker than the gamma-encoded sRGB the Gaussian sensor samples.
     assert np.concatenate(first).mean() < 0.6 * gauss.mean()
     with pytest.raises(ValueError, match="unknown sensor"):
-        datasets.raw_simulator(dataclasses.replace(cfg, sensor="film"))
+        pipeline.raw_simulator(dataclasses.replace(cfg, sensor="film"))
 
 
 def test_sensor_flag_is_checked():
-    from isp_keras.config import TrainConfig
+    from isp_keras.training.config import TrainConfig
     from isp_keras.errors import UserError
 
     assert TrainConfig(sensor="realistic").validate().sensor == "realistic"

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isp_keras import bayer, datasets, models, serving
+from isp_keras.raw import bayer
+from isp_keras.data import normalisation
+from isp_keras.models import architectures
+from isp_keras.deploy import parity
+from isp_keras.deploy import runtime
+from isp_keras.deploy import serving
+from isp_keras.deploy import tflite
 from isp_keras.errors import UserError
 
 def numpy_student_input(mosaic, cfa, mean, std, channel_order="RGB"):
@@ -23,8 +29,8 @@ def numpy_student_input(mosaic, cfa, mean, std, channel_order="RGB"):
 
 
 def make_student(cfa="GRBG", channel_order="RGB", size=8, classes=4):
-    model = models.build("resnet_tiny", classes, image_size=size)
-    norm = datasets.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3, channel_order)
+    model = architectures.build("resnet_tiny", classes, image_size=size)
+    norm = normalisation.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3, channel_order)
     return serving.Student(model, cfa, size, [f"c{i}" for i in range(classes)], norm, path="test")
 
 
@@ -61,16 +67,16 @@ def test_float32_tflite_matches_keras(tmp_path):
     student = make_student()
     serving.export_saved_model(student, tmp_path / "sm")
     mosaic = np.random.default_rng(2).uniform(0, 1, (5, 8, 8, 1)).astype(np.float32)
-    runner = serving.TFLiteRunner(serving.to_tflite(tmp_path / "sm", "float32"))
-    assert runner.input_shape == (8, 8, 1)
-    np.testing.assert_allclose(runner.predict(mosaic, batch_size=2), serving.keras_probabilities(student, mosaic),
+    runner = runtime.TFLiteRunner(tflite.to_tflite(tmp_path / "sm", "float32"))
+    assert experiment.input_shape == (8, 8, 1)
+    np.testing.assert_allclose(experiment.predict(mosaic, batch_size=2), serving.keras_probabilities(student, mosaic),
                                atol=1e-5)
 
 
 def test_student_checks():
     student = make_student()
-    teacher = models.build("resnet_tiny", 4, image_size=8)
-    from isp_keras import distiller
+    teacher = architectures.build("resnet_tiny", 4, image_size=8)
+    from isp_keras.training import distiller
 
     with pytest.raises(UserError, match="is a Distiller"):
         serving.check_student(distiller.Distiller(student.model, teacher), 8, 4, "d.keras")
@@ -117,12 +123,12 @@ def test_load_student(tiny_student, tmp_path):
 
 def test_parity_gates():
     ok = {"saved_model_max_abs_prob_diff": 0.0, "float32_max_abs_prob_diff": 9e-5, "int8_top1_agreement": 98.0}
-    assert serving.parity_failures(ok) == []
+    assert parity.parity_failures(ok) == []
     bad = {"saved_model_max_abs_prob_diff": 2e-4, "float32_max_abs_prob_diff": float("nan"),
            "int8_top1_agreement": 97.9}
-    failures = serving.parity_failures(bad)
+    failures = parity.parity_failures(bad)
     assert len(failures) == 3 and "int8 top-1 agreement 97.90% < 98%" in failures[2]
     reference = np.array([[0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
-    figures = serving.parity_figures(reference, {"int8": np.array([[0.6, 0.4], [0.9, 0.1], [0.5, 0.5]])})
+    figures = parity.parity_figures(reference, {"int8": np.array([[0.6, 0.4], [0.9, 0.1], [0.5, 0.5]])})
     assert figures["int8_top1_agreement"] == pytest.approx(200 / 3)
     assert figures["int8_max_abs_prob_diff"] == pytest.approx(0.7)

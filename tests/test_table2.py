@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from isp_keras import models
+from isp_keras.models import architectures
+from isp_keras.models import teachers
 from isp_keras.errors import UserError
 from isp_keras.experiments import table2
 
@@ -47,8 +48,8 @@ def untrained_teacher(tmp_path):
 
     keras.utils.set_random_seed(0)
     path = tmp_path / "teacher.keras"
-    models.build("resnet_tiny", 10, 32).save(path)
-    models.write_spec(path, models.TeacherSpec(32, 10, [0.5] * 3, [0.25] * 3, classes=[str(i) for i in range(10)]))
+    architectures.build("resnet_tiny", 10, 32).save(path)
+    teachers.write_spec(path, teachers.TeacherSpec(32, 10, [0.5] * 3, [0.25] * 3, classes=[str(i) for i in range(10)]))
     return path
 
 

@@ -4,43 +4,20 @@
 
 --noise_stds replaces --noise_std. Each level gets its own per-site statistics and one sub-directory per row
 (<model_dir>/noise_<std>/<row>/). Writes <model_dir>/results.json as {"sweep": [{"noise_std", "rows"}, ...],
-"config", "wall_seconds"}, results.md, and sweep_top1.png (one line per row) beside it. A rerun skips finished rows.
+"config", "wall_seconds"}, results.md, and sweep_top1.png (one line per row) beside it.
 """
 
 from __future__ import annotations
 
-import time
-
-from absl import app, flags
-
-from isp_keras import experiment, fsutil
-from isp_keras.errors import parse_flags, run_main
-from isp_keras.experiments import common
-
-FLAGS = flags.FLAGS
-KIND = "sweep"
+from isp_keras import cli
+from isp_keras.training.config import SweepConfig
 
 
-def run(opts: common.Options) -> dict:
-    start = time.time()
-    levels, seconds = common.run_levels(opts)
-    for level in levels:
-        common.check_rows(level["rows"])
-    config = {k: v for k, v in opts.cfg.to_json().items() if k != "noise_std"}
-    results = {"sweep": levels, "config": {**config, "noise_stds": opts.noise_stds},
-               "wall_seconds": round(time.time() - start, 2), "experiment": KIND, "command": opts.command,
-               "plot": common.PLOT_FILE, "row_seconds": seconds}
-    fsutil.write_json_atomic(opts.out / experiment.RESULTS, results)
-    title = f"{opts.cfg.dataset}, CFA {opts.cfg.cfa}, {opts.cfg.epochs} epochs per student, seed {opts.cfg.seed}"
-    plot = common.plot_sweep(levels, opts.out / common.PLOT_FILE, title)
-    print(common.write_markdown(opts, f"Top-1 % ({plot.name}):\n\n{common.format_sweep(levels)}"))
-    print(f"wrote {opts.out / experiment.RESULTS}, {opts.out / common.RESULTS_MD} and {plot}")
-    return results
+def run(cfg: SweepConfig) -> dict:
+    from isp_keras.training import experiments
 
-
-main = common.make_main(KIND, run)
+    return experiments.table(cfg, "sweep", cli.command_line())
 
 
 if __name__ == "__main__":
-    common.define_flags(KIND)
-    app.run(run_main(main), flags_parser=parse_flags)
+    cli.main(SweepConfig, run)

@@ -10,19 +10,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-CFA_PATTERNS = ("RGGB", "GRBG", "GBRG", "BGGR")
+from isp_keras.raw.cfa import check_cfa
+
 _CHANNEL = {"R": 0, "G": 1, "B": 2}
 
 # Bilinear interpolation kernels: R and B sites sit on a rectangular lattice of step 2, G on a quincunx.
 _RB_KERNEL = np.array([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]], np.float32)
 _G_KERNEL = np.array([[0.0, 0.25, 0.0], [0.25, 1.0, 0.25], [0.0, 0.25, 0.0]], np.float32)
-
-
-def check_cfa(cfa: str) -> str:
-    cfa = str(cfa).upper()
-    if cfa not in CFA_PATTERNS:
-        raise ValueError(f"unknown CFA pattern {cfa!r}; expected one of {', '.join(CFA_PATTERNS)}")
-    return cfa
 
 
 def site_index(cfa: str) -> np.ndarray:

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from isp_keras import bayer
+from isp_keras.raw import bayer
 
 # XYZ -> camera matrices of four real cameras (Adobe DNG ColorMatrix values, as used by Brooks et al.).
 XYZ_TO_CAMS = np.array([

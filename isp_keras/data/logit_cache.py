@@ -22,15 +22,19 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from isp_keras import datasets, fsutil, records
+from isp_keras import fsutil
+from isp_keras.data import normalisation
+from isp_keras.data import pipeline
+from isp_keras.data import sources
+from isp_keras.data import records
 from isp_keras.errors import UserError
 
 
-def compute(teacher, source: datasets.Source, split: str, pipeline: datasets.PipelineConfig,
-            norm: datasets.Normalisation, batch_size: int = 256, progress: bool = True) -> np.ndarray:
+def compute(teacher, source: sources.Source, split: str, pipeline: pipeline.PipelineConfig,
+            norm: normalisation.Normalisation, batch_size: int = 256, progress: bool = True) -> np.ndarray:
     """Logits [N, classes] (float32) of the teacher on the deterministic RGB input of each example, in order."""
     cfg = dataclasses.replace(pipeline, batch_size=batch_size, cache=False, augment=False)
-    ds = datasets.build(source, split, cfg, training=False, norm=norm, mode="rgb")
+    ds = pipeline.build(source, split, cfg, training=False, norm=norm, mode="rgb")
     forward = tf.function(lambda x: teacher(x, training=False), reduce_retracing=True)
     total = min(source.counts[split], pipeline.take) if pipeline.take else source.counts[split]
     parts = []
@@ -41,8 +45,8 @@ def compute(teacher, source: datasets.Source, split: str, pipeline: datasets.Pip
     return np.concatenate(parts) if parts else np.zeros((0, teacher.output_shape[-1]), np.float32)
 
 
-def cache_key(teacher_source: str, source: datasets.Source, split: str, pipeline: datasets.PipelineConfig,
-              norm: datasets.Normalisation) -> str:
+def cache_key(teacher_source: str, source: sources.Source, split: str, pipeline: pipeline.PipelineConfig,
+              norm: normalisation.Normalisation) -> str:
     path = Path(teacher_source)
     teacher_id = records.sha256_file(path) if path.is_file() else teacher_source
     parts = {"teacher": teacher_id, "data": source.name, "split": split, "count": source.counts[split],
@@ -78,10 +82,10 @@ def dataset(path_stem, classes: int) -> tf.data.Dataset:
                   num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def load_or_compute(teacher, teacher_source: str, source: datasets.Source, split: str,
-                    pipeline: datasets.PipelineConfig, norm: datasets.Normalisation, cache_dir,
+def load_or_compute(teacher, teacher_source: str, source: sources.Source, split: str,
+                    pipeline: pipeline.PipelineConfig, norm: normalisation.Normalisation, cache_dir,
                     progress: bool = True) -> tf.data.Dataset:
-    """The cached logits of `split` as a dataset for `datasets.build(teacher_logits=...)`, computing them once."""
+    """The cached logits of `split` as a dataset for `pipeline.build(teacher_logits=...)`, computing them once."""
     if pipeline.augment:
         raise UserError("--cached_logits: the teacher input must be deterministic, but random RGB augmentation is on; "
                         "pass --noaugment")

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from isp_keras import bayer, fsutil
+from isp_keras import fsutil
+from isp_keras.raw import bayer
+from isp_keras.raw.cfa import CFA_PATTERNS
 from isp_keras.errors import UserError
 
 # LibRaw refuses images smaller than this on either side (its identify() treats them as "not raw").
@@ -181,7 +183,7 @@ def read_raw(path, cfa: str = "RGGB") -> RawImage:
     except rawpy.LibRawError as exc:
         raise UserError(f"{path}: LibRaw could not decode it ({type(exc).__name__}: {exc})") from None
     file_cfa = _pattern(colors, desc)
-    if file_cfa not in bayer.CFA_PATTERNS:
+    if file_cfa not in CFA_PATTERNS:
         raise UserError(f"{path}: CFA colours {file_cfa!r} ({desc.decode('ascii', 'replace')}), "
                         "not an RGB Bayer mosaic")
     height, width = visible.shape

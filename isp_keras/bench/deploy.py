@@ -1,0 +1,239 @@
+"""Deployment benchmark (`python -m isp_keras.benchmark --suite=deploy --student=RUN_DIR --json=PATH`).
+
+Latency (--runs single-image calls per figure after --warmup, --threads threads) and size of the Keras student
+(the serving graph as a tf.function), float32 / dynamic-range / full-int8 TFLite on LiteRT; int8 top-1 agreement
+with Keras on the test split; and end to end on the same DNG bytes:
+  RAW path: LibRaw decode -> uint16 counts -> float32 TFLite (levels + bayer infill + norm + student, one graph)
+  ISP path: LibRaw decode + LibRaw ISP (rawpy.postprocess: AHD demosaic, colour matrix, 8-bit) -> float32 TFLite
+            (teacher normalisation + teacher, one graph) - the same architecture, so the same model size.
+Then the same for MobileNetV2 at 224 px with random weights (latency and size only; accuracy is meaningless).
+
+The compared runtimes are timed interleaved (bench/timing.py): rounds of --latency_block calls of each, the order
+rotating per round. `*_latency_ms` is the median over rounds of a runtime's per-call time; each latency ratio is the
+median of the per-round ratios, with their spread as `<ratio>_min/_q1/_q3/_max`.
+
+Importing this module loads no TensorFlow (the benchmark command builds its flags from DeployBenchConfig first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from isp_keras.bench import timing
+from isp_keras.config import option
+from isp_keras.errors import UserError
+
+# The simulated sensor records sRGB-encoded values (pipeline.simulate_raw mosaics the RGB image directly), so the
+# matching ISP is demosaic + identity colour + gamma 1 + no auto-brightening; the DNGs carry sRGB primaries.
+ISP_PARAMS = dict(gamma=(1, 1), no_auto_bright=True, use_camera_wb=False, user_wb=[1.0, 1.0, 1.0, 1.0],
+                  output_bps=8)
+BLACK_LEVEL, WHITE_LEVEL = 256, 4095  # a 12-bit sensor
+
+
+@dataclasses.dataclass
+class DeployBenchConfig:
+    """Settings of the deployment benchmark; every field is also a flag of the same name (isp_keras.config)."""
+
+    student: str = option("runs/train", "Run directory of the student to benchmark (deploy suite).")
+    runs: int = option(300, "Timed single-image calls per latency figure (deploy suite).")
+    warmup: int = option(30, "Untimed calls before timing (deploy suite).")
+    latency_block: int = option(10, "Calls of each runtime timed back to back in one interleaved round (deploy "
+                                "suite); --runs / --latency_block rounds.")
+    threads: int = option(2, "Threads for LiteRT and TensorFlow (deploy suite).")
+    agreement_take: int = option(0, "Test mosaics for the int8 agreement (0: the whole test split).")
+    calibration_samples: int = option(300, "Training-pipeline mosaics calibrating the int8 model.")
+    e2e_images: int = option(50, "Distinct DNGs cycled through in the end-to-end timings.")
+    mobilenet: bool = option(True, "Also benchmark MobileNetV2 at 224 px (random weights).")
+
+    def validate(self) -> DeployBenchConfig:
+        """Check every field (one-line UserError naming the flag); cooperative, so a config composed of several
+        suites' configs checks them all. Returns self."""
+        for name, low in (("runs", 1), ("threads", 1), ("calibration_samples", 1), ("e2e_images", 1),
+                          ("latency_block", 1), ("warmup", 0), ("agreement_take", 0)):
+            if getattr(self, name) < low:
+                raise UserError(f"--{name}={getattr(self, name)}: must be >= {low}")
+        if not self.student:
+            raise UserError("--student: empty; pass a run directory")
+        nxt = getattr(super(), "validate", None)
+        if nxt is not None:
+            nxt()
+        return self
+
+
+def latencies(fns: dict, cfg: DeployBenchConfig, ratios: dict) -> dict:
+    """{<name>_latency_ms} of the runtimes `fns` ({name: call(i)}), timed interleaved, and the ratio figures
+    `ratios` ({figure: (numerator, denominator)}: median of per-round ratios, plus spread)."""
+    rounds, block = timing.split_rounds(cfg.runs, cfg.latency_block)
+    t = timing.interleaved_ratios(fns, rounds, block=block, warmup=cfg.warmup)
+    out = {f"{name}_latency_ms": t.ms(name) for name in fns}
+    for figure, (num, den) in ratios.items():
+        out.update(t.ratio_figures(figure, num, den))
+    return out
+
+
+def teacher_fn(teacher, norm):
+    """uint8 RGB [batch, H, W, 3] (an ISP's output) -> probabilities, with the teacher's input normalisation."""
+    import tensorflow as tf
+
+    from isp_keras.data import pipeline
+    from isp_keras.deploy import serving
+
+    def serve(rgb):
+        x = pipeline.teacher_input(tf.image.convert_image_dtype(rgb, tf.float32), norm=norm)
+        return {serving.OUTPUT_NAME: tf.nn.softmax(teacher(x, training=False), axis=-1)}
+
+    return serve
+
+
+def write_dngs(mosaics: np.ndarray, cfa: str, folder: Path) -> list[bytes]:
+    """The test mosaics as 12-bit DNGs (clipped to the sensor range, as a real sensor would); their bytes."""
+    from isp_keras.raw import rawio
+
+    out = []
+    for i, mosaic in enumerate(mosaics[..., 0]):
+        counts = np.round(BLACK_LEVEL + np.clip(mosaic, 0.0, 1.0) * (WHITE_LEVEL - BLACK_LEVEL)).astype(np.uint16)
+        path = folder / f"e2e_{i:04d}.dng"
+        rawio.write_dng(path, counts, cfa, BLACK_LEVEL, WHITE_LEVEL)
+        out.append(path.read_bytes())
+    return out
+
+
+def measure(student, teacher, source, work: Path, cfg: DeployBenchConfig, keras_path: Path, agreement: bool,
+            calibration_samples: int) -> dict:
+    """All figures of one student (serving.Student) / teacher pair; files go to `work`. `agreement`: also int8/float
+    vs Keras on the test split (--agreement_take) and the top-1 of both end-to-end paths."""
+    import rawpy
+    import tensorflow as tf
+
+    from isp_keras.deploy import parity, runtime, serving, tflite
+    from isp_keras.models import architectures
+
+    fig = {"image_size": student.image_size, "params": architectures.param_count(student.model)}
+    size = student.image_size
+    sm_dir, teacher_dir = work / "student_savedmodel", work / "teacher_savedmodel"
+    serving.export_saved_model(student, sm_dir, BLACK_LEVEL, WHITE_LEVEL)
+    representative, _ = serving.pipeline_mosaics(student, source, source.train_split, calibration_samples,
+                                                 training=True)
+    models = {}
+    for kind in ("float32", "dynamic", "int8"):
+        logging.info("converting %s to TFLite (%s)", student.model.name, kind)
+        models[kind] = (tflite.int8_tflite(student, representative)[0] if kind == "int8"
+                        else tflite.to_tflite(sm_dir, kind))
+        fig[f"{kind}_bytes"] = len(models[kind])
+    fig["keras_bytes"] = keras_path.stat().st_size
+    raw_path_model = tflite.to_tflite(sm_dir, "float32", signature=serving.UINT16_SIGNATURE)
+    serving.write_archive(teacher, {serving.SIGNATURE: (
+        teacher_fn(teacher, student.norm), tf.TensorSpec([None, size, size, 3], tf.uint8, name="image"))},
+        teacher_dir)
+    isp_path_model = tflite.to_tflite(teacher_dir, "float32")
+    fig["raw_path_model_bytes"], fig["isp_path_model_bytes"] = len(raw_path_model), len(isp_path_model)
+
+    take = (cfg.agreement_take or None) if agreement else cfg.e2e_images
+    test, labels = serving.pipeline_mosaics(student, source, source.test_split, take)
+    runners = {kind: runtime.TFLiteRunner(b, cfg.threads) for kind, b in models.items()}
+    if agreement:
+        reference = parity.keras_probabilities(student, test)
+        fig["agreement_examples"] = int(len(test))
+        fig["keras_top1"] = float(100.0 * np.mean(np.argmax(reference, -1) == labels))
+        for kind in ("float32", "dynamic", "int8"):
+            probs = runners[kind].predict(test)
+            fig[f"{kind}_top1_agreement"] = parity.top1_agreement(probs, reference)
+            fig[f"{kind}_max_abs_prob_diff"] = float(np.max(np.abs(probs - reference)))
+            fig[f"{kind}_top1"] = float(100.0 * np.mean(np.argmax(probs, -1) == labels))
+
+    singles = [test[i:i + 1] for i in range(min(len(test), cfg.e2e_images))]
+    serve = tf.function(serving.probabilities_fn(student))
+    singles_tf = [tf.constant(x) for x in singles]
+    fns = {"keras": lambda i: serve(singles_tf[i % len(singles)])[serving.OUTPUT_NAME].numpy()}
+    for kind, runner in runners.items():
+        fns[kind] = lambda i, runner=runner: runner.invoke(singles[i % len(singles)])
+    fig.update(latencies(fns, cfg, {"int8_over_float32_latency": ("int8", "float32"),
+                                    "dynamic_over_float32_latency": ("dynamic", "float32")}))
+
+    dngs = write_dngs(np.concatenate(singles), student.cfa, work)
+    raw_runner = runtime.TFLiteRunner(raw_path_model, cfg.threads)
+    isp_runner = runtime.TFLiteRunner(isp_path_model, cfg.threads)
+
+    def raw_path(i):
+        with rawpy.imread(io.BytesIO(dngs[i % len(dngs)])) as raw:
+            counts = raw.raw_image_visible.copy()
+        return raw_runner.invoke(counts[np.newaxis, ..., np.newaxis])
+
+    def isp(i):
+        with rawpy.imread(io.BytesIO(dngs[i % len(dngs)])) as raw:
+            return raw.postprocess(**ISP_PARAMS)
+
+    def isp_path(i):
+        return isp_runner.invoke(isp(i)[np.newaxis])
+
+    if isp(0).shape != (size, size, 3):
+        raise UserError(f"LibRaw returned a {isp(0).shape} image for a {size}x{size} DNG; cannot compare paths")
+    fig["e2e_images"] = len(dngs)
+    fig.update(latencies({"raw_path": raw_path, "isp_path": isp_path, "isp_only": isp}, cfg,
+                         {"raw_path_speedup_over_isp_path": ("isp_path", "raw_path")}))
+    if agreement:
+        e2e_labels = labels[:len(dngs)]
+        fig["raw_path_top1"] = float(100.0 * np.mean([np.argmax(raw_path(i)) == e2e_labels[i]
+                                                      for i in range(len(dngs))]))
+        fig["isp_path_top1"] = float(100.0 * np.mean([np.argmax(isp_path(i)) == e2e_labels[i]
+                                                      for i in range(len(dngs))]))
+    return fig
+
+
+def mobilenet_pair(work: Path) -> tuple:
+    """(serving.Student, teacher, .keras path): MobileNetV2 (1000 classes, random weights) as both student and
+    teacher, with stand-in statistics."""
+    from isp_keras.data import normalisation
+    from isp_keras.deploy import serving
+    from isp_keras.models import architectures
+
+    model = architectures.build("mobilenetv2", 1000)
+    norm = normalisation.Normalisation([0.45] * 3, [0.25] * 3, [0.5] * 3, [0.25] * 3)
+    keras_path = work / "mobilenetv2_224.keras"
+    model.save(keras_path)
+    student = serving.Student(model, "RGGB", 224, [f"class_{i}" for i in range(1000)], norm, noise_std=0.1,
+                              path="architectures.build('mobilenetv2', 1000)")
+    return student, model, keras_path
+
+
+def run(cfg: DeployBenchConfig) -> dict:
+    """All figures of the deployment benchmark: {name: value}; MobileNetV2's carry a `mobilenetv2_224_` prefix."""
+    cfg.validate()
+    import tensorflow as tf
+
+    from isp_keras.data import sources
+    from isp_keras.deploy import serving
+    from isp_keras.models import teachers
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+    except RuntimeError:
+        logging.warning("TensorFlow was already initialised; its thread counts are left as they are")
+    student = serving.load_student(cfg.student)
+    if not student.teacher:
+        raise UserError(f"--student={cfg.student}: student.json names no teacher; the ISP path needs it")
+    teacher, _ = teachers.load_teacher(student.teacher)
+    source = sources.get_source(student.dataset)
+    figures = {"student": student.path, "teacher": student.teacher, "threads": cfg.threads, "runs": cfg.runs,
+               "latency_rounds": timing.split_rounds(cfg.runs, cfg.latency_block)[0],
+               "isp": "rawpy.postprocess " + ", ".join(f"{k}={v}" for k, v in ISP_PARAMS.items())}
+    with tempfile.TemporaryDirectory(prefix="bench_deploy_") as tmp:
+        work = Path(tmp)
+        (work / "student").mkdir()
+        figures.update(measure(student, teacher, source, work / "student", cfg, Path(student.path), True,
+                               cfg.calibration_samples))
+        if cfg.mobilenet:
+            (work / "mobilenetv2").mkdir()
+            mb_student, mb_teacher, keras_path = mobilenet_pair(work / "mobilenetv2")
+            figures["mobilenetv2_224_weights"] = "random (latency and size only)"
+            mb = measure(mb_student, mb_teacher, source, work / "mobilenetv2", cfg, keras_path, False,
+                         min(cfg.calibration_samples, 100))
+            figures.update({f"mobilenetv2_224_{k}": v for k, v in mb.items()})
+    return {k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in figures.items()}

@@ -1,0 +1,56 @@
+"""Data sources and the one linear tf.data builder.
+
+A source yields (uint8 RGB image [h, w, 3], int32 label). The builder turns it into
+((student_input, teacher_input), label): the teacher sees the RGB crop normalised with its own statistics,
+the student sees the noisy Bayer mosaic of the same crop, bilinearly infilled and normalised per Bayer site.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from isp_keras.errors import UserError
+
+
+@dataclasses.dataclass
+class Normalisation:
+    """Input statistics: per Bayer site for the student, per RGB channel for the teacher."""
+
+    raw_mean: list
+    raw_std: list
+    rgb_mean: list
+    rgb_std: list
+    channel_order: str = "RGB"
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+
+
+def check_normalisation(norm: Normalisation, where: str) -> Normalisation:
+    """Finite statistics with positive standard deviations, or one line naming `where` and the bad value."""
+    for name in ("raw_mean", "raw_std", "rgb_mean", "rgb_std"):
+        values = np.asarray(getattr(norm, name), np.float64)
+        if values.shape != (3,) or not np.all(np.isfinite(values)):
+            raise UserError(f"{where}: {name}={getattr(norm, name)} must be 3 finite numbers")
+        if name.endswith("std") and not np.all(values > 0):
+            raise UserError(f"{where}: {name}={getattr(norm, name)} must be > 0 (constant input images?)")
+    return norm
+
+
+def save_normalisation(path, norm: Normalisation) -> None:
+    from isp_keras import fsutil
+
+    fsutil.write_json_atomic(path, norm.to_json())
+
+
+def load_normalisation(path) -> Normalisation:
+    try:
+        norm = Normalisation(**json.loads(Path(path).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{path}: not a normalisation file ({exc})") from None
+    return check_normalisation(norm, str(path))

@@ -1,0 +1,261 @@
+"""Data sources and the one linear tf.data builder.
+
+A source yields (uint8 RGB image [h, w, 3], int32 label). The builder turns it into
+((student_input, teacher_input), label): the teacher sees the RGB crop normalised with its own statistics,
+the student sees the noisy Bayer mosaic of the same crop, bilinearly infilled and normalised per Bayer site.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from isp_keras.data import records
+from isp_keras import paths
+from isp_keras.errors import UserError
+
+
+EMBEDDED_DIR = paths.EMBEDDED_DATA
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+@dataclasses.dataclass
+class Source:
+    """A labelled image collection with named splits; `split(name)` gives (uint8 [h,w,3], int32) examples."""
+
+    name: str
+    classes: list
+    counts: dict
+    native_size: int | None
+    split_fn: callable = dataclasses.field(repr=False)
+    train_split: str = "train"
+    test_split: str = "test"
+    notes: list = dataclasses.field(default_factory=list)  # what was converted, cropped or skipped, for the user
+
+    def split(self, name: str) -> tf.data.Dataset:
+        return self.split_fn(name)
+
+
+def _decode(image_bytes, label):
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3]), label
+
+
+def records_source(path, name=None) -> Source:
+    index = records.read_index(path)
+    splits = index["splits"]
+
+    def split_fn(split):
+        return records.dataset(path, split).map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+    test = "test" if "test" in splits else ("validation" if "validation" in splits else None)
+    if "train" not in splits or test is None:
+        raise UserError(f"{path}: records need a 'train' and a 'test' (or 'validation') split")
+    return Source(name or f"records:{path}", index["classes"], {k: v["count"] for k, v in splits.items()},
+                  index.get("image_size"), split_fn, "train", test)
+
+
+def _list_folder(root: Path):
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((root / cls).rglob("*")):
+            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                files.append(str(f))
+                labels.append(label)
+    return classes, files, labels
+
+
+# What PIL calls the formats tf.io.decode_image reads.
+_DECODABLE = {"JPEG", "MPO", "PNG", "BMP", "GIF"}
+
+
+def _inspect_image(path: str) -> tuple[str | None, str, tuple[int, int]]:
+    """(problem or None, PIL mode, (width, height)) from the file's header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            fmt, mode, size = im.format, im.mode, im.size
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        return f"not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})", "", (0, 0)
+    if fmt not in _DECODABLE:
+        return f"{fmt} data, which the pipeline cannot decode", mode, size
+    if mode == "CMYK":
+        return "a CMYK image (convert it to RGB)", mode, size
+    return None, mode, size
+
+
+def scan_images(files: list, labels: list, where: str, strict: bool) -> tuple[list, list, list]:
+    """Check each image file's header: skip unreadable ones (or stop with --strict) and say what the pipeline
+    will convert (1-channel: channel repeated; alpha: dropped) or crop (odd sizes). Returns (files, labels, notes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(_inspect_image, files))
+    keep_files, keep_labels, bad, gray, alpha, odd = [], [], [], [], [], []
+    for f, y, (problem, mode, (w, h)) in zip(files, labels, found):
+        if problem:
+            if strict:
+                raise UserError(f"{f}: {problem} (--strict stops at unreadable files; without it they are skipped)")
+            bad.append(f"{f}: {problem}")
+            continue
+        keep_files.append(f)
+        keep_labels.append(y)
+        if mode in ("1", "L", "I", "I;16", "F"):
+            gray.append(f)
+        elif mode in ("LA", "RGBA", "PA", "La", "RGBa"):
+            alpha.append(f)
+        if w % 2 or h % 2:
+            odd.append(f"{f} ({w}x{h})")
+    notes = []
+    if bad:
+        notes.append(f"{where}: skipped {len(bad)} unreadable image file(s), e.g. {bad[0]} (--strict stops instead)")
+    if gray:
+        notes.append(f"{where}: converting {len(gray)} 1-channel (grayscale) image(s) to RGB by repeating the "
+                     f"channel, e.g. {gray[0]}")
+    if alpha:
+        notes.append(f"{where}: dropping the alpha channel of {len(alpha)} 4-channel image(s) (RGB kept, not "
+                     f"composited), e.g. {alpha[0]}")
+    if odd:
+        notes.append(f"{where}: {len(odd)} image(s) of odd width or height, e.g. {odd[0]}: the pipeline crops and "
+                     f"resizes every image to the even --image_size, as the 2x2 Bayer pattern needs")
+    for note in notes:
+        logging.warning("%s", note)
+    return keep_files, keep_labels, notes
+
+
+def folder_source(path, test_fraction: float = 0.2, seed: int = 0, strict: bool = False) -> Source:
+    """Class sub-folders; either PATH/{train,test|val}/<class>/... or PATH/<class>/... split by --seed.
+
+    Unreadable files are skipped with a count (or stop the run with `strict`); see `scan_images`.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"--dataset=folder:{path}: not a directory")
+    test_dir = next((root / d for d in ("test", "val", "validation") if (root / d).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        classes, train_files, train_labels = _list_folder(root / "train")
+        test_classes, test_files, test_labels = _list_folder(test_dir)
+        if test_classes != classes:
+            raise UserError(f"{test_dir}: class folders differ from {root / 'train'}")
+        parts = {"train": (train_files, train_labels), "test": (test_files, test_labels)}
+    else:
+        classes, files, labels = _list_folder(root)
+        order = np.random.default_rng(seed).permutation(len(files))
+        n_test = int(round(len(files) * test_fraction))
+        test_idx, train_idx = order[:n_test], order[n_test:]
+        parts = {"train": ([files[i] for i in train_idx], [labels[i] for i in train_idx]),
+                 "test": ([files[i] for i in test_idx], [labels[i] for i in test_idx])}
+    if len(classes) < 2:
+        raise UserError(f"--dataset=folder:{path}: found {len(classes)} class sub-folders; need at least 2")
+    notes = []
+    for split, (files, labels) in list(parts.items()):
+        files, labels, split_notes = scan_images(files, labels, f"folder:{path} ({split})", strict)
+        parts[split] = (files, labels)
+        notes += split_notes
+        if not files:
+            raise UserError(f"--dataset=folder:{path}: no readable images ({', '.join(IMAGE_EXTENSIONS)}) in the "
+                            f"{split} split")
+
+    def split_fn(split):
+        files, labels = parts[split]
+        ds = tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int32)))
+        ds = ds.map(lambda f, y: _decode(tf.io.read_file(f), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # A file whose header reads but whose data is corrupt: skipped (TF logs it) unless --strict.
+        return ds if strict else ds.ignore_errors(log_warning=True)
+
+    return Source(f"folder:{path}", classes, {k: len(v[0]) for k, v in parts.items()}, None, split_fn, notes=notes)
+
+
+def tfds_source(name: str, data_dir: str | None = None) -> Source:
+    """A TFDS dataset that is already prepared locally (or can be downloaded, when online)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as exc:
+        raise UserError(f"--dataset=tfds:{name}: unknown TFDS dataset ({str(exc).splitlines()[0][:160]})") from None
+    if not builder.is_prepared():
+        _check_online(f"--dataset=tfds:{name}", builder.data_dir)
+        try:
+            builder.download_and_prepare()
+        except Exception as exc:
+            raise UserError(f"--dataset=tfds:{name}: not prepared in {builder.data_dir} and could not be "
+                            f"downloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+                            ) from None
+    info = builder.info
+    if "label" not in info.features or "image" not in info.features:
+        raise UserError(f"--dataset=tfds:{name}: needs 'image' and 'label' features")
+    splits = set(info.splits)
+    test = "test" if "test" in splits else "validation"
+    if "train" not in splits or test not in splits:
+        raise UserError(f"--dataset=tfds:{name}: needs a train and a test/validation split")
+
+    def split_fn(split):
+        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False,
+                                read_config=tfds.ReadConfig(try_autocache=False))
+        return ds.map(lambda x, y: (_as_rgb(x), tf.cast(y, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
+
+    shape = info.features["image"].shape
+    native = shape[0] if shape and shape[0] == shape[1] and shape[0] is not None else None
+    notes = []
+    if shape and shape[-1] in (1, 4):
+        notes.append(f"--dataset=tfds:{name}: {shape[-1]}-channel images; "
+                     + ("repeating the channel to RGB" if shape[-1] == 1 else "dropping the alpha channel (RGB kept)"))
+        logging.warning("%s", notes[-1])
+    return Source(f"tfds:{name}", list(info.features["label"].names), {s: info.splits[s].num_examples for s in splits},
+                  native, split_fn, "train", test, notes=notes)
+
+
+def _check_online(what: str, data_dir, host: str = "storage.googleapis.com", timeout: float = 5.0) -> None:
+    """Fail in seconds, not after TFDS's minutes of retries, when there is no network to download from.
+
+    The name lookup runs in a thread because getaddrinfo ignores socket timeouts."""
+    import concurrent.futures
+    import socket
+
+    def connect():
+        socket.create_connection((host, 443), timeout=timeout).close()
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(connect).result(timeout=timeout)
+    except (OSError, concurrent.futures.TimeoutError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or "timed out"
+        raise UserError(f"{what}: not prepared in {data_dir} and there is no network to download it "
+                        f"({host}: {reason}); prepare it where you are online (`tfds build`) "
+                        f"and copy the data dir") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _as_rgb(image):
+    image = tf.convert_to_tensor(image)
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if channels == 4:
+        return image[..., :3]
+    return image
+
+
+def get_source(spec: str, seed: int = 0, strict: bool = False) -> Source:
+    """`embedded`, `folder:PATH`, `tfds:NAME` or `records:PATH`. `strict`: stop at unreadable folder images."""
+    if spec == "embedded":
+        if not (EMBEDDED_DIR / "index.json").exists():
+            raise UserError(f"--dataset=embedded: {EMBEDDED_DIR} is missing; see BUILD_NOTES.md to rebuild it")
+        return records_source(EMBEDDED_DIR, name="embedded")
+    kind, _, arg = spec.partition(":")
+    if kind == "folder" and arg:
+        return folder_source(arg, seed=seed, strict=strict)
+    if kind == "tfds" and arg:
+        return tfds_source(arg)
+    if kind == "records" and arg:
+        return records_source(arg)
+    raise UserError(f"--dataset: unknown dataset {spec!r}; use embedded, folder:PATH, tfds:NAME or records:PATH")

@@ -1,0 +1,56 @@
+"""Configuration of the deployment commands (plain values, no TensorFlow: parsed before TensorFlow loads)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from isp_keras import paths
+from isp_keras.config import option
+from isp_keras.errors import UserError
+
+RANGE_BATCH = 100  # calibration mosaics per batch of the activation-range estimate (quantise.activation_ranges)
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    student: str = option(paths.default_run_dir("train"), "Run directory (student.keras + student.json) or a "
+                          "student .keras file.")
+    out: str = option("export", "Export directory to create.")
+    dataset: str = option("", "Data for calibration and parity (default: the run's dataset).")
+    calibration_samples: int = option(300, "Training-pipeline mosaics used to calibrate the int8 model.")
+    range_batch: int = option(RANGE_BATCH, "Calibration mosaics per batch when estimating the int8 activation ranges "
+                              "(mean of per-batch min/max).")
+    representative: str = option("", "Optional .npy of calibration mosaics [N, H, W(, 1)] float in [0,1].")
+    parity_take: int = option(0, "Test mosaics for the parity check (0: the whole test split).")
+    black_level: float = option(0.0, "Sensor black level of the uint16 serving input.")
+    white_level: float = option(65535.0, "Sensor white level of the uint16 serving input.")
+    dynamic: bool = option(True, "Also write model_dynamic.tflite (dynamic-range: int8 weights).")
+    parity_gate: bool = option(True, "Publish nothing (exit 2) if a parity gate fails.")
+    overwrite: bool = option(False, "Replace an existing --out directory.")
+    seed: int = option(0, "Seed of the calibration/parity mosaics' noise.")
+
+    def validate(self) -> ExportConfig:
+        if self.calibration_samples < 1:
+            raise UserError(f"--calibration_samples={self.calibration_samples}: must be >= 1")
+        if self.range_batch < 1:
+            raise UserError(f"--range_batch={self.range_batch}: must be >= 1")
+        if self.parity_take < 0:
+            raise UserError(f"--parity_take={self.parity_take}: must be >= 0 (0: the whole test split)")
+        return self
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    model: str = option("export/model_int8.tflite", "An exported .tflite (model_int8.tflite, model_float32.tflite, "
+                        "...), with labels.txt and manifest.json beside it.")
+    top_k: int = option(5, "How many labels to print per file.")
+    num_threads: int = option(2, "LiteRT interpreter threads.")
+    json: str = option("", "Also write the predictions as JSON to this path.")
+    files: list[str] = option([], "RAW files: DNG (or any LibRaw format) or .npy mosaics.", positional=True)
+
+    def validate(self) -> PredictConfig:
+        if not self.files:
+            raise UserError("no RAW files given: python -m isp_keras.predict --model=MODEL.tflite FILE...")
+        if self.top_k < 1:
+            raise UserError(f"--top_k={self.top_k}: must be >= 1")
+        return self

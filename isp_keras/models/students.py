@@ -1,0 +1,97 @@
+"""Model builders (ResNet and MobileNetV2 families at 224 and 32 px), teacher loading, student-from-teacher.
+
+Every network here takes a normalised image and returns logits (no softmax). Input normalisation lives in
+the data pipeline (teacher: per-channel RGB statistics; student: per-Bayer-site RAW statistics) and, at
+export time, inside the serving graph.
+"""
+from __future__ import annotations
+
+
+import keras
+from keras import layers
+
+from isp_keras.models import teachers
+from isp_keras.errors import UserError
+
+
+def load_student_init(path, teacher: keras.Model) -> keras.Model:
+    """--student_init: a .keras model of the teacher's input/output shapes whose architecture and weights the
+    student starts from (needed when the teacher is a SavedModel, which cannot be cloned)."""
+    model = teachers.load_model_file(path)
+    if isinstance(model, keras.layers.TFSMLayer):
+        raise UserError(f"--student_init={path}: must be a .keras file (a SavedModel has no architecture to clone)")
+    if model.input_shape[1:] != teacher.input_shape[1:] or model.output_shape[-1] != teacher.output_shape[-1]:
+        raise UserError(f"--student_init={path}: takes {model.input_shape[1:]} -> {model.output_shape[-1]} classes "
+                        f"but the teacher takes {teacher.input_shape[1:]} -> {teacher.output_shape[-1]}")
+    return model
+
+
+def student_from_teacher(teacher: keras.Model, sync_bn: bool = False) -> keras.Model:
+    """Same architecture, same starting weights, every layer trainable. `sync_bn` syncs BN across replicas."""
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        config["trainable"] = True
+        if sync_bn and isinstance(layer, layers.BatchNormalization):
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    student = keras.models.clone_model(teacher, clone_function=clone_layer)
+    student.set_weights(teacher.get_weights())
+    student.trainable = True
+    if not student.trainable_variables:
+        raise RuntimeError("the student has no trainable variables after cloning the teacher")
+    return student
+
+
+def set_trainable_prefix(student: keras.Model, k: int | None) -> list[str]:
+    """Train only the first k residual stages / inverted-residual blocks (None: all). Returns the trainable layers.
+
+    The stem counts with stage 1. The classifier stays frozen too unless k is None: the ablation asks
+    whether adapting the early layers to RAW is enough.
+    """
+    if k is None:
+        student.trainable = True
+        return [layer.name for layer in student.layers if layer.weights]
+    units = _units(student)
+    if not 1 <= k <= len(units):
+        raise UserError(f"--finetune_first: k={k} but the model has {len(units)} stages/blocks")
+    allowed = set().union(*units[:k])
+    names = []
+    for layer in student.layers:
+        layer.trainable = layer.name in allowed
+        if layer.trainable and layer.weights:
+            names.append(layer.name)
+    return names
+
+
+def _units(model: keras.Model) -> list[set]:
+    """Ordered groups of layer names: stem+stage1 (ResNet) / stem+block1 (MobileNetV2), then each stage/block."""
+    groups: dict[str, set] = {}
+    order: list[str] = []
+    for layer in model.layers:
+        key = _unit_key(layer.name)
+        if key not in groups:
+            groups[key] = set()
+            order.append(key)
+        groups[key].add(layer.name)
+    body = [k for k in order if k.startswith("stage") or k.startswith("block")]
+    if not body:
+        raise UserError(f"model {model.name!r} has no stage*/block* layers; cannot fine-tune only its first layers")
+    units = [groups[k] for k in body]
+    units[0] = units[0] | groups.get("__stem", set())
+    return units
+
+
+def _unit_key(name: str) -> str:
+    """The stage/block a layer belongs to. Besides this project's names (`stage2_block1_conv1`, `block3_dw`), knows
+    keras.applications.MobileNetV2's: stem `Conv1`/`bn_Conv1`/`Conv1_relu`, first block `expanded_conv_*`, then
+    `block_<n>_*`, so its ablation counts the same 17 blocks as ours."""
+    parts = name.split("_")
+    if parts[0] in ("stem", "image", "Conv1") or name == "bn_Conv1":
+        return "__stem"
+    if name.startswith("expanded_conv"):
+        return "block0"
+    if parts[0] == "block" and len(parts) > 1 and parts[1].isdigit():
+        return f"block{parts[1]}"
+    return parts[0]

@@ -1,0 +1,500 @@
+"""Import a TFLite image classifier (e.g. a quantised ImageNet MobileNet) as a Keras model that returns logits.
+
+The flatbuffer is read with the `tflite` package (generated from the TFLite schema); every weight is dequantised to
+float32 (per-tensor or per-channel, uint8/int8 with zero points, int32 biases at input_scale * weight_scale) and the
+graph is rebuilt op by op from built-in Keras layers, so the result saves as `.keras`, loads in safe mode and clones
+with `keras.models.clone_model` (the student starts from it). The files these come from have BatchNorm folded into
+the convolutions, so the model, and a student cloned from it, has no BatchNormalization layer.
+
+The model takes the dequantised input (what the file's input quantisation maps RGB pixels to, e.g. [-1, 1]) and
+returns what the file computes before its final SOFTMAX. In float the QUANTIZE/DEQUANTIZE ops are identities and
+activations are not rounded to 8 bits; `simulate_rounding=True` adds that rounding back (see `FakeQuant`).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from isp_keras.errors import UserError
+
+LABELS_FILE = "imagenet_labels.txt"  # class names in output order, read when beside the .tflite file
+SYNSETS_FILE = "imagenet_synsets.txt"  # WordNet ids of outputs 1..1000 (0 is background), read when beside it
+
+# TensorType enum values of the TFLite schema -> NumPy dtypes of the raw buffers.
+_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
+_UINT8, _INT8 = 3, 9
+_PADDING = {0: "same", 1: "valid"}  # TFLite SAME pads like TF SAME (extra row/column at the bottom/right)
+
+
+def dequantize(values: np.ndarray, scale, zero_point, axis: int = 0) -> np.ndarray:
+    """real = scale * (q - zero_point): one scale for the tensor, or one per slice along `axis` (per channel)."""
+    values = np.asarray(values)
+    scale = np.asarray(scale, np.float64).reshape(-1)
+    zero_point = np.asarray(zero_point, np.float64).reshape(-1)
+    if zero_point.size == 0:
+        zero_point = np.zeros(1)
+    shape = [1] * values.ndim
+    if scale.size > 1:
+        shape[axis] = -1
+    return ((values.astype(np.float64) - zero_point.reshape(shape if zero_point.size > 1 else [1] * values.ndim))
+            * scale.reshape(shape)).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="isp_keras")
+class FakeQuant(keras.layers.Layer):
+    """Round activations to the file's 8-bit grid (scale, zero point, integer range), as the integer kernels do.
+
+    Only used with simulate_rounding=True; the gradient passes straight through the rounding."""
+
+    def __init__(self, scale: float, zero_point: int, qmin: int, qmax: int, **kwargs):
+        super().__init__(**kwargs)
+        self.scale, self.zero_point, self.qmin, self.qmax = float(scale), int(zero_point), int(qmin), int(qmax)
+
+    def call(self, x):
+        ops = keras.ops
+        q = ops.clip(ops.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
+        rounded = (q - self.zero_point) * self.scale
+        return x + ops.stop_gradient(rounded - x)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "scale": self.scale, "zero_point": self.zero_point, "qmin": self.qmin,
+                "qmax": self.qmax}
+
+
+class _Graph:
+    """The main subgraph of a parsed .tflite file, with typed access to tensors, constants and options."""
+
+    def __init__(self, path: Path):
+        import tflite
+
+        self.path = path
+        try:
+            self.buf = path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        if len(self.buf) < 8 or not tflite.Model.ModelBufferHasIdentifier(self.buf, 0):
+            raise UserError(f"{path}: not a TFLite flatbuffer (no 'TFL3' file identifier)")
+        try:
+            self.model = tflite.Model.GetRootAs(self.buf, 0)
+            self.graph = self.model.Subgraphs(0)
+            self.num_ops = self.graph.OperatorsLength()
+        except Exception as exc:  # the generated readers raise struct/index errors on a truncated file
+            raise UserError(f"{path}: a damaged TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
+        if self.graph is None:
+            raise UserError(f"{path}: a TFLite file with no subgraph")
+
+    def op(self, i: int):
+        return self.graph.Operators(i)
+
+    def op_name(self, op) -> str:
+        from tflite.utils import BUILTIN_OPCODE2NAME
+
+        code = self.model.OperatorCodes(op.OpcodeIndex())
+        # Codes above 127 live only in builtin_code; old files set only deprecated_builtin_code.
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = BUILTIN_OPCODE2NAME.get(builtin, f"BUILTIN_{builtin}")
+        if name == "CUSTOM":
+            name = f"CUSTOM ({(code.CustomCode() or b'').decode(errors='replace')})"
+        return name
+
+    def tensor(self, i: int):
+        return self.graph.Tensors(i)
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.tensor(i).ShapeAsNumpy()) if self.tensor(i).ShapeLength() else ()
+
+    def quantisation(self, i: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(scales, zero points, quantized_dimension) of a quantised tensor, else None."""
+        q = self.tensor(i).Quantization()
+        if q is None or q.ScaleLength() == 0:
+            return None
+        zero_point = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1, np.int64)
+        return q.ScaleAsNumpy().astype(np.float64), np.asarray(zero_point, np.int64), q.QuantizedDimension()
+
+    def raw(self, i: int) -> np.ndarray | None:
+        """The stored contents of a constant tensor (as typed in the file), None for an activation."""
+        tensor = self.tensor(i)
+        buffer = self.model.Buffers(tensor.Buffer())
+        if buffer is None or buffer.DataLength() == 0:
+            return None
+        dtype = _DTYPES.get(tensor.Type())
+        if dtype is None:
+            raise UserError(f"{self.path}: constant {tensor.Name().decode(errors='replace')} has TFLite type "
+                            f"{tensor.Type()}, which is not supported")
+        return np.frombuffer(buffer.DataAsNumpy().tobytes(), dtype).reshape(self.shape(i))
+
+    def constant(self, i: int) -> np.ndarray | None:
+        """A constant tensor as float32 (dequantised when quantised), None for an activation."""
+        raw = self.raw(i)
+        if raw is None:
+            return None
+        quant = self.quantisation(i)
+        if quant is None or raw.dtype.kind == "f":
+            return raw.astype(np.float32)
+        return dequantize(raw, *quant)
+
+    def options(self, op, cls):
+        table = op.BuiltinOptions()
+        if table is None:
+            return None
+        opts = cls()
+        opts.Init(table.Bytes, table.Pos)
+        return opts
+
+
+class _Builder:
+    """Walks the ops in file order (TFLite stores them topologically sorted), mapping tensor ids to Keras tensors."""
+
+    def __init__(self, g: _Graph, simulate_rounding: bool):
+        self.g, self.simulate_rounding = g, simulate_rounding
+        self.values: dict[int, keras.KerasTensor] = {}
+        self.constants: dict[int, np.ndarray] = {}
+        self.after_softmax: set[int] = set()
+
+    def fail(self, i: int, name: str, why: str):
+        return UserError(f"{self.g.path}: TFLite op {name} (op #{i}): {why}")
+
+    def value(self, i: int, t: int, name: str) -> keras.KerasTensor:
+        if t in self.after_softmax:
+            raise self.fail(i, name, "reads the output of a SOFTMAX; only a final SOFTMAX can be dropped")
+        if t not in self.values:
+            raise self.fail(i, name, "takes a constant or missing tensor where an activation is expected")
+        return self.values[t]
+
+    def weight(self, i: int, t: int, name: str) -> np.ndarray:
+        w = self.constants[t] if t in self.constants else self.g.constant(t)
+        if w is None:
+            raise self.fail(i, name, "its weights are computed at run time; only constant weights are supported")
+        return w
+
+    def bias(self, i: int, op, name: str) -> np.ndarray | None:
+        """The bias (input 2), dequantised as the integer kernels use it: scale = input_scale * weight_scale."""
+        if op.InputsLength() < 3 or op.Inputs(2) < 0:
+            return None
+        t = op.Inputs(2)
+        raw = self.g.raw(t)
+        x_quant, w_quant = self.g.quantisation(op.Inputs(0)), self.g.quantisation(op.Inputs(1))
+        if raw is None or raw.dtype.kind == "f" or x_quant is None or w_quant is None:
+            return self.weight(i, t, name)
+        return dequantize(raw, x_quant[0][0] * w_quant[0], 0)
+
+    def activation(self, y, fused: int, prefix: str, i: int, name: str):
+        if fused == 0:
+            return y
+        if fused not in (1, 3):
+            raise self.fail(i, name, f"fused activation {_ACTIVATIONS.get(fused, fused)} is not supported "
+                                     "(only RELU, RELU6)")
+        return keras.layers.ReLU(max_value=6.0 if fused == 3 else None, name=f"{prefix}_{_ACTIVATIONS[fused]}")(y)
+
+    def rounded(self, y, t: int, prefix: str):
+        """With simulate_rounding, round an activation to its tensor's 8-bit grid."""
+        quant = self.g.quantisation(t)
+        dtype = self.g.tensor(t).Type()
+        if not self.simulate_rounding or quant is None or dtype not in (_UINT8, _INT8):
+            return y
+        qmin, qmax = (0, 255) if dtype == _UINT8 else (-128, 127)
+        return FakeQuant(quant[0][0], quant[1][0], qmin, qmax, name=f"{prefix}_round")(y)
+
+    def build(self) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+        g = self.g
+        if g.graph.InputsLength() != 1 or g.graph.OutputsLength() != 1:
+            raise UserError(f"{g.path}: takes {g.graph.InputsLength()} inputs and returns "
+                            f"{g.graph.OutputsLength()} outputs; an image classifier takes one and returns one")
+        t_in = g.graph.Inputs(0)
+        shape = g.shape(t_in)
+        if len(shape) != 4:
+            raise UserError(f"{g.path}: input shape {list(shape)}; expected [batch, height, width, channels]")
+        image = keras.Input(shape[1:], name="image")
+        self.values[t_in] = self.rounded(image, t_in, "input")
+        for i in range(g.num_ops):
+            op = g.op(i)
+            name = g.op_name(op)
+            handler = _HANDLERS.get(name)
+            if handler is None:
+                raise UserError(f"{g.path}: unsupported TFLite op {name} (op #{i}); "
+                                f"supported: {', '.join(SUPPORTED_OPS)}")
+            handler(self, i, op, name, f"op{i:03d}_{name.lower()}")
+        t_out = g.graph.Outputs(0)
+        if t_out not in self.values:
+            raise UserError(f"{g.path}: the output tensor is not computed from the input")
+        return image, self.values[t_out]
+
+    # --- op handlers: (builder, op index, op, op name, layer-name prefix) -> None; they fill self.values.
+
+    def conv_2d(self, i, op, name, prefix):
+        import tflite
+
+        x = self.value(i, op.Inputs(0), name)
+        w = self.weight(i, op.Inputs(1), name)  # [out, kh, kw, in]
+        opts = self.options_of(i, op, name, tflite.Conv2DOptions)
+        if w.shape[3] != x.shape[-1]:
+            raise self.fail(i, name, f"grouped convolution ({x.shape[-1]} channels in, filters take {w.shape[3]})")
+        bias = self.bias(i, op, name)
+        layer = keras.layers.Conv2D(w.shape[0], w.shape[1:3], **self.window(i, name, opts), use_bias=bias is not None,
+                                    name=prefix)
+        y = layer(x)
+        layer.set_weights([w.transpose(1, 2, 3, 0)] + ([bias] if bias is not None else []))
+        self.emit(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
+
+    def depthwise_conv_2d(self, i, op, name, prefix):
+        import tflite
+
+        x = self.value(i, op.Inputs(0), name)
+        w = self.weight(i, op.Inputs(1), name)  # [1, kh, kw, in * multiplier], channel c * multiplier + m
+        opts = self.options_of(i, op, name, tflite.DepthwiseConv2DOptions)
+        channels = x.shape[-1]
+        if w.shape[3] % channels:
+            raise self.fail(i, name, f"{w.shape[3]} filters for {channels} input channels")
+        multiplier = w.shape[3] // channels
+        bias = self.bias(i, op, name)
+        layer = keras.layers.DepthwiseConv2D(w.shape[1:3], **self.window(i, name, opts), depth_multiplier=multiplier,
+                                             use_bias=bias is not None, name=prefix)
+        y = layer(x)
+        layer.set_weights([w.reshape(*w.shape[1:3], channels, multiplier)] + ([bias] if bias is not None else []))
+        self.emit(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
+
+    def fully_connected(self, i, op, name, prefix):
+        import tflite
+
+        x = self.value(i, op.Inputs(0), name)
+        w = self.weight(i, op.Inputs(1), name)  # [out, in]
+        opts = self.options_of(i, op, name, tflite.FullyConnectedOptions)
+        if opts.WeightsFormat() != 0:
+            raise self.fail(i, name, "shuffled weights are not supported")
+        if x.shape[-1] != w.shape[1] or (len(x.shape) > 2 and not opts.KeepNumDims()):
+            if int(np.prod(x.shape[1:])) != w.shape[1]:
+                raise self.fail(i, name, f"input {list(x.shape[1:])} does not flatten to {w.shape[1]} features")
+            x = keras.layers.Reshape((w.shape[1],), name=f"{prefix}_flatten")(x)
+        bias = self.bias(i, op, name)
+        layer = keras.layers.Dense(w.shape[0], use_bias=bias is not None, name=prefix)
+        y = layer(x)
+        layer.set_weights([w.T] + ([bias] if bias is not None else []))
+        self.emit(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
+
+    def pool_2d(self, i, op, name, prefix):
+        import tflite
+
+        x = self.value(i, op.Inputs(0), name)
+        opts = self.options_of(i, op, name, tflite.Pool2DOptions)
+        cls = keras.layers.AveragePooling2D if name == "AVERAGE_POOL_2D" else keras.layers.MaxPooling2D
+        y = cls((opts.FilterHeight(), opts.FilterWidth()), strides=(opts.StrideH(), opts.StrideW()),
+                padding=_PADDING[opts.Padding()], name=prefix)(x)
+        self.emit(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
+
+    def mean(self, i, op, name, prefix):
+        import tflite
+
+        x = self.value(i, op.Inputs(0), name)
+        axes = self.weight(i, op.Inputs(1), name).astype(int).reshape(-1)
+        axes = sorted({int(a) % len(x.shape) for a in axes})
+        if len(x.shape) != 4 or axes != [1, 2]:
+            raise self.fail(i, name, f"mean over axes {axes} of a rank-{len(x.shape)} tensor; only the spatial "
+                                     "mean (axes 1, 2 of NHWC) is supported")
+        opts = self.g.options(op, tflite.ReducerOptions)
+        keepdims = bool(opts.KeepDims()) if opts is not None else False
+        self.emit(op, keras.layers.GlobalAveragePooling2D(keepdims=keepdims, name=prefix)(x), prefix)
+
+    def add(self, i, op, name, prefix):
+        import tflite
+
+        a, b = (self.value(i, op.Inputs(k), name) for k in range(2))
+        if a.shape != b.shape:
+            raise self.fail(i, name, f"broadcasting add of {list(a.shape[1:])} and {list(b.shape[1:])}")
+        opts = self.g.options(op, tflite.AddOptions)
+        y = keras.layers.Add(name=prefix)([a, b])
+        self.emit(op, self.activation(y, opts.FusedActivationFunction() if opts else 0, prefix, i, name), prefix)
+
+    def reshape(self, i, op, name, prefix):
+        x = self.value(i, op.Inputs(0), name)
+        # The output tensor's stored shape is the reshape's static result (batch 1 in these files).
+        in_shape, out_shape = self.g.shape(op.Inputs(0)), self.g.shape(op.Outputs(0))
+        if len(out_shape) < 2 or out_shape[0] != in_shape[0]:
+            raise self.fail(i, name, f"reshape {list(in_shape)} -> {list(out_shape)} changes the batch dimension")
+        self.emit(op, keras.layers.Reshape(out_shape[1:], name=prefix)(x), prefix)
+
+    def pad(self, i, op, name, prefix):
+        x = self.value(i, op.Inputs(0), name)
+        pads = self.weight(i, op.Inputs(1), name).astype(int)
+        if pads.shape != (4, 2) or pads[0].any() or pads[3].any():
+            raise self.fail(i, name, f"paddings {pads.tolist()}; only height/width padding of NHWC is supported")
+        # Zero padding in float: a quantised PAD fills with the zero point, which dequantises to 0.
+        self.emit(op, keras.layers.ZeroPadding2D((tuple(pads[1].tolist()), tuple(pads[2].tolist())), name=prefix)(x), prefix)
+
+    def relu(self, i, op, name, prefix):
+        x = self.value(i, op.Inputs(0), name)
+        self.emit(op, keras.layers.ReLU(max_value=6.0 if name == "RELU6" else None, name=prefix)(x), prefix)
+
+    def identity(self, i, op, name, prefix):
+        t_in, t_out = op.Inputs(0), op.Outputs(0)
+        constant = self.constants.get(t_in, self.g.constant(t_in))
+        if constant is not None:  # e.g. DEQUANTIZE of float16 weights: the result is a constant too
+            self.constants[t_out] = constant
+        elif t_in in self.after_softmax:
+            self.after_softmax.add(t_out)
+            self.values[t_out] = self.values[t_in]
+        else:
+            self.values[t_out] = self.value(i, t_in, name)
+
+    def softmax(self, i, op, name, prefix):
+        import tflite
+
+        x = self.value(i, op.Inputs(0), name)
+        opts = self.g.options(op, tflite.SoftmaxOptions)
+        beta = opts.Beta() if opts is not None else 1.0
+        # The logits are what the softmax normalises: beta * x.
+        self.values[op.Outputs(0)] = x if beta == 1.0 else keras.layers.Rescaling(beta, name=prefix)(x)
+        self.after_softmax.add(op.Outputs(0))
+
+    # --- helpers of the handlers
+
+    def options_of(self, i, op, name, cls):
+        opts = self.g.options(op, cls)
+        if opts is None:
+            raise self.fail(i, name, "has no options table")
+        return opts
+
+    def window(self, i, name, opts) -> dict:
+        strides, dilation = (opts.StrideH(), opts.StrideW()), (opts.DilationHFactor(), opts.DilationWFactor())
+        if max(strides) > 1 and max(dilation) > 1:
+            raise self.fail(i, name, f"strides {strides} with dilation {dilation} (Keras takes one or the other)")
+        return dict(strides=strides, padding=_PADDING[opts.Padding()], dilation_rate=dilation)
+
+    def emit(self, op, y, prefix: str) -> None:
+        t = op.Outputs(0)
+        self.values[t] = self.rounded(y, t, prefix)
+
+
+_ACTIVATIONS = {1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit"}
+_HANDLERS = {
+    "ADD": _Builder.add, "AVERAGE_POOL_2D": _Builder.pool_2d, "CONV_2D": _Builder.conv_2d,
+    "DEPTHWISE_CONV_2D": _Builder.depthwise_conv_2d, "DEQUANTIZE": _Builder.identity,
+    "FULLY_CONNECTED": _Builder.fully_connected, "MAX_POOL_2D": _Builder.pool_2d, "MEAN": _Builder.mean,
+    "PAD": _Builder.pad, "QUANTIZE": _Builder.identity, "RELU": _Builder.relu, "RELU6": _Builder.relu,
+    "RESHAPE": _Builder.reshape, "SOFTMAX": _Builder.softmax,
+}
+SUPPORTED_OPS = tuple(sorted(_HANDLERS))
+
+
+def input_statistics(g: _Graph) -> tuple[list, list]:
+    """rgb_mean, rgb_std on [0, 1] pixels such that (rgb01 - mean) / std is the file's dequantised input.
+
+    A uint8 input holds the pixel (rgb01 * 255), an int8 input the pixel - 128; a float input carries no statement
+    of its normalisation, so it is taken as [0, 1] RGB (mean 0, std 1)."""
+    t = g.graph.Inputs(0)
+    channels = g.shape(t)[-1]
+    quant = g.quantisation(t)
+    dtype = g.tensor(t).Type()
+    if quant is None or dtype not in (_UINT8, _INT8):
+        return [0.0] * channels, [1.0] * channels
+    scale, zero_point = float(quant[0][0]), int(quant[1][0])
+    offset = 0 if dtype == _UINT8 else -128
+    # (q - zp) * scale with q = 255 * rgb01 + offset  ==  (rgb01 - (zp - offset) / 255) / (1 / (255 * scale))
+    return [(zero_point - offset) / 255] * channels, [1 / (255 * scale)] * channels
+
+
+def _names_beside(path: Path, num_classes: int) -> tuple[list, list | None]:
+    """Class names (LABELS_FILE, else "0".."n-1") and WordNet ids (SYNSETS_FILE, with "background" first when the
+    model has one output more than the file has ids), from files beside the model."""
+    classes: list = [str(k) for k in range(num_classes)]
+    wnids = None
+    labels_path, synsets_path = path.with_name(LABELS_FILE), path.with_name(SYNSETS_FILE)
+    if labels_path.exists():
+        classes = [line.strip() for line in labels_path.read_text().splitlines() if line.strip()]
+        if len(classes) != num_classes:
+            raise UserError(f"{labels_path}: {len(classes)} class names but {path.name} has {num_classes} outputs")
+    if synsets_path.exists():
+        wnids = [line.strip() for line in synsets_path.read_text().splitlines() if line.strip()]
+        if len(wnids) == num_classes - 1:
+            wnids = ["background"] + wnids
+        if len(wnids) != num_classes:
+            raise UserError(f"{synsets_path}: {len(wnids)} WordNet ids but {path.name} has {num_classes} outputs")
+    return classes, wnids
+
+
+def import_tflite(path, simulate_rounding: bool = False) -> tuple[keras.Model, dict]:
+    """A TFLite image classifier as (Keras model returning logits, teacher spec dict).
+
+    The spec has the keys of `teachers.TeacherSpec` (image_size, num_classes, rgb_mean, rgb_std, channel_order,
+    classes, arch, source), plus `wnids` when SYNSETS_FILE lies beside the file. `simulate_rounding` rounds every
+    8-bit activation to the file's grid (FakeQuant layers), which brings the float model closer to the integer one.
+    """
+    path = Path(path)
+    g = _Graph(path)
+    image, logits = _Builder(g, simulate_rounding).build()
+    shape = g.shape(g.graph.Inputs(0))
+    if shape[1] != shape[2]:
+        raise UserError(f"{path}: takes {shape[1]}x{shape[2]} images; a teacher takes square images")
+    model = keras.Model(image, logits, name="tflite_" + re.sub(r"\W", "_", path.stem))
+    num_classes = int(logits.shape[-1])
+    classes, wnids = _names_beside(path, num_classes)
+    rgb_mean, rgb_std = input_statistics(g)
+    spec = dict(image_size=int(shape[1]), num_classes=num_classes, rgb_mean=rgb_mean, rgb_std=rgb_std,
+                channel_order="RGB", classes=classes, arch=f"tflite:{path.stem}", source=str(path))
+    if wnids is not None:
+        spec["wnids"] = wnids
+    return model, spec
+
+
+def save_imported(path, out, simulate_rounding: bool = False) -> dict:
+    """Import a .tflite file and write it as `out` (.keras) plus the sidecar JSON `teachers.load_teacher` reads."""
+    from isp_keras import fsutil
+    from isp_keras.models import teachers
+
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise UserError(f"{out}: the imported teacher must be written as a .keras file")
+    model, spec = import_tflite(path, simulate_rounding=simulate_rounding)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    fsutil.write_json_atomic(teachers.sidecar_path(out), spec)
+    return spec
+
+
+def compare_with_litert(path, images: np.ndarray, labels: np.ndarray | None = None, model: keras.Model | None = None,
+                        spec: dict | None = None, batch_size: int = 50) -> dict:
+    """Top-1 of LiteRT running the file vs the imported Keras model on uint8 RGB images [N, size, size, 3].
+
+    Both see the same pixels: LiteRT as the file's input type (uint8 as is, int8 as pixel - 128, float as
+    pixel / 255), Keras as (pixel / 255 - rgb_mean) / rgb_std. Returns the number of images, the % of images whose
+    top-1 classes agree, the % that agree up to ties in the file's output (a quantised softmax often gives two
+    classes the same top value; LiteRT's argmax then takes the lower index), and with `labels` (output indices)
+    each one's top-1 accuracy in %."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if model is None or spec is None:
+        model, spec = import_tflite(path)
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 [N, H, W, 3], not {images.dtype} {images.shape}")
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    litert = []
+    for image in images:  # one at a time: these files have a fixed batch of 1
+        if inp["dtype"] == np.uint8:
+            x = image
+        elif inp["dtype"] == np.int8:
+            x = (image.astype(np.int16) - 128).astype(np.int8)
+        else:
+            x = image.astype(np.float32) / 255
+        interpreter.set_tensor(inp["index"], x[np.newaxis])
+        interpreter.invoke()
+        litert.append(interpreter.get_tensor(out["index"])[0].copy())
+    mean, std = np.float32(spec["rgb_mean"]), np.float32(spec["rgb_std"])
+    ours = []
+    for start in range(0, len(images), batch_size):
+        x = (images[start:start + batch_size].astype(np.float32) / 255 - mean) / std
+        ours.append(np.argmax(np.asarray(model(x, training=False)), axis=-1))
+    outputs, ours = np.stack(litert), np.concatenate(ours)
+    litert = np.argmax(outputs, axis=-1)
+    tied = outputs[np.arange(len(ours)), ours] == outputs.max(axis=-1)
+    result = {"images": int(len(images)), "agreement": float(100 * np.mean(litert == ours)),
+              "agreement_up_to_ties": float(100 * np.mean(tied))}
+    if labels is not None:
+        labels = np.asarray(labels)
+        result["litert_top1"] = float(100 * np.mean(litert == labels))
+        result["keras_top1"] = float(100 * np.mean(ours == labels))
+    return result

@@ -1,0 +1,210 @@
+"""The typed configuration of training students: built from flags in a command's `main` only, passed down as plain
+values. No TensorFlow here (commands parse their flags before TensorFlow loads)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from isp_keras import paths
+from isp_keras.config import option
+from isp_keras.errors import UserError
+from isp_keras.raw.cfa import CFA_PATTERNS
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    dataset: str = option("embedded", "embedded | folder:PATH | tfds:NAME | records:PATH")
+    teacher: str = option("embedded", "embedded (the ResNet-20 CIFAR-10 teacher in data/teacher), a "
+                          "keras.applications name (ImageNet weights), a .keras file (+ sidecar JSON) or a SavedModel.")
+    student_init: str = option("", "A .keras model the student starts from (architecture and weights); needed when "
+                               "--teacher is a SavedModel, which cannot be cloned. Default: the teacher itself.")
+    model_dir: str = option("", "Run directory (default: runs/<command>).")
+    alpha: float = option(0.9, "Weight of the hard-label cross-entropy, in [0, 1].")
+    temperature: float = option(4.0, "Distillation temperature T > 0.")
+    hard_labels: str = option("gt", "Hard labels: ground truth or teacher argmax.", choices=("gt", "teacher"))
+    noise_std: float = option(0.1, "Gaussian noise std added to the [0,1] mosaic.")
+    cfa: str = option("RGGB", "Bayer CFA pattern.", choices=CFA_PATTERNS)
+    sensor: str = option("gaussian", "RAW simulator: gaussian (--noise_std) or realistic (unprocessing + shot/read "
+                         "noise).", choices=("gaussian", "realistic"))
+    seed: int = option(0, "Seed (data order, augmentation, noise, initialisation).")
+    epochs: int = option(3, "Training epochs per student row.")
+    batch_size: int = option(128, "Global batch size.")
+    lr: float = option(0.01, "Peak learning rate (Nesterov SGD, warmup then cosine).")
+    weight_decay: float = option(5e-4, "Weight decay.")
+    warmup_epochs: float = option(0.2, "Linear warmup length in epochs.")
+    image_size: int | None = option(None, "Input size (default: the teacher's).")
+    train_take: int | None = option(None, "Use only the first N training examples.")
+    test_take: int | None = option(None, "Evaluate on the first N test examples.")
+    stats_images: int = option(10000, "Training images used for the per-site statistics.")
+    strategy: str = option("default", "tf.distribute strategy.", choices=STRATEGIES)
+    cpu_replicas: int = option(2, "Logical CPU devices for --strategy=mirrored without GPUs.")
+    tpu: str = option("", "--strategy=tpu: TPU name or grpc:// address ('' or 'local': this TPU VM).")
+    data_service: str = option("", "grpc://HOST:PORT of a tf.data service dispatcher that runs the training "
+                               "pipeline.")
+    cached_logits: bool = option(False, "Compute the teacher's logits once and train from them (needs --noaugment).")
+    augment: bool = option(True, "Random crop + flip of the training RGB (off: deterministic teacher input).")
+    overwrite: bool = option(False, "Replace a finished run in --model_dir.")
+    strict: bool = option(False, "Stop at the first unreadable input instead of skipping it.")
+    checkpoint_steps: int = option(0, "Also checkpoint every N optimizer steps (0: only at epoch ends and on "
+                                   "SIGTERM/Ctrl-C).")
+    checkpoint_epochs: int = option(1, "Checkpoint every N epochs (and after the last).")
+    log_steps: int = option(20, "Write training scalars to TensorBoard every N optimizer steps.")
+    qat_epochs: int = option(1, "Quantisation-aware fine-tuning epochs after distillation (the distilled_qat row: "
+                             "int8 rounding simulated, BN frozen, weights snapped to the int8 grid), so that the int8 "
+                             "export agrees with the saved student. 0: no such row. Skipped, with a note, under a "
+                             "multi-replica strategy (its moving activation ranges are per replica).")
+    qat_lr: float = option(0.002, "Peak learning rate of quantisation-aware fine-tuning (cosine, no warmup).")
+
+    def validate(self) -> TrainConfig:
+        for name in ("alpha", "temperature", "noise_std", "lr", "weight_decay", "warmup_epochs", "qat_lr"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"--{name}={getattr(self, name)}: must be a finite number")
+        if self.cached_logits and self.augment:
+            raise UserError("--cached_logits: the teacher input must be deterministic, but random RGB augmentation "
+                            "is on; pass --noaugment")
+        if self.data_service and not self.data_service.startswith("grpc://"):
+            raise UserError(f"--data_service={self.data_service}: expected grpc://HOST:PORT (the dispatcher's address)")
+        if self.cached_logits and self.data_service:
+            raise UserError("--cached_logits with --data_service: not supported (the service would split the image "
+                            "and logit sources independently); use one of them")
+        if self.checkpoint_steps < 0 or self.checkpoint_epochs < 1:
+            raise UserError("--checkpoint_steps must be >= 0 and --checkpoint_epochs >= 1")
+        if self.log_steps < 1:
+            raise UserError(f"--log_steps={self.log_steps}: must be >= 1")
+        if self.cpu_replicas < 1:
+            raise UserError(f"--cpu_replicas={self.cpu_replicas}: must be >= 1")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"--alpha={self.alpha}: must be in [0, 1]")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature={self.temperature}: must be > 0")
+        if self.noise_std < 0:
+            raise UserError(f"--noise_std={self.noise_std}: must be >= 0")
+        if self.cfa.upper() not in CFA_PATTERNS:
+            raise UserError(f"--cfa={self.cfa}: must be one of {', '.join(CFA_PATTERNS)}")
+        self.cfa = self.cfa.upper()
+        if self.sensor not in ("gaussian", "realistic"):
+            raise UserError(f"--sensor={self.sensor}: must be gaussian or realistic")
+        if self.hard_labels not in ("gt", "teacher"):
+            raise UserError(f"--hard_labels={self.hard_labels}: must be gt or teacher")
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"--strategy={self.strategy}: must be one of {', '.join(STRATEGIES)}")
+        if self.qat_epochs < 0 or not self.qat_lr > 0:
+            raise UserError(f"--qat_epochs={self.qat_epochs}, --qat_lr={self.qat_lr}: need qat_epochs >= 0 and "
+                            "qat_lr > 0")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UserError("--epochs and --batch_size must be >= 1")
+        if self.image_size is not None and (self.image_size < 2 or self.image_size % 2):
+            raise UserError(f"--image_size={self.image_size}: must be even (the Bayer pattern tiles 2x2)")
+        for name in ("train_take", "test_take"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name}={value}: must be >= 1")
+        return self
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+TABLE_ROWS = ("teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled", "distilled_qat")
+DEFAULT_TABLE_ROWS = ["teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled"]
+PAIR_MODES = ("merged", "short")
+
+
+def _unique(values: list, flag: str) -> list:
+    if not values:
+        raise UserError(f"--{flag}: empty list")
+    if len(set(values)) != len(values):
+        raise UserError(f"--{flag}={','.join(map(str, values))}: repeated values")
+    return values
+
+
+@dataclasses.dataclass
+class TableConfig(TrainConfig):
+    rows: list[str] = option(DEFAULT_TABLE_ROWS, f"Rows to run, from {', '.join(TABLE_ROWS)}.")
+    dry_run: bool = option(False, "Validate the flags and print the plan; read no data, train nothing.")
+
+    def validate(self) -> TableConfig:
+        super().validate()
+        unknown = [n for n in _unique(self.rows, "rows") if n not in TABLE_ROWS]
+        if unknown:
+            raise UserError(f"--rows: unknown row {unknown[0]!r}; choose from {', '.join(TABLE_ROWS)}")
+        if "distilled_qat" in self.rows and ("distilled" not in self.rows or not self.qat_epochs):
+            raise UserError("--rows=distilled_qat: needs the distilled row (it starts from it) and --qat_epochs >= 1")
+        return self
+
+
+@dataclasses.dataclass
+class SweepConfig(TableConfig):
+    noise_stds: list[float] = option([0.0, 0.05, 0.1, 0.2, 0.3], "Noise stds to sweep (replaces --noise_std).")
+
+    def validate(self) -> SweepConfig:
+        super().validate()
+        if min(_unique(self.noise_stds, "noise_stds")) < 0:
+            raise UserError(f"--noise_stds: {min(self.noise_stds):g} is negative")
+        return self
+
+
+@dataclasses.dataclass
+class AblationConfig(TrainConfig):
+    finetune_ks: list[int] = option([1, 2, 3], "k values: rows finetune_first_k train only the stem and the first k "
+                                    "stages/blocks (classifier frozen); a finetune_all row is always added.")
+    dry_run: bool = option(False, "Validate the flags and print the plan; read no data, train nothing.")
+
+    def validate(self) -> AblationConfig:
+        super().validate()
+        if min(_unique(self.finetune_ks, "finetune_ks")) < 1:
+            raise UserError(f"--finetune_ks={','.join(map(str, self.finetune_ks))}: every k must be >= 1")
+        return self
+
+
+@dataclasses.dataclass
+class Table2Config(TrainConfig):
+    pairs: str = option("", "csv:FILE (header raw,rgb,group) or hdrplus:DIR (see isp_keras/data/pairs.py).")
+    modes: list[str] = option(list(PAIR_MODES), "RAW inputs: merged and/or short (the burst's reference frame).")
+    patch_size: int = option(256, "Side of the aligned non-overlapping patches (even).")
+    min_teacher_prob: float = option(0.8, "Test patches kept only if the teacher's top probability exceeds this.")
+    test_fraction: float = option(0.2, "Fraction of groups (bursts) in the test split.")
+    max_patches_per_pair: int = option(0, "0: every patch; else a seeded sample of this many per pair (keeps a "
+                                       "full-resolution HDR+ cache to a manageable size).")
+    cache_dir: str = option("", "Patch caches (default: <model_dir>/cache/<mode>).")
+    synthesize_bursts: int = option(0, "If > 0 and hdrplus:DIR is missing, write this many synthetic bursts there "
+                                    "first (from the embedded test images, unseen by the teacher).")
+    burst_tiles: int = option(2, "Synthetic bursts: images per frame side (frame = tiles x image size).")
+    burst_frames: int = option(3, "Synthetic bursts: payload frames (merged noise = 1/frames).")
+    short_exposure: float = option(0.25, "Synthetic bursts: exposure of the payload frames.")
+
+    def validate(self) -> Table2Config:
+        super().validate()
+        if not self.pairs:
+            raise UserError("--pairs: required (csv:FILE or hdrplus:DIR)")
+        self.modes = list(dict.fromkeys(self.modes))
+        if not self.modes or any(m not in PAIR_MODES for m in self.modes):
+            raise UserError(f"--modes={','.join(self.modes)}: each must be one of {', '.join(PAIR_MODES)}")
+        if self.patch_size < 2 or self.patch_size % 2:
+            raise UserError(f"--patch_size={self.patch_size}: must be even (the Bayer pattern tiles 2x2)")
+        if self.burst_tiles < 1 or self.burst_frames < 1 or not 0 < self.short_exposure <= 1:
+            raise UserError("--burst_tiles and --burst_frames must be >= 1 and --short_exposure in (0, 1]")
+        return self
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    dataset: str = option("records:.cache/cifar10_full", "embedded | folder:PATH | tfds:NAME | records:PATH")
+    arch: str = option("resnet20", "Architecture (models.architectures.ARCHITECTURES).")
+    image_size: int | None = option(None, "Input size (default: the architecture's).")
+    epochs: int = option(20, "Epochs.")
+    batch_size: int = option(128, "Batch size.")
+    lr: float = option(0.1, "Peak learning rate (SGD, Nesterov).")
+    weight_decay: float = option(5e-4, "Weight decay.")
+    take: int | None = option(None, "Use only the first N training examples (tests).")
+    seed: int = option(0, "Seed.")
+    out: str = option(str(paths.EMBEDDED_TEACHER), "Where to write the teacher (.keras).")
+    model_dir: str = option(paths.default_run_dir("train_teacher"), "Checkpoints and logs.")
+
+    def validate(self) -> TeacherConfig:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UserError("--epochs and --batch_size must be >= 1")
+        return self

@@ -1,0 +1,278 @@
+"""One row's machinery, used by the experiment runner: set up data and teacher, evaluate the teacher baselines,
+train a student row (distilled, GT labels, teacher labels, fine-tune first k, quantisation-aware), save the student."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from isp_keras import fsutil
+from isp_keras.data import normalisation
+from isp_keras.data import pipeline
+from isp_keras.data import sources
+from isp_keras.training import distiller
+from isp_keras.models import students
+from isp_keras.models import teachers
+from isp_keras.training import quantise
+from isp_keras.training import checkpoint
+from isp_keras.training import schedule
+from isp_keras.training.config import TrainConfig
+from isp_keras.errors import UserError
+
+
+
+@dataclasses.dataclass
+class Setup:
+    cfg: TrainConfig
+    source: sources.Source
+    teacher: keras.Model
+    spec: teachers.TeacherSpec
+    norm: normalisation.Normalisation
+    pipeline: pipeline.PipelineConfig
+    student_init: keras.Model | None = None  # what the student is cloned from (default: the teacher)
+
+    def student_source(self) -> keras.Model:
+        return self.student_init if self.student_init is not None else self.teacher
+
+    def train_ds(self, start_step: int = 0, epochs: int | None = None):
+        """A row's batches from global step `start_step` on, over `epochs` epochs (default: the config's), the
+        same data a run that never stopped sees.
+
+        --cached_logits: the teacher input is replaced by stored teacher logits (computed once, see logit_cache);
+        --data_service: the pipeline runs on tf.data service workers (see data_service)."""
+        logits = self.cached_teacher_logits() if self.cfg.cached_logits else None
+        ds = pipeline.build(self.source, self.source.train_split, self.pipeline, training=True, norm=self.norm,
+                            steps_per_epoch=self.steps_per_epoch(), start_step=start_step, epochs=epochs or self.cfg.epochs,
+                            teacher_logits=logits)
+        if self.cfg.data_service:
+            from isp_keras.data import service
+
+            ds = service.distribute(ds, self.cfg.data_service)
+        return ds
+
+    def cached_teacher_logits(self):
+        from isp_keras.data import logit_cache
+
+        return logit_cache.load_or_compute(self.teacher, self.cfg.teacher, self.source, self.source.train_split,
+                                           self.pipeline, self.norm, Path(self.cfg.model_dir) / "teacher_logits")
+
+    def test_ds(self):
+        cfg = dataclasses.replace(self.pipeline, take=self.cfg.test_take, batch_size=max(self.pipeline.batch_size, 256))
+        return pipeline.build(self.source, self.source.test_split, cfg, training=False, norm=self.norm)
+
+    def steps_per_epoch(self) -> int:
+        n = self.source.counts[self.source.train_split]
+        if self.cfg.train_take:
+            n = min(n, self.cfg.train_take)
+        steps = n // self.pipeline.batch_size
+        if steps < 1:
+            raise UserError(f"{self.source.name}: {n} training images, fewer than one batch of {self.pipeline.batch_size}")
+        return steps
+
+
+def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> Setup:
+    """Load data and teacher, check they fit each other, compute (or reuse) the normalisation statistics."""
+    source = sources.get_source(cfg.dataset, seed=cfg.seed, strict=cfg.strict)
+    teacher, spec = teachers.load_teacher(cfg.teacher)
+    image_size = cfg.image_size or (spec.image_size if spec else teachers.input_size(teacher)[0])
+    if image_size is None:
+        raise UserError(f"--teacher={cfg.teacher}: the teacher takes any size; set --image_size")
+    if image_size % 2:
+        raise UserError(f"--image_size={image_size}: must be even (the Bayer pattern tiles 2x2)")
+    teachers.check_teacher_matches(teacher, image_size, len(source.classes), cfg.teacher)
+    if spec and spec.classes and list(spec.classes) != list(source.classes):
+        logging.warning("teacher classes %s differ in name from the data's %s; matching by index",
+                        spec.classes, source.classes)
+    student_init = students.load_student_init(cfg.student_init, teacher) if cfg.student_init else None
+    if student_init is None and not teachers.is_cloneable(teacher):
+        raise UserError(f"--teacher={cfg.teacher}: a SavedModel teacher cannot be cloned into a student; give "
+                        f"--student_init=MODEL.keras (same architecture, the weights the student starts from)")
+    teachers.freeze(teacher)
+    pcfg = pipeline.PipelineConfig(image_size=image_size, batch_size=cfg.batch_size, cfa=cfg.cfa,
+                                   noise_std=cfg.noise_std, seed=cfg.seed, take=cfg.train_take, sensor=cfg.sensor,
+                                   augment=cfg.augment)
+    if norm is None:
+        if spec is None:
+            logging.warning("%s has no sidecar JSON; teacher RGB statistics are computed from the data", cfg.teacher)
+        norm = pipeline.compute_normalisation(
+            source, pcfg, cfg.stats_images, rgb_mean=spec.rgb_mean if spec else None,
+            rgb_std=spec.rgb_std if spec else None, channel_order=spec.channel_order if spec else "RGB")
+    if spec is None:
+        spec = teachers.TeacherSpec(image_size, len(source.classes), norm.rgb_mean, norm.rgb_std, classes=source.classes,
+                                  source=cfg.teacher)
+    return Setup(cfg, source, teacher, spec, norm, pcfg, student_init)
+
+
+def baseline_rows(s: Setup) -> list[dict]:
+    test = s.test_ds()
+    clean = distiller.evaluate(test, s.teacher, on="teacher_rgb")
+    raw = distiller.evaluate(test, s.teacher, s.teacher, on="student")
+    return [metric_row("teacher_clean", clean), metric_row("teacher_raw", raw)]
+
+
+def metric_row(name, metrics) -> dict:
+    return {"name": name, "top1": round(float(metrics["top1"]), 3), "top5": round(float(metrics["top5"]), 3),
+            "agreement": round(float(metrics["agreement"]), 3)}
+
+
+class ScalarLog(keras.callbacks.Callback):
+    """TensorBoard scalars of one student row: the training metrics every `every` optimizer steps and the
+    validation metrics after each epoch, on one global step that continues across the rows of a chain (a
+    quantisation-aware row goes on from the step its start row ended at)."""
+
+    def __init__(self, log_dir: Path, every: int, steps_per_epoch: int, step_offset: int, validate=None):
+        super().__init__()
+        self.train = tf.summary.create_file_writer(str(log_dir / "train"))
+        self.validation = tf.summary.create_file_writer(str(log_dir / "validation"))
+        self.every, self.steps, self.offset, self.validate = every, steps_per_epoch, step_offset, validate
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def global_step(self, batch: int) -> int:
+        return self.offset + self.epoch * self.steps + batch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.global_step(batch)
+        if logs and (step % self.every == 0 or batch + 1 == self.steps):
+            self.write(self.train, "train", logs, step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.validate is not None:
+            self.write(self.validation, "validation", self.validate(), self.offset + (epoch + 1) * self.steps)
+
+    @staticmethod
+    def write(writer, prefix: str, logs: dict, step: int) -> None:
+        with writer.as_default():
+            for key, value in logs.items():
+                if np.ndim(value) == 0 and np.isfinite(float(value)):
+                    tf.summary.scalar(f"{prefix}/{key}", float(value), step=step)
+        writer.flush()
+
+    def close(self) -> None:
+        self.train.close()
+        self.validation.close()
+
+
+def build_student(s: Setup, start_from: keras.Model | None, sync_bn: bool) -> keras.Model:
+    return students.student_from_teacher(start_from if start_from is not None else s.student_source(),
+                                         sync_bn=sync_bn)
+
+
+def train_student(s: Setup, row, row_dir, start_from: keras.Model | None = None, step_offset: int = 0,
+                  verbose: int | str = "auto") -> tuple[dict, keras.Model]:
+    """Train one student row (`runner.Row`: its loss, epochs, learning rate, fine-tuned prefix and whether it is
+    quantisation-aware), resumably in `row_dir`; returns (metrics row, student).
+
+    The student starts from the teacher's weights (or `start_from`'s). Quantisation-aware rows train through
+    quantise.quantisation_aware (int8 simulated, BN frozen), then snap the weights to their int8 grid."""
+    from isp_keras.training import distribute
+
+    cfg = s.cfg
+    keras.utils.set_random_seed(cfg.seed)
+    strategy = distribute.get_strategy(cfg.strategy, cfg.tpu)
+    row_dir = distribute.worker_dir(strategy, Path(row_dir))
+    steps = s.steps_per_epoch()
+    with strategy.scope():
+        student = build_student(s, start_from, sync_bn=strategy.num_replicas_in_sync > 1)
+        trainable = students.set_trainable_prefix(student, row.finetune_first)
+        trained = quantise.quantisation_aware(student) if row.quantisation_aware else student
+        optimizer = schedule.sgd(row.epochs * steps, row.lr, cfg.weight_decay,
+                                 warmup_steps=int(row.warmup_epochs * steps))
+        model = distiller.Distiller(trained, s.teacher, alpha=row.alpha, temperature=cfg.temperature,
+                                    hard_labels=row.hard_labels, cached_logits=cfg.cached_logits)
+        model.compile(optimizer=optimizer)
+        state = checkpoint.read_checkpoint_state(row_dir)
+        if state:
+            trained.load_weights(Path(state["path"]) / "student.weights.h5")
+            distiller.load_optimizer_state(optimizer, trained.trainable_variables,
+                                           Path(state["path"]) / "optimizer.npz")
+            logging.info("resuming %s after epoch %d from %s", row.name, state["epochs_done"], state["path"])
+    start_step = int(state.get("step", state["epochs_done"] * steps)) if state else 0
+    logging.info("%s: training %d layers of %d for %d epochs x %d steps", row.name, len(trainable),
+                 len(student.layers), row.epochs, steps)
+
+    def save(folder):
+        trained.save_weights(folder / "student.weights.h5")
+        distiller.save_optimizer_state(optimizer, folder / "optimizer.npz")
+
+    def validate():
+        return distiller.evaluate(s.test_ds(), s.teacher, trained, on="student")
+
+    nan_guard = checkpoint.StopOnNaN()
+    saver = checkpoint.AtomicCheckpoint(row_dir, save, steps_per_epoch=steps, every_steps=cfg.checkpoint_steps,
+                                        every_epochs=cfg.checkpoint_epochs)
+    scalars = ScalarLog(row_dir / "logs", cfg.log_steps, steps, step_offset, validate)
+    callbacks = [saver, nan_guard, scalars]
+    fit = model.fit
+    if distribute.needs_custom_loop(strategy):  # Keras fit fails under MultiWorkerMirroredStrategy
+        from isp_keras.training import custom_loop
+
+        fit = functools.partial(custom_loop.fit, model, strategy=strategy)
+    epoch, done_in_epoch = divmod(start_step, steps)
+    if done_in_epoch and epoch < row.epochs:  # resumed mid-epoch: finish that epoch, then whole ones
+        fit(s.train_ds(start_step, row.epochs), epochs=epoch + 1, initial_epoch=epoch,
+            steps_per_epoch=steps - done_in_epoch, verbose=verbose, callbacks=callbacks)
+        epoch += 1
+    if epoch < row.epochs and nan_guard.bad_step is None and not saver.terminated:
+        fit(s.train_ds(epoch * steps, row.epochs), epochs=row.epochs, initial_epoch=epoch, steps_per_epoch=steps,
+            verbose=verbose, callbacks=callbacks)
+    if nan_guard.bad_step is not None:
+        kept = checkpoint.read_checkpoint_state(row_dir)
+        kept = f"the last good checkpoint ({kept['folder']}) is kept" if kept else "no checkpoint had been saved yet"
+        raise UserError(f"{row.name}: the loss became NaN/Inf at step {nan_guard.bad_step}; training stopped and "
+                        f"{kept} in {row_dir} (lower --lr?)")
+    if saver.terminated:
+        raise checkpoint.Stopped(f"{row.name}: stopped by signal {saver.signal} at step {saver.saved_step}, "
+                                 f"checkpoint saved in {row_dir}; rerun the same command to resume", saver.signal)
+    if row.quantisation_aware:
+        quantise.snap_weights(student)
+        quantise.unfreeze_batchnorm(student)
+    metrics = distiller.evaluate(s.test_ds(), s.teacher, student, on="student")
+    if row.quantisation_aware:  # the snapped weights differ from the last epoch's: log what is kept
+        ScalarLog.write(scalars.validation, "validation", metrics, step_offset + row.epochs * steps)
+    scalars.close()
+    return metric_row(row.name, metrics), student
+
+
+def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
+    """The student alone (never the Distiller) plus what serving needs: normalisation, CFA, classes."""
+    run_dir = Path(run_dir)
+    path = run_dir / "student.keras"
+    tmp = run_dir / ".student.tmp.keras"
+    plain = keras.models.clone_model(student)  # drops optimizer state and sync-BN flags from training
+    plain.set_weights(student.get_weights())
+    plain.trainable = True
+    try:
+        plain.save(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise fsutil.write_error(path, exc) from exc
+    fsutil.write_json_atomic(run_dir / "student.json", {
+        "cfa": s.cfg.cfa, "noise_std": s.cfg.noise_std, "image_size": s.pipeline.image_size,
+        "classes": list(s.source.classes), "normalisation": s.norm.to_json(), "teacher": s.cfg.teacher})
+    return path
+
+
+def log_image_panel(run_dir, s: Setup, count: int = 4) -> None:
+    """TensorBoard image: RGB | mosaic | bilinear infill, for a few test images (display-scaled)."""
+    from isp_keras.raw import bayer
+
+    cfg = dataclasses.replace(s.pipeline, take=count, batch_size=count, cache=False)
+    raw, rgb, _ = next(iter(pipeline.build(s.source, s.source.test_split, cfg, training=False, norm=None,
+                                          mode="mosaic")))
+    mosaic_rgb = tf.repeat(raw, 3, axis=-1)
+    panel = tf.concat([rgb, mosaic_rgb, bayer.infill(raw, s.cfg.cfa)], axis=2)
+    writer = tf.summary.create_file_writer(str(Path(run_dir) / "logs" / "images"))
+    with writer.as_default():
+        tf.summary.image("rgb | mosaic | infill", tf.clip_by_value(panel, 0.0, 1.0), step=0, max_outputs=count)
+    writer.close()

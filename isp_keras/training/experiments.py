@@ -1,0 +1,191 @@
+"""The paper's experiments and the main training command as plans of rows, run by `runner`.
+
+  train     teacher_clean, teacher_raw, distilled, distilled_qat (--qat_epochs); saves the final student
+  table     Table 1: the teacher baselines and students trained with GT labels, teacher labels, distillation
+  sweep     Fig. 2: the Table 1 rows at each noise std, and a plot of top-1 vs noise std
+  ablation  Table 3: distil into only the first k stages/blocks, the rest frozen
+  table2    Table 2: real (or synthetic) RAW/RGB pairs, agreement with the teacher (see pairs_setup)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from isp_keras import paths
+from isp_keras.errors import UserError
+from isp_keras.training import runner
+from isp_keras.training.config import AblationConfig, SweepConfig, Table2Config, TableConfig, TrainConfig
+
+TITLES = {"train": "ISP distillation of one student", "table": "Table 1: teacher baselines and RAW students",
+          "sweep": "Noise sweep: top-1 vs noise std", "ablation": "Ablation: fine-tune only the first k stages/blocks",
+          "table2": "Table 2: agreement with the teacher on the processed RGB"}
+
+
+def with_run_dir(cfg, kind: str):
+    if not cfg.model_dir:
+        cfg = dataclasses.replace(cfg, model_dir=paths.default_run_dir(kind))
+    return cfg
+
+
+def plan_for(kind: str, cfg: TrainConfig, command: str = "", verbose: int | str = "auto") -> runner.Plan:
+    """The rows and levels of a command, from its config."""
+    cfg = with_run_dir(cfg, kind)
+    levels = runner.single_level(cfg)
+    if kind == "train":
+        rows = runner.train_rows(cfg)
+    elif kind in ("table", "sweep"):
+        rows = runner.table_rows(cfg, cfg.rows)
+        if kind == "sweep":
+            levels = runner.noise_levels(cfg, cfg.noise_stds)
+    elif kind == "ablation":
+        rows = runner.ablation_rows(cfg, cfg.finetune_ks)
+    else:
+        raise ValueError(f"unknown experiment {kind!r}")
+    return runner.Plan(kind, cfg, rows, levels, command=command, verbose=verbose)
+
+
+def finish(plan: runner.Plan, levels: list[dict], seconds: dict, start: float, extra: dict | None = None) -> dict:
+    """results.json and results.md of a finished plan, and the table on stdout."""
+    extra = {"row_seconds": seconds, **(extra or {})}
+    results = runner.write_results(plan, levels, time.time() - start, extra)
+    if plan.kind == "sweep":
+        cfg = plan.cfg
+        title = f"{cfg.dataset}, CFA {cfg.cfa}, {cfg.epochs} epochs per student, seed {cfg.seed}"
+        plot = runner.plot_sweep(levels, plan.out / runner.PLOT_FILE, title)
+        body = f"Top-1 % ({plot.name}):\n\n{runner.format_sweep(levels)}"
+    else:
+        body = runner.format_table(results["rows"])
+    print(runner.write_markdown(plan, TITLES[plan.kind], body))
+    print(f"wrote {plan.out / runner.RESULTS} and {plan.out / runner.RESULTS_MD} ({results['wall_seconds']:.0f} s)")
+    return results
+
+
+def train(cfg: TrainConfig, command: str = "") -> dict:
+    """The main command: baselines, the distilled student (and its quantisation-aware fine-tuning), and the saved
+    student (student.keras + student.json) that export reads."""
+    from isp_keras.training import experiment
+
+    start = time.time()
+    plan = plan_for("train", cfg, command)
+    levels, seconds = runner.run(plan)
+    setup, student = runner.final_student(plan, plan.levels[0])
+    experiment.log_image_panel(plan.out, setup)
+    experiment.save_student(student, plan.out, setup)
+    return finish(plan, levels, seconds, start)
+
+
+def table(cfg: TableConfig | SweepConfig | AblationConfig, kind: str, command: str = "") -> dict:
+    """table, sweep or ablation: the plan (printed with --dry_run) or its results."""
+    plan = plan_for(kind, cfg, command)
+    if cfg.dry_run:
+        text = runner.plan_text(plan)
+        print(text)
+        return {"plan": text}
+    start = time.time()
+    levels, seconds = runner.run(plan)
+    extra = {"finetune_ks": list(cfg.finetune_ks)} if kind == "ablation" else {}
+    if kind == "sweep":
+        extra["plot"] = runner.PLOT_FILE
+    return finish(plan, levels, seconds, start, extra)
+
+
+# ---------------------------------------------------------------- Table 2: RAW/RGB pairs
+
+
+def table2(cfg: Table2Config, command: str = "") -> dict:
+    """For each RAW input (`merged`: the burst's merged DNG; `short`: its reference short-exposure frame) the
+    pairs are cut into aligned patches, labelled by the teacher on the RGB patch (data.pairs, cached). Rows per
+    input: teacher_raw, teacher_labels (CE on the teacher's argmax) and distilled (hard labels = teacher argmax).
+    No ground truth: top-1 is the agreement with the teacher on test patches it is confident about."""
+    from isp_keras.models import teachers
+
+    cfg = with_run_dir(cfg, "table2")
+    if not cfg.cache_dir:
+        cfg = dataclasses.replace(cfg, cache_dir=str(Path(cfg.model_dir) / "cache"))
+    start = time.time()
+    teacher, spec = teachers.load_teacher(cfg.teacher)
+    if spec is None:
+        raise UserError(f"--teacher={cfg.teacher}: needs its sidecar JSON (RGB normalisation) to label the RGB "
+                        "patches")
+    from isp_keras.data import pairs
+
+    pairs.check_patch_size(teacher, cfg.patch_size, cfg.teacher)
+    teachers.freeze(teacher)
+    maybe_synthesize(cfg)
+    rows = [runner.Row("teacher_raw"), runner.student_row("teacher_labels", cfg, 1.0, "teacher"),
+            runner.student_row("distilled", cfg, cfg.alpha, "teacher")]
+    out = Path(cfg.model_dir)
+    levels = [runner.Level(cfg, out / mode, {"raw": mode}) for mode in cfg.modes]
+    caches = {}
+
+    def make_setup(level, norm):
+        s = pairs_setup(level.cfg, teacher, spec, level.tag["raw"])
+        caches[level.tag["raw"]] = {"dir": s.cache, "counts": s.source.counts}
+        return s
+
+    plan = runner.Plan("table2", cfg, rows, levels, make_setup=make_setup, command=command)
+    levels_out, seconds = runner.run(plan)
+    return finish(plan, levels_out, seconds, start, {"caches": caches})
+
+
+def maybe_synthesize(cfg: Table2Config) -> None:
+    from absl import logging
+
+    from isp_keras.data import pairs
+
+    kind, _, root = cfg.pairs.partition(":")
+    if cfg.synthesize_bursts <= 0 or kind != "hdrplus" or Path(root).exists():
+        return
+    if cfg.dataset != "embedded":
+        raise UserError(f"--synthesize_bursts: only from --dataset=embedded (got {cfg.dataset})")
+    per = cfg.burst_tiles ** 2
+    # The test images: like HDR+ scenes for an ImageNet teacher, none was seen while training the teacher.
+    images, labels = pairs.embedded_images("test", cfg.synthesize_bursts * per)
+    n = pairs.synthesize_bursts(root, images, labels, tiles=cfg.burst_tiles, frames=cfg.burst_frames,
+                                short_exposure=cfg.short_exposure, cfa=cfg.cfa, seed=cfg.seed)
+    logging.info("wrote %d synthetic bursts to %s", n, root)
+
+
+def pairs_setup(cfg: Table2Config, teacher, spec, mode: str):
+    """An experiment.Setup whose batches come from the mode's patch cache (built or reused)."""
+    from isp_keras.data import normalisation, pairs, pipeline, sources
+    from isp_keras.training import experiment
+
+    build = pairs.BuildConfig(pairs=cfg.pairs, out=str(Path(cfg.cache_dir) / mode), mode=mode, cfa=cfg.cfa,
+                              patch_size=cfg.patch_size, test_fraction=cfg.test_fraction, seed=cfg.seed,
+                              min_teacher_prob=cfg.min_teacher_prob, strict=cfg.strict,
+                              max_patches_per_pair=cfg.max_patches_per_pair)
+    index = pairs.build_cache(build, teacher, spec, cfg.teacher)
+    stats = index["raw_stats"]
+    norm = normalisation.Normalisation(stats["mean"], stats["std"], list(spec.rgb_mean), list(spec.rgb_std),
+                                       spec.channel_order)
+    counts = {s: v["count"] for s, v in index["splits"].items()}
+    source = sources.Source(f"pairs:{build.out}", index["classes"], counts, cfg.patch_size,
+                            lambda split: pairs.dataset(build.out, split), "train", "test")
+    pcfg = pipeline.PipelineConfig(image_size=cfg.patch_size, batch_size=cfg.batch_size, cfa=cfg.cfa,
+                                   noise_std=0.0, seed=cfg.seed)
+
+    @dataclasses.dataclass
+    class PairsSetup(experiment.Setup):
+        cache: str = ""
+
+        def batches(self, split, batch_size, training, start_step=0):
+            return pairs.batches(self.cache, split, batch_size=batch_size, cfa=self.cfg.cfa, norm=self.norm,
+                                 training=training, seed=self.cfg.seed, start_step=start_step)
+
+        def train_ds(self, start_step: int = 0, epochs: int | None = None):
+            return self.batches("train", self.pipeline.batch_size, True, start_step)
+
+        def test_ds(self):
+            return self.batches("test", max(self.pipeline.batch_size, 256), False)
+
+        def steps_per_epoch(self) -> int:
+            n = self.source.counts["train"]
+            if n < self.pipeline.batch_size:
+                raise UserError(f"{self.cache}: {n} training patches, fewer than one batch of "
+                                f"{self.pipeline.batch_size}")
+            return n // self.pipeline.batch_size
+
+    return PairsSetup(cfg, source, teacher, spec, norm, pcfg, cache=build.out)

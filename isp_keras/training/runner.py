@@ -1,0 +1,535 @@
+"""The one experiment runner, used by `train`, `table`, `sweep`, `ablation` and `table2`.
+
+An experiment is a list of rows run at one or more levels (a noise std of the sweep, a RAW input of Table 2, or
+the single level of the other commands), all on the same data, split, seed and budget. A row is a baseline (the
+teacher evaluated on clean RGB or on the RAW input) or a student that knows its own loss, epochs, learning rate,
+start point (the teacher, or an earlier row's student) and whether it is quantisation-aware. Each row lives in
+its own sub-directory (row.json once finished, checkpoints, student.weights.h5, TensorBoard logs), so
+`tensorboard --logdir <model_dir>` shows the rows side by side, and a rerun skips finished rows and resumes an
+interrupted one. The run directory holds config.json (the settings, checked on resume: only RESUMABLE may
+differ), one normalisation.json per level, results.json (the contract: rows of name/top1/top5/agreement in
+percent, config, wall_seconds) and results.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from isp_keras import fsutil, paths
+from isp_keras.data import normalisation, pipeline, records, sources
+from isp_keras.errors import UserError
+from isp_keras.models import students, teachers
+from isp_keras.training.config import TrainConfig
+
+CONFIG_FILE = "config.json"
+NORM_FILE = "normalisation.json"
+ROW_FILE = "row.json"
+RESULTS = "results.json"
+RESULTS_MD = "results.md"
+PLOT_FILE = "sweep_top1.png"
+PLOT_SIZE = (640, 480)
+STUDENT_WEIGHTS = "student.weights.h5"
+# Settings that may differ between a run and its resumption without changing any row's numbers.
+RESUMABLE = ("model_dir", "overwrite", "strict", "strategy", "cpu_replicas", "tpu", "checkpoint_steps",
+             "checkpoint_epochs", "data_service", "cached_logits", "log_steps", "dry_run", "verbose")
+TABLE_ROWS = ("teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled")
+BASELINES = ("teacher_clean", "teacher_raw")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A baseline (`alpha` None: the teacher evaluated, nothing trained) or a student row, fully specified."""
+
+    name: str
+    alpha: float | None = None
+    hard_labels: str = "gt"
+    finetune_first: int | None = None
+    epochs: int = 0
+    lr: float = 0.0
+    warmup_epochs: float = 0.0
+    start_from: str = ""  # "": the teacher's weights; else the name of an earlier student row of the same level
+    quantisation_aware: bool = False
+
+    @property
+    def trains(self) -> bool:
+        return self.alpha is not None
+
+    def describe(self, cfg: TrainConfig) -> str:
+        if self.name == "teacher_clean":
+            return "teacher on clean RGB (upper bound)"
+        if self.name == "teacher_raw":
+            return "teacher on the RAW input, no training"
+        loss = "CE" if self.alpha == 1 else f"{self.alpha:g}*CE + {1 - self.alpha:g}*T^2*KL, T={cfg.temperature:g}"
+        scope = "all layers" if self.finetune_first is None else f"first {self.finetune_first} stage(s), rest frozen"
+        start = f"row {self.start_from}'s student" if self.start_from else "the teacher's weights"
+        qat = ", quantisation-aware (int8 simulated, BN frozen)" if self.quantisation_aware else ""
+        return (f"student from {start}: {loss}, hard labels {self.hard_labels}, {scope}, {self.epochs} epochs at lr "
+                f"{self.lr:g}{qat}")
+
+
+def student_row(name: str, cfg: TrainConfig, alpha: float, hard_labels: str, finetune_first: int | None = None) -> Row:
+    """A student trained from the teacher's weights on the config's budget."""
+    return Row(name, alpha, hard_labels, finetune_first, cfg.epochs, cfg.lr, cfg.warmup_epochs)
+
+
+def qat_row(cfg: TrainConfig, start_from: str = "distilled") -> Row:
+    """Quantisation-aware fine-tuning of `start_from`'s student (same loss), so its int8 export agrees with it."""
+    return Row(f"{start_from}_qat", cfg.alpha, cfg.hard_labels, None, cfg.qat_epochs, cfg.qat_lr, 0.0, start_from,
+               quantisation_aware=True)
+
+
+def table_rows(cfg: TrainConfig, names) -> list[Row]:
+    spec = {"teacher_clean": Row("teacher_clean"), "teacher_raw": Row("teacher_raw"),
+            "gt_labels": student_row("gt_labels", cfg, 1.0, "gt"),
+            "teacher_labels": student_row("teacher_labels", cfg, 1.0, "teacher"),
+            "distilled": student_row("distilled", cfg, cfg.alpha, cfg.hard_labels)}
+    return [spec[n] for n in names]
+
+
+def train_rows(cfg: TrainConfig) -> list[Row]:
+    """The main command: the teacher baselines, the distilled student and (--qat_epochs) its int8-ready version."""
+    rows = table_rows(cfg, ("teacher_clean", "teacher_raw", "distilled"))
+    return rows + ([qat_row(cfg)] if cfg.qat_epochs else [])
+
+
+def ablation_rows(cfg: TrainConfig, ks) -> list[Row]:
+    tuned = [student_row(f"finetune_first_{k}", cfg, cfg.alpha, cfg.hard_labels, k) for k in ks]
+    return table_rows(cfg, BASELINES) + tuned + [student_row("finetune_all", cfg, cfg.alpha, cfg.hard_labels)]
+
+
+@dataclasses.dataclass
+class Level:
+    """One set of rows on one data setting: `tag` is merged into each result row (e.g. {"raw": "merged"})."""
+
+    cfg: TrainConfig
+    dir: Path
+    tag: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Plan:
+    kind: str  # the command: train, table, sweep, ablation, table2
+    cfg: TrainConfig
+    rows: list
+    levels: list
+    make_setup: Callable | None = None  # (level, normalisation or None) -> experiment.Setup; default: data + teacher
+    command: str = ""
+    verbose: int | str = "auto"
+    states: dict = dataclasses.field(default_factory=dict)  # level dir -> LevelState, filled by `run`
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.model_dir)
+
+
+def single_level(cfg: TrainConfig) -> list[Level]:
+    return [Level(cfg, Path(cfg.model_dir))]
+
+
+def noise_levels(cfg: TrainConfig, noise_stds) -> list[Level]:
+    out = Path(cfg.model_dir)
+    return [Level(dataclasses.replace(cfg, noise_std=s), out / f"noise_{s:g}", {"noise_std": s}) for s in noise_stds]
+
+
+def check_rows(rows: list[Row]) -> None:
+    names = [r.name for r in rows]
+    for row in rows:
+        if row.start_from and row.start_from not in names[:names.index(row.name)]:
+            raise ValueError(f"row {row.name} starts from {row.start_from!r}, which is not an earlier row")
+
+
+# ---------------------------------------------------------------- running
+
+
+def run(plan: Plan, log=print) -> tuple[list[dict], dict]:
+    """Run (or resume) every row at every level. Returns ([{**level.tag, "rows": [...]}], {row dir: seconds})."""
+    check_rows(plan.rows)
+    prepare_out(plan)
+    levels, seconds = [], {}
+    for level in plan.levels:
+        rows, secs = run_level(plan, level, log)
+        levels.append({**level.tag, "rows": rows})
+        seconds.update({str((level.dir / name).relative_to(plan.out)): s for name, s in secs.items()})
+    return levels, seconds
+
+
+def multi_replica(cfg: TrainConfig) -> bool:
+    from isp_keras.training import distribute
+
+    return distribute.get_strategy(cfg.strategy, cfg.tpu).num_replicas_in_sync > 1
+
+
+def runnable_rows(plan: Plan, level: Level, log) -> list[Row]:
+    """The plan's rows, without quantisation-aware ones under a multi-replica strategy: their moving activation
+    ranges are per replica, so such a row is skipped with a note (fine-tune on one device instead)."""
+    rows = plan.rows
+    if any(r.quantisation_aware for r in rows) and multi_replica(level.cfg):
+        skipped = [r.name for r in rows if r.quantisation_aware]
+        log(f"note: {', '.join(skipped)} skipped under --strategy={level.cfg.strategy} (quantisation-aware "
+            f"fine-tuning runs on one device: its activation ranges are not synchronised across replicas)")
+        rows = [r for r in rows if not r.quantisation_aware]
+    return rows
+
+
+@dataclasses.dataclass
+class LevelState:
+    """What running a level produced in this process: its setup and the students trained (by row name)."""
+
+    setup: object = None
+    students: dict = dataclasses.field(default_factory=dict)
+    baselines: dict | None = None
+
+
+def level_setup(plan: Plan, level: Level, state: LevelState):
+    """Data and teacher of a level, with the level's saved normalisation (computed and saved the first time)."""
+    from isp_keras.training import experiment
+
+    if state.setup is None:
+        norm_path = level.dir / NORM_FILE
+        norm = normalisation.load_normalisation(norm_path) if norm_path.exists() else None
+        make = plan.make_setup or (lambda lvl, n: experiment.setup(lvl.cfg, norm=n))
+        state.setup = make(level, norm)
+        if norm is None:
+            normalisation.save_normalisation(norm_path, state.setup.norm)
+        ks = [row.finetune_first for row in plan.rows if row.finetune_first]
+        if ks:
+            check_ks(state.setup.teacher, ks)
+    return state.setup
+
+
+def run_level(plan: Plan, level: Level, log) -> tuple[list[dict], dict]:
+    from isp_keras.training import experiment
+
+    rows = runnable_rows(plan, level, log)
+    by_name = {row.name: row for row in rows}
+    state = plan.states.setdefault(str(level.dir), LevelState())
+    finished = {row.name: read_row(level.dir / row.name) for row in rows}
+    for row in rows:
+        if finished[row.name]:
+            log(f"{level.dir / row.name}: finished earlier, top-1 {finished[row.name]['row']['top1']:.2f}%")
+
+    def first_step(row: Row, steps: int) -> int:
+        """Global step a row starts at: a chained row goes on where its start row ended."""
+        if not row.start_from:
+            return 0
+        start = by_name[row.start_from]
+        return first_step(start, steps) + start.epochs * steps
+
+    for row in rows:
+        if finished[row.name] is not None:
+            continue
+        s = level_setup(plan, level, state)
+        row_dir = level.dir / row.name
+        log(f"{row_dir}: {row.describe(level.cfg)}")
+        start = time.time()
+        steps = s.steps_per_epoch()
+        if row.trains:
+            start_model = student_of(s, level, row.start_from, state.students) if row.start_from else None
+            result, student = experiment.train_student(s, row, row_dir, start_from=start_model,
+                                                       step_offset=first_step(row, steps), verbose=plan.verbose)
+            student.save_weights(row_dir / STUDENT_WEIGHTS)
+            state.students[row.name] = student
+        else:
+            if state.baselines is None:
+                state.baselines = {r["name"]: r for r in experiment.baseline_rows(s)}
+            result = state.baselines[row.name]
+        result = {**result, **level.tag}
+        spent = round(time.time() - start, 1)
+        last_step = max((first_step(r, steps) + r.epochs * steps for r in rows if r.trains), default=1)
+        log_test_scalars(row_dir, result, row, first_step(row, steps) + row.epochs * steps if row.trains else
+                         last_step)
+        finished[row.name] = {"row": result, "seconds": spent}
+        fsutil.write_json_atomic(row_dir / ROW_FILE, finished[row.name])
+        log(f"{row_dir}: top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, "
+            f"agreement {result['agreement']:.2f}% ({spent:.0f} s)")
+    return [finished[r.name]["row"] for r in rows], {r.name: finished[r.name]["seconds"] for r in rows}
+
+
+def student_of(s, level: Level, name: str, trained: dict):
+    """The student of row `name` of this level: trained in this process, or its saved final weights."""
+    if name in trained:
+        return trained[name]
+    from isp_keras.training import experiment
+
+    path = level.dir / name / STUDENT_WEIGHTS
+    if not path.exists():
+        raise UserError(f"{level.dir / name}: finished, but {STUDENT_WEIGHTS} is missing; pass --overwrite to redo "
+                        "the rows")
+    student = experiment.build_student(s, None, sync_bn=False)
+    student.load_weights(path)
+    trained[name] = student
+    return student
+
+
+def final_student(plan: Plan, level: Level):
+    """(setup, the last student row's model) of `level` after `run`: what the train command saves."""
+    names = [r.name for r in runnable_rows(plan, level, lambda _: None) if r.trains]
+    if not names:
+        raise UserError(f"{plan.out}: no student row to save")
+    state = plan.states.setdefault(str(level.dir), LevelState())
+    s = level_setup(plan, level, state)
+    return s, student_of(s, level, names[-1], state.students)
+
+
+def log_test_scalars(row_dir: Path, row: dict, row_spec: Row, last_step: int) -> None:
+    """Final test metrics as TensorBoard scalars (baselines as flat lines over the students' steps)."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(row_dir / "logs" / "test"))
+    with writer.as_default():
+        for step in ((last_step,) if row_spec.trains else (0, last_step)):
+            for key in ("top1", "top5", "agreement"):
+                tf.summary.scalar(f"test/{key}", row[key], step=step)
+    writer.close()
+
+
+def read_row(row_dir: Path) -> dict | None:
+    path = row_dir / ROW_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and data.get("row", {}).get("name") == row_dir.name else None
+
+
+def check_ks(teacher, ks) -> None:
+    """Every k must name an existing stage/block of the student (checked on a throwaway clone)."""
+    student = students.student_from_teacher(teacher)
+    for k in ks:
+        try:
+            students.set_trainable_prefix(student, k)
+        except UserError as exc:
+            raise UserError(f"--finetune_ks={k}: {str(exc).removeprefix('--finetune_first: ')}") from None
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def plan_text(plan: Plan) -> str:
+    """What the command would do, validated as far as possible without reading any data or training."""
+    cfg = plan.cfg
+    teacher_desc, teacher, spec = _describe_teacher(cfg.teacher)
+    data_desc, train_count, num_classes = _describe_dataset(cfg)
+    image_size = cfg.image_size or (spec.image_size if spec else (teachers.input_size(teacher)[0] if teacher else None))
+    if teacher is not None and image_size and num_classes:
+        teachers.check_teacher_matches(teacher, image_size, num_classes, cfg.teacher)
+    ks = [r.finetune_first for r in plan.rows if r.finetune_first]
+    if teacher is not None and ks:
+        check_ks(teacher, ks)
+    steps = "(steps set by the data)"
+    if train_count is not None:
+        n = min(train_count, cfg.train_take or train_count)
+        steps = f"{n // cfg.batch_size} steps ({n} images)"
+    noise = ", ".join(f"{lvl.cfg.noise_std:g}" for lvl in plan.levels)
+    lines = [f"{plan.kind} (dry run: no data read, nothing trained) -> {plan.out}",
+             f"  data:     {data_desc}; test {cfg.test_take or 'all'} images",
+             f"  teacher:  {teacher_desc}",
+             f"  raw:      {image_size or '? (from the teacher)'} px, CFA {cfg.cfa}, noise std {noise}, "
+             f"seed {cfg.seed}",
+             f"  budget:   per student row {cfg.epochs} epochs x {steps}, batch {cfg.batch_size}; Nesterov SGD lr "
+             f"{cfg.lr:g} (warmup {cfg.warmup_epochs:g} epochs, cosine), weight decay {cfg.weight_decay:g}"]
+    if image_size:
+        student_spec, teacher_spec = _pipeline_spec(cfg, image_size)[0]
+        lines.append(f"  pipeline: student input {student_spec.shape} {student_spec.dtype.name}, "
+                     f"teacher input {teacher_spec.shape} {teacher_spec.dtype.name}")
+    if ks and teacher is None:
+        lines.append("  k values are checked against the model when the teacher loads")
+    lines.append("  rows:")
+    for level in plan.levels:
+        for row in plan.rows:
+            done = " [done]" if read_row(level.dir / row.name) else ""
+            lines.append(f"    {str(level.dir / row.name) + ':':<52} {row.describe(level.cfg)}{done}")
+    return "\n".join(lines)
+
+
+def _describe_teacher(name: str):
+    if name in teachers.KERAS_APPLICATIONS:
+        import keras
+
+        model = getattr(keras.applications, name)(weights=None, classifier_activation=None)
+        return f"keras.applications.{name} (ImageNet weights, downloaded on the first real run)", model, None
+    if Path(paths.teacher_path(name)).exists():
+        model, spec = teachers.load_teacher(name)
+        arch = (spec.arch if spec and spec.arch else model.name)
+        return f"{name} ({arch}, {teachers.num_outputs(model)} classes)", model, spec
+    return f"{name} (not present here; a real run needs it)", None, None
+
+
+def _describe_dataset(cfg: TrainConfig):
+    kind, _, arg = cfg.dataset.partition(":")
+    if cfg.dataset == "embedded" or (kind == "records" and arg):
+        path = sources.EMBEDDED_DIR if cfg.dataset == "embedded" else Path(arg)
+        index = records.read_index(path)
+        counts = {k: v["count"] for k, v in index["splits"].items()}
+        return f"{cfg.dataset} ({counts})", counts.get("train"), len(index["classes"])
+    if kind == "tfds" and arg:
+        return f"TFDS {arg} (prepared locally; ILSVRC needs its manual download)", None, None
+    if kind == "folder" and arg:
+        if not Path(arg).is_dir():
+            raise UserError(f"--dataset=folder:{arg}: not a directory")
+        return f"image folder {arg}", None, None
+    raise UserError(f"--dataset: unknown dataset {cfg.dataset!r}; use embedded, folder:PATH, tfds:NAME or records:PATH")
+
+
+def _pipeline_spec(cfg: TrainConfig, image_size: int):
+    """The training pipeline's element spec, built on an empty stand-in source (traced, never iterated)."""
+    import tensorflow as tf
+
+    signature = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32))
+    stub = sources.Source("dry-run", [], {}, None,
+                           lambda split: tf.data.Dataset.from_generator(lambda: iter(()), output_signature=signature))
+    norm = normalisation.Normalisation([0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3)
+    pcfg = pipeline.PipelineConfig(image_size=image_size, batch_size=cfg.batch_size, cfa=cfg.cfa,
+                                   noise_std=cfg.noise_std, seed=cfg.seed, take=cfg.train_take)
+    return pipeline.build(stub, "train", pcfg, training=True, norm=norm).element_spec
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+def guarded_config(plan: Plan) -> dict:
+    return {k: v for k, v in dataclasses.asdict(plan.cfg).items() if k not in RESUMABLE}
+
+
+def prepare_out(plan: Plan) -> None:
+    """Start, resume (same settings only) or, with --overwrite, redo the planned rows in --model_dir."""
+    out = plan.out
+    record = {"command": plan.kind, "config": dataclasses.asdict(plan.cfg)}
+    path = out / CONFIG_FILE
+    if plan.cfg.overwrite:
+        clear(plan)
+    elif path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as exc:
+            raise UserError(f"{path}: unreadable ({exc}); pass --overwrite to start afresh") from None
+        if old.get("command") != plan.kind:
+            raise UserError(f"{out}: holds a {old.get('command')} run, not a {plan.kind} run; "
+                            f"choose another --model_dir")
+        new = guarded_config(plan)
+        before = {k: v for k, v in old.get("config", {}).items() if k not in RESUMABLE}
+        changed = [k for k in sorted(set(new) | set(before)) if new.get(k) != before.get(k)]
+        if changed:
+            k = changed[0]
+            raise UserError(f"{out}: its rows were made with --{k}={before.get(k)} (now {new.get(k)}); "
+                            f"rerun with the same flags to resume, pass --overwrite to redo them, or choose another "
+                            f"--model_dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fsutil.write_json_atomic(path, record)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the run directory ({exc.strerror or exc})") from None
+
+
+def clear(plan: Plan) -> None:
+    for level in plan.levels:
+        for row in plan.rows:
+            if (level.dir / row.name).is_dir():
+                shutil.rmtree(level.dir / row.name)
+        (level.dir / NORM_FILE).unlink(missing_ok=True)
+    for name in (CONFIG_FILE, RESULTS, RESULTS_MD, PLOT_FILE, "student.keras", "student.json"):
+        (plan.out / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- results
+
+
+def check_percentages(rows: list[dict]) -> None:
+    for row in rows:
+        for key in ("top1", "top5", "agreement"):
+            value = row[key]
+            if not (isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 100.0):
+                raise ValueError(f"row {row['name']}: {key}={value!r} is not a percentage")
+
+
+def write_results(plan: Plan, levels: list[dict], wall_seconds: float, extra: dict | None = None) -> dict:
+    """results.json: {"rows": [...]} (one level) or {"sweep": [{"noise_std", "rows"}, ...]}, plus config,
+    wall_seconds, the command and the seconds each row took."""
+    for level in levels:
+        check_percentages(level["rows"])
+    config = dataclasses.asdict(plan.cfg)
+    if plan.kind == "sweep":
+        body = {"sweep": levels}
+    else:
+        body = {"rows": [row for level in levels for row in level["rows"]]}
+    results = {**body, "config": config, "wall_seconds": round(float(wall_seconds), 2), "experiment": plan.kind,
+               "command": plan.command, **(extra or {})}
+    fsutil.write_json_atomic(plan.out / RESULTS, results)
+    return results
+
+
+def format_table(rows: list[dict]) -> str:
+    tagged = [k for k in ("raw",) if any(k in r for r in rows)]
+    head = "".join(f"| {k} " for k in tagged)
+    lines = [f"{head}| row | top-1 % | top-5 % | agreement % |", "|---" * len(tagged) + "|---|---:|---:|---:|"]
+    for r in rows:
+        cells = "".join(f"| {r[k]} " for k in tagged)
+        lines.append(f"{cells}| {r['name']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['agreement']:.2f} |")
+    return "\n".join(lines)
+
+
+def format_sweep(levels: list[dict]) -> str:
+    """Top-1 per row (lines) and noise std (columns)."""
+    names = [r["name"] for r in levels[0]["rows"]]
+    lines = ["| row | " + " | ".join(f"std {lvl['noise_std']:g}" for lvl in levels) + " |",
+             "|---|" + "---:|" * len(levels)]
+    for name in names:
+        cells = [f"{_top1(lvl, name):.2f}" for lvl in levels]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _top1(level: dict, name: str) -> float:
+    return next(r["top1"] for r in level["rows"] if r["name"] == name)
+
+
+def summary(plan: Plan) -> str:
+    cfg = plan.cfg
+    noise = ", ".join(f"{lvl.tag['noise_std']:g}" for lvl in plan.levels) if plan.kind == "sweep" else \
+        f"{cfg.noise_std:g}"
+    take = f", first {cfg.train_take} training images" if cfg.train_take else ""
+    return (f"Data {cfg.dataset} (test: {cfg.test_take or 'all'} images), CFA {cfg.cfa}, noise std {noise}, "
+            f"seed {cfg.seed}. Every student row starts from the teacher `{cfg.teacher}` and trains {cfg.epochs} "
+            f"epochs{take}, batch {cfg.batch_size}, Nesterov SGD lr {cfg.lr:g} (warmup {cfg.warmup_epochs:g} "
+            f"epochs, cosine), weight decay {cfg.weight_decay:g}; distillation alpha {cfg.alpha:g}, "
+            f"T {cfg.temperature:g}.")
+
+
+def write_markdown(plan: Plan, title: str, body: str) -> str:
+    command = f"\n\nCommand: `{plan.command}`" if plan.command else ""
+    text = f"# {title}\n\n{summary(plan)}{command}\n\n{body}\n"
+    fsutil.write_text_atomic(plan.out / RESULTS_MD, text)
+    return text
+
+
+def plot_sweep(levels: list[dict], path, title: str) -> Path:
+    """Top-1 vs noise std, one line per row, as a PLOT_SIZE PNG (Agg canvas, no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(PLOT_SIZE[0] / 100, PLOT_SIZE[1] / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    stds = [lvl["noise_std"] for lvl in levels]
+    for name in (r["name"] for r in levels[0]["rows"]):
+        ax.plot(stds, [_top1(lvl, name) for lvl in levels], marker="o", label=name)
+    ax.set_xlabel("noise std (Gaussian, on the [0, 1] mosaic)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    fsutil.write_bytes_atomic(path, buf.getvalue())
+    return Path(path)
+
