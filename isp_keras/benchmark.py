@@ -1,39 +1,42 @@
 """Benchmarks (not tests): `python -m isp_keras.benchmark --suite=deploy|train --json=PATH`.
 
-Each suite lives in its own module (bench_deploy, bench_train) with `define_flags()` and `run(FLAGS)`,
-which returns {"figure name": value}.
+deploy: latency and size of a trained student (default runs/train) as float32/int8 TFLite, int8 agreement, and the
+RAW path (mosaic -> student) against the ISP path (LibRaw -> RGB -> teacher). train: step-time ratios of
+distillation, cached logits, the RAW ops and MirroredStrategy. Compared variants are timed interleaved and every
+ratio is the median of per-round ratios (with its spread). Prints the figures as JSON {name: value}.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 
-from absl import app, flags
-
-from isp_keras import fsutil
-from isp_keras.errors import run_main
-
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("suite", "deploy", ["deploy", "train"], "Which benchmark suite.")
-flags.DEFINE_string("json", "", "Also write the figures as JSON {name: value} to this path.")
+from isp_keras import cli
+from isp_keras.bench.deploy import DeployBenchConfig
+from isp_keras.bench.train import TrainBenchConfig
+from isp_keras.config import option
 
 
-def main(argv):
-    del argv
-    if FLAGS.suite == "deploy":
+@dataclasses.dataclass
+class BenchmarkConfig(TrainBenchConfig, DeployBenchConfig):
+    suite: str = option("deploy", "Which benchmark suite.", choices=("deploy", "train"))
+    json: str = option("", "Also write the figures as JSON {name: value} to this path.")
+
+
+def run(cfg: BenchmarkConfig) -> dict:
+    import json
+
+    from isp_keras import fsutil
+
+    if cfg.suite == "deploy":
         from isp_keras.bench import deploy as suite
     else:
         from isp_keras.bench import train as suite
-    figures = suite.run(FLAGS)
+    figures = suite.run(cfg)
     print(json.dumps(figures, indent=2))
-    if FLAGS.json:
-        fsutil.write_json_atomic(FLAGS.json, figures)
+    if cfg.json:
+        fsutil.write_json_atomic(cfg.json, figures)
+    return figures
 
 
 if __name__ == "__main__":
-    from isp_keras.bench import deploy as bench_deploy
-    from isp_keras.bench import train as bench_train
-
-    bench_deploy.define_flags()
-    bench_train.define_flags()
-    app.run(run_main(main))
+    cli.main(BenchmarkConfig, run)

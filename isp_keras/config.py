@@ -22,6 +22,8 @@ def option(default=None, help: str = "", choices=None, *, required: bool = False
     filled from the command line's non-flag arguments instead of a flag."""
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "required": required,
                 "positional": positional}
+    if required:  # absl refuses a required flag whose value is still None
+        default = None
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

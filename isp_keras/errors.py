@@ -44,6 +44,9 @@ def parse_flags(argv):
         return flags.FLAGS(argv)
     except flags.Error as exc:
         message = str(exc).replace("ERROR:: ", "")
+        missing = re.search(r"Flag --(\w+) must have a value other than None", message)
+        if missing:
+            message = f"--{missing.group(1)}: required (see --helpfull)"
         unknown = re.match(r"Unknown command line flag '([^']+)'", message)
         if unknown:
             where = _flagfile_with(argv, unknown.group(1))

@@ -1,4 +1,4 @@
-"""Every bad input gets one line naming the file or flag and the problem, and a non-zero exit (issues 2.8 and 7.4).
+"""Every bad input gets one line naming the file or flag and the problem, and a non-zero exit.
 
 Most cases run in-process through `errors.run_main`, the wrapper every entry point uses, so the user-facing
 contract (one `error: ...` line on stderr, exit 2, no traceback) is what is checked. One subprocess checks the
@@ -62,7 +62,7 @@ def make_folder(root: Path, classes=("cat", "dog", "owl"), per_class=4, size=(32
     return root
 
 
-# ----------------------------------------------------------------------- flags and names (issue 2, item 8)
+# ----------------------------------------------------------------------- flags and names
 
 
 @pytest.mark.parametrize("field, value, words", [
@@ -246,30 +246,42 @@ def test_raw_files(capsys, tmp_path, content, words):
 # ----------------------------------------------------------------------- outputs and run directories
 
 
+def train_plan(model_dir, **changes):
+    from isp_keras.training import experiments
+
+    return experiments.plan_for("train", TrainConfig(model_dir=str(model_dir), **changes).validate())
+
+
 def test_output_directory_not_writable(capsys, tmp_path):
+    from isp_keras.training import runner
+
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    line = one_line(capsys, lambda: experiment.prepare_run_dir(blocker / "run", overwrite=False))
+    line = one_line(capsys, lambda: runner.prepare_out(train_plan(blocker / "run")))
     assert line.startswith(f"{blocker / 'run'}: cannot write the run directory")
 
 
-def test_finished_run_is_not_overwritten(capsys, tmp_path):
-    (tmp_path / "results.json").write_text("{}")
-    line = one_line(capsys, lambda: experiment.prepare_run_dir(tmp_path, overwrite=False))
-    assert line == f"{tmp_path}: holds a finished run (results.json); pass --overwrite or choose another --model_dir"
+def test_run_directory_of_another_command_is_refused(capsys, tmp_path):
+    from isp_keras.training import experiments, runner
+    from isp_keras.training.config import TableConfig
+
+    runner.prepare_out(experiments.plan_for("table", TableConfig(model_dir=str(tmp_path)).validate()))
+    line = one_line(capsys, lambda: runner.prepare_out(train_plan(tmp_path)))
+    assert line == f"{tmp_path}: holds a table run, not a train run; choose another --model_dir"
 
 
 def test_resume_with_different_flags_is_refused(capsys, tmp_path):
-    from isp_keras.training import checkpoint
+    from isp_keras.training import checkpoint, runner
 
-    cfg = TrainConfig(model_dir=str(tmp_path), lr=0.05)
-    experiment.write_config(tmp_path, cfg)
+    runner.prepare_out(train_plan(tmp_path, lr=0.05))
     checkpoint.save_checkpoint(tmp_path / "distilled", lambda folder: (folder / "w").write_text("w"), {"epochs_done": 1})
-    line = one_line(capsys, lambda: experiment.resume_normalisation(tmp_path, dataclasses.replace(cfg, lr=0.1)))
-    assert line == (f"{tmp_path}: holds an unfinished run with --lr=0.05 (now 0.1); rerun with the same flags to "
-                    f"resume, or pass --overwrite to start over")
-    experiment.prepare_run_dir(tmp_path, overwrite=True)
-    assert experiment.resume_normalisation(tmp_path, dataclasses.replace(cfg, lr=0.1)) is None
+    line = one_line(capsys, lambda: runner.prepare_out(train_plan(tmp_path, lr=0.1)))
+    assert line == (f"{tmp_path}: its rows were made with --lr=0.05 (now 0.1); rerun with the same flags to resume, "
+                    f"pass --overwrite to redo them, or choose another --model_dir")
+    runner.prepare_out(train_plan(tmp_path, lr=0.05, checkpoint_steps=7, strategy="mirrored"))  # resumable changes
+    runner.prepare_out(train_plan(tmp_path, lr=0.1, overwrite=True))
+    assert not (tmp_path / "distilled").exists()
+    runner.prepare_out(train_plan(tmp_path, lr=0.1))
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")
@@ -284,8 +296,10 @@ def test_full_disk_while_saving_results(capsys, tmp_path, monkeypatch):
         return os.open("/dev/full", os.O_WRONLY), path
 
     monkeypatch.setattr(fsutil.tempfile, "mkstemp", mkstemp)
+    from isp_keras.training import runner
+
     rows = [{"name": "distilled", "top1": 50.0, "top5": 90.0, "agreement": 60.0}]
-    line = one_line(capsys, lambda: experiment.write_results(tmp_path, rows, TrainConfig(), 1.0))
+    line = one_line(capsys, lambda: runner.write_results(train_plan(tmp_path), [{"rows": rows}], 1.0))
     assert line.startswith(f"{tmp_path / 'results.json'}: could not write: No space left on device (the disk is full)")
     assert not (tmp_path / "results.json").exists() and os.listdir(tmp_path) == []
 

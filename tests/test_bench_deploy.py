@@ -1,5 +1,5 @@
-"""bench_deploy: a tiny smoke run (few calls, no MobileNetV2) gives every figure the issue names, consistently;
-the config: flags generated from it, validation, composition with the training benchmark's config."""
+"""bench_deploy: a tiny smoke run (few calls, no MobileNetV2) gives every figure the benchmark contract names,
+consistently; the config: flags generated from it, validation, composition with the training benchmark's config."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isp_keras import data_service, make_records
+from isp_keras.data import convert
+from isp_keras.data import service as data_service
 from isp_keras.data import normalisation
 from isp_keras.data import pipeline
 from isp_keras.data import sources
@@ -47,7 +48,7 @@ def service():
 def small_records(tmp_path_factory):
     """96 + 96 real CIFAR-10 images in 4 shards per split (file splits are what the dispatcher hands out)."""
     out = tmp_path_factory.mktemp("records") / "cifar96"
-    make_records.write("embedded", out, examples_per_shard=24, take=96, progress=False)
+    convert.write("embedded", out, examples_per_shard=24, take=96, progress=False)
     return sources.get_source(f"records:{out}")
 
 

@@ -93,7 +93,7 @@ def test_bgr_teacher_gets_flipped_channels(embedded):
 
 def test_per_site_normalisation_matches_numpy(embedded):
     c = cfg(noise_std=0.05, take=200)
-    norm = normalisation.compute_normalisation(embedded, c, max_images=200)
+    norm = pipeline.compute_normalisation(embedded, c, max_images=200)
     raw = np.concatenate([r.numpy() for r, _, _ in
                           pipeline.build(embedded, "train", c, training=False, norm=None, mode="mosaic")])
     masks = bayer.cfa_masks(32, 32, "GRBG")

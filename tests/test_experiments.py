@@ -11,25 +11,33 @@ import numpy as np
 import pytest
 from absl import flags
 
+from isp_keras import config
 from isp_keras.errors import UserError
-from isp_keras.experiments import ablation, common, sweep, table
+from isp_keras.training.config import AblationConfig, SweepConfig, TableConfig
 
 REPO = Path(__file__).resolve().parent.parent
 FLAGFILES = sorted(p.name for p in (REPO / "flags").glob("*.flags") if not p.name.startswith("hdrplus_"))
+CONFIGS = {"table": TableConfig, "sweep": SweepConfig, "ablation": AblationConfig}
+METRICS = ("top1", "top5", "agreement")
 
 
 def kind_of(flagfile: str) -> str:
     return "sweep" if "sweep" in flagfile else ("ablation" if "ablation" in flagfile else "table")
 
 
-def parse(kind: str, *argv: str) -> common.Options:
-    """Parse argv with the command's own flag definitions, in a fresh FlagValues (no global flag state)."""
+def parse(kind: str, *argv: str):
+    """The command's config from argv, with its own generated flags in a fresh FlagValues (no global flag state)."""
     fv = flags.FlagValues()
-    common.define_flags(kind, fv)
+    config.define_flags(CONFIGS[kind], fv)
     fv(["prog", *argv])
-    opts = common.options_from_flags(kind, fv, command=" ".join(argv))
-    opts.verbose = 0
-    return opts
+    return config.from_flags(CONFIGS[kind], fv)
+
+
+def run(kind: str, *argv: str) -> dict:
+    """The library entry point the command calls, with a known command line."""
+    from isp_keras.training import experiments
+
+    return experiments.table(parse(kind, *argv), kind, f"test {kind}")
 
 
 def tiny_argv(teacher, out, *extra):
@@ -37,25 +45,31 @@ def tiny_argv(teacher, out, *extra):
             "--test_take=64", "--stats_images=128", "--lr=0.05", *extra)
 
 
-def check_rows(rows, names):
+def check_rows(rows, names, tag=None):
+    """Rows of name/top1/top5/agreement in percent, plus the level's tag (a sweep's noise_std) if any."""
     assert [r["name"] for r in rows] == list(names)
     for r in rows:
-        assert set(r) == {"name", "top1", "top5", "agreement"}
-        for key in ("top1", "top5", "agreement"):
+        assert set(r) == {"name", *METRICS, *(tag or {})}, r
+        assert {k: r[k] for k in (tag or {})} == (tag or {})
+        for key in METRICS:
             assert isinstance(r[key], float) and 0.0 <= r[key] <= 100.0, (r["name"], key, r[key])
         assert r["top5"] >= r["top1"]
 
 
 def student_weights(teacher_path, row_dir) -> dict:
-    """A row's trained student weights (from its last checkpoint), by variable path."""
+    """A row's trained student weights (the final weights the row saved), by variable path."""
     import keras
 
     from isp_keras.models import students
-    from isp_keras.training import checkpoint
+    from isp_keras.training import runner
 
     student = students.student_from_teacher(keras.saving.load_model(teacher_path, compile=False))
-    student.load_weights(Path(checkpoint.read_checkpoint_state(row_dir)["path"]) / "student.weights.h5")
+    student.load_weights(Path(row_dir) / runner.STUDENT_WEIGHTS)
     return {v.path: v.numpy() for v in student.weights}
+
+
+def no_training(*args, **kwargs):
+    raise AssertionError("a finished row was trained again")
 
 
 def test_flagfiles_exist():
@@ -65,36 +79,56 @@ def test_flagfiles_exist():
 
 
 @pytest.mark.parametrize("flagfile", FLAGFILES)
-def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsys):
-    monkeypatch.chdir(REPO)  # flagfiles name each other and the teacher relative to the repository
+def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsys, tmp_path):
+    from isp_keras.training import experiments, runner
+
+    monkeypatch.chdir(REPO)  # flagfiles name each other relative to the repository
     kind = kind_of(flagfile)
-    opts = parse(kind, f"--flagfile=flags/{flagfile}", "--dry_run")
-    assert opts.dry_run
-    text = common.plan_text(opts)
-    for row in opts.rows:
+    cfg = parse(kind, f"--flagfile=flags/{flagfile}", "--dry_run")
+    assert cfg.dry_run and not cfg.model_dir
+    assert experiments.plan_for(kind, cfg).out == Path("runs") / kind  # the default run directory
+    cfg.model_dir = str(tmp_path / "run")
+    plan = experiments.plan_for(kind, cfg)
+    results = experiments.table(cfg, kind, f"test {kind}")
+    text = results["plan"]
+    assert text == runner.plan_text(plan) and text in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    for row in plan.rows:
         assert row.name in text
-    assert opts.cfg.epochs >= 1 and opts.cfg.lr > 0
+    assert cfg.epochs >= 1 and cfg.lr > 0
+    if flagfile.startswith("embedded"):
+        assert cfg.teacher == "embedded" and "resnet20" in text  # resolved from the project, wherever we run
     if flagfile.startswith("imagenet"):
-        assert opts.cfg.dataset == "tfds:imagenet2012" and opts.cfg.image_size == 224
+        assert cfg.dataset == "tfds:imagenet2012" and cfg.image_size == 224
         assert "224, 224, 3) float32, teacher input" in text  # the pipeline was built (on a stand-in source)
-        assert opts.cfg.epochs == 4
+        assert cfg.epochs == 4
+    if kind == "table":
+        assert [r.name for r in plan.rows] == list(runner.TABLE_ROWS)
     if kind == "sweep":
-        assert len(opts.noise_stds) >= 3 and len(text.splitlines()) > len(opts.noise_stds) * len(opts.rows)
+        assert len(cfg.noise_stds) >= 3 and len(text.splitlines()) > len(cfg.noise_stds) * len(plan.rows)
+        assert [lvl.cfg.noise_std for lvl in plan.levels] == cfg.noise_stds
     if kind == "ablation":
-        assert [r.name for r in opts.rows][-1] == "finetune_all"
-        assert any(r.name.startswith("finetune_first_") for r in opts.rows)
+        assert [r.name for r in plan.rows][-1] == "finetune_all"
+        assert any(r.name.startswith("finetune_first_") for r in plan.rows)
 
 
-def test_cli_dry_run_and_one_line_errors():
-    run = dict(cwd=REPO, capture_output=True, text=True, timeout=120)
+def test_cli_dry_run_and_one_line_errors(tmp_path):
+    run_ = dict(cwd=REPO, capture_output=True, text=True, timeout=120)
     ok = subprocess.run([sys.executable, "-m", "isp_keras.experiments.sweep",
-                         "--flagfile=flags/imagenet_mobilenetv2.flags", "--noise_stds=0,0.2", "--dry_run"], **run)
+                         "--flagfile=flags/imagenet_mobilenetv2.flags", "--noise_stds=0,0.2", "--dry_run",
+                         f"--model_dir={tmp_path / 'run'}"], **run_)
     assert ok.returncode == 0, ok.stderr
     assert "noise_0.2/distilled" in ok.stdout and "keras.applications.MobileNetV2" in ok.stdout
+    assert not (tmp_path / "run").exists()
+    table = subprocess.run([sys.executable, "-m", "isp_keras.experiments.table", "--flagfile=flags/embedded.flags",
+                            "--dry_run"], **run_)
+    assert table.returncode == 0, table.stderr
+    assert "runs/table/distilled" in table.stdout
     bad = subprocess.run([sys.executable, "-m", "isp_keras.experiments.sweep", "--noise_stds=0,abc", "--dry_run"],
-                         **run)
+                         **run_)
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: --noise_stds=0,abc")
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --noise_stds") and "abc" in last, last
     assert "Traceback" not in bad.stderr
 
 
@@ -102,6 +136,7 @@ def test_cli_dry_run_and_one_line_errors():
     ("table", ["--rows=gt_labels,bogus"], "--rows: unknown row 'bogus'"),
     ("table", ["--rows=distilled,distilled"], "repeated"),
     ("sweep", ["--noise_stds=0.1,-0.2"], "negative"),
+    ("sweep", ["--noise_stds=0,abc"], "--noise_stds"),
     ("ablation", ["--finetune_ks=0,1"], "--finetune_ks"),
     ("ablation", ["--finetune_ks=one"], "--finetune_ks"),
 ])
@@ -111,67 +146,133 @@ def test_bad_experiment_flags_name_the_flag(kind, argv, needle):
 
 
 def test_table_end_to_end_resumes_and_guards_settings(tiny_teacher, tmp_path, monkeypatch):
+    from isp_keras.training import experiment, runner
+
     out = tmp_path / "table"
-    results = table.run(parse("table", *tiny_argv(tiny_teacher, out)))
-    check_rows(results["rows"], common.TABLE_ROWS)
+    students = ("gt_labels", "teacher_labels", "distilled")
+    results = run("table", *tiny_argv(tiny_teacher, out))
+    check_rows(results["rows"], runner.TABLE_ROWS)
     assert results["config"]["epochs"] == 1 and results["wall_seconds"] > 0
-    on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["rows"] == results["rows"]
-    md = (out / "results.md").read_text()
-    for name in common.TABLE_ROWS:
+    assert results["experiment"] == "table" and results["command"] == "test table"
+    assert set(results["row_seconds"]) == set(runner.TABLE_ROWS)
+    on_disk = json.loads((out / runner.RESULTS).read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    record = json.loads((out / runner.CONFIG_FILE).read_text())  # the resume guard's record
+    assert record["command"] == "table" and record["config"]["lr"] == 0.05
+    assert set(json.loads((out / runner.NORM_FILE).read_text())) >= {"raw_mean", "raw_std", "rgb_mean", "rgb_std"}
+    md = (out / runner.RESULTS_MD).read_text()
+    assert "Command: `test table`" in md
+    for name in runner.TABLE_ROWS:
         assert f"| {name} |" in md
         assert list((out / name / "logs" / "test").glob("events.out.tfevents.*")), name  # TensorBoard, per row
-    for name in ("gt_labels", "teacher_labels", "distilled"):
+        assert json.loads((out / name / runner.ROW_FILE).read_text())["row"]["name"] == name
+        assert (out / name / runner.STUDENT_WEIGHTS).exists() == (name in students)
+    for name in students:
         assert list((out / name / "logs" / "train").glob("events.out.tfevents.*")), name
     by_name = {r["name"]: r for r in results["rows"]}
     assert by_name["teacher_clean"]["agreement"] == 100.0
-    weights = {n: student_weights(tiny_teacher, out / n) for n in ("gt_labels", "teacher_labels", "distilled")}
+    weights = {n: student_weights(tiny_teacher, out / n) for n in students}
     for a, b in (("gt_labels", "teacher_labels"), ("gt_labels", "distilled")):  # three rows, not one row thrice
         assert not np.array_equal(weights[a]["logits/kernel"], weights[b]["logits/kernel"])
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished row was trained again")
+    # A rerun skips every finished row (baselines included: no data is even read) and reports the same numbers;
+    # settings that cannot change a number (runner.RESUMABLE) may differ.
+    monkeypatch.setattr(experiment, "train_student", no_training)
+    monkeypatch.setattr(experiment, "setup", no_training)
+    again = run("table", *tiny_argv(tiny_teacher, out), "--log_steps=5", "--checkpoint_epochs=2")
+    assert again["rows"] == results["rows"] and again["row_seconds"] == results["row_seconds"]
+    assert "log_steps" in runner.RESUMABLE and "checkpoint_epochs" in runner.RESUMABLE
+    with pytest.raises(UserError, match=r"its rows were made with --lr=0.05 \(now 0.1\)"):
+        run("table", *tiny_argv(tiny_teacher, out), "--lr=0.1")
+    with pytest.raises(UserError, match=r"holds a table run, not a sweep run"):
+        run("sweep", *tiny_argv(tiny_teacher, out))
 
-    monkeypatch.setattr(common.experiment, "train_student", no_training)
-    again = table.run(parse("table", *tiny_argv(tiny_teacher, out)))
-    assert again["rows"] == results["rows"]
-    with pytest.raises(UserError, match=r"--lr=0.05 \(now 0.1\)"):
-        table.run(parse("table", *tiny_argv(tiny_teacher, out), "--lr=0.1"))
+
+def test_table_adds_rows_and_resumes_an_unfinished_one(tiny_teacher, tmp_path, monkeypatch):
+    """More rows in the same run directory: only the new ones train. A row killed before its row.json was written
+    trains again (from its last checkpoint: here the final one, so it ends with the same numbers); only that row."""
+    from isp_keras.training import experiment, runner
+
+    out = tmp_path / "table"
+    first = run("table", *tiny_argv(tiny_teacher, out, "--rows=teacher_clean,gt_labels"))
+    check_rows(first["rows"], ["teacher_clean", "gt_labels"])
+    trained = []
+    real = experiment.train_student
+
+    def counting(s, row, row_dir, **kwargs):
+        trained.append(row.name)
+        return real(s, row, row_dir, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_student", counting)
+    more = run("table", *tiny_argv(tiny_teacher, out, "--rows=teacher_clean,gt_labels,teacher_labels"))
+    assert trained == ["teacher_labels"]
+    check_rows(more["rows"], ["teacher_clean", "gt_labels", "teacher_labels"])
+    assert more["rows"][:2] == first["rows"]
+    (out / "gt_labels" / runner.ROW_FILE).unlink()
+    again = run("table", *tiny_argv(tiny_teacher, out, "--rows=teacher_clean,gt_labels,teacher_labels"))
+    assert trained == ["teacher_labels", "gt_labels"]
+    assert again["rows"] == more["rows"]
 
 
-def test_sweep_end_to_end_json_and_plot(tiny_teacher, tmp_path):
+def test_sweep_end_to_end_json_and_plot(tiny_teacher, tmp_path, monkeypatch):
     from PIL import Image
 
+    from isp_keras.training import experiment, runner
+
     out = tmp_path / "sweep"
-    results = sweep.run(parse("sweep", *tiny_argv(tiny_teacher, out, "--noise_stds=0,0.3")))
-    on_disk = json.loads((out / "results.json").read_text())
+    results = run("sweep", *tiny_argv(tiny_teacher, out, "--noise_stds=0,0.3"))
+    on_disk = json.loads((out / runner.RESULTS).read_text())
     assert [level["noise_std"] for level in on_disk["sweep"]] == [0.0, 0.3]
     for level in on_disk["sweep"]:
-        check_rows(level["rows"], common.TABLE_ROWS)
+        assert set(level) == {"noise_std", "rows"}
+        check_rows(level["rows"], runner.TABLE_ROWS, {"noise_std": level["noise_std"]})
+        level_dir = out / f"noise_{level['noise_std']:g}"
+        assert (level_dir / runner.NORM_FILE).exists()
+        for name in runner.TABLE_ROWS:
+            assert (level_dir / name / runner.ROW_FILE).exists()
     assert "noise_std" not in on_disk["config"] and on_disk["config"]["noise_stds"] == [0.0, 0.3]
+    assert on_disk["experiment"] == "sweep" and on_disk["plot"] == runner.PLOT_FILE
+    assert set(on_disk["row_seconds"]) == {f"noise_{s}/{n}" for s in ("0", "0.3") for n in runner.TABLE_ROWS}
     assert on_disk == json.loads(json.dumps(results))
+    # Each level has its own statistics: the RAW mosaic's spread grows with the noise.
+    norms = [json.loads((out / f"noise_{s}" / runner.NORM_FILE).read_text()) for s in ("0", "0.3")]
+    assert all(b > a for a, b in zip(norms[0]["raw_std"], norms[1]["raw_std"], strict=True))
     # The clean-RGB teacher does not see the noise; the RAW rows do.
     clean = [level["rows"][0]["top1"] for level in on_disk["sweep"]]
     assert clean[0] == clean[1]
-    png = out / common.PLOT_FILE
+    png = out / runner.PLOT_FILE
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as image:
         image.verify()
     with Image.open(png) as image:
-        assert image.format == "PNG" and image.size == common.PLOT_SIZE
+        assert image.format == "PNG" and image.size == runner.PLOT_SIZE
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.std() > 10  # something was drawn
-    md = (out / "results.md").read_text()
+    md = (out / runner.RESULTS_MD).read_text()
     assert "std 0.3" in md and "| distilled |" in md
+
+    # A rerun skips every finished row at every level (a subset of the levels too). --noise_std is not a sweep
+    # setting (--noise_stds replaces it): it is not recorded and does not trip the resume guard; the rest does.
+    assert "noise_std" not in json.loads((out / runner.CONFIG_FILE).read_text())["config"]
+    monkeypatch.setattr(experiment, "train_student", no_training)
+    monkeypatch.setattr(experiment, "setup", no_training)
+    png.unlink()
+    again = run("sweep", *tiny_argv(tiny_teacher, out, "--noise_stds=0,0.3", "--noise_std=0.2"))
+    assert again["sweep"] == results["sweep"] and png.exists()
+    subset = run("sweep", *tiny_argv(tiny_teacher, out, "--noise_stds=0.3"))
+    assert subset["sweep"] == results["sweep"][1:]
+    with pytest.raises(UserError, match=r"its rows were made with --temperature=4.0 \(now 2.0\)"):
+        run("sweep", *tiny_argv(tiny_teacher, out, "--noise_stds=0,0.3", "--temperature=2"))
 
 
 def test_ablation_freezes_what_it_says(tiny_teacher, tmp_path):
     import keras
 
     out = tmp_path / "ablation"
-    results = ablation.run(parse("ablation", *tiny_argv(tiny_teacher, out, "--finetune_ks=1")))
+    results = run("ablation", *tiny_argv(tiny_teacher, out, "--finetune_ks=1"))
     check_rows(results["rows"], ["teacher_clean", "teacher_raw", "finetune_first_1", "finetune_all"])
-    assert results["finetune_ks"] == [1]
+    assert results["finetune_ks"] == [1] and results["experiment"] == "ablation"
+    assert json.loads((out / "results.json").read_text())["finetune_ks"] == [1]
 
     start = {v.path: v.numpy() for v in keras.saving.load_model(tiny_teacher, compile=False).weights}
     first = student_weights(tiny_teacher, out / "finetune_first_1")
@@ -187,16 +288,24 @@ def test_ablation_freezes_what_it_says(tiny_teacher, tmp_path):
     assert not np.array_equal(start["stage2_block1_conv2/kernel"], everything["stage2_block1_conv2/kernel"])
 
 
-def test_mobilenetv2_ablation_counts_17_blocks(monkeypatch):
+def test_mobilenetv2_ablation_counts_17_blocks(monkeypatch, tmp_path):
     """keras.applications.MobileNetV2 names its blocks block_<n>_*; the ablation must see 17 of them, not one."""
+    from isp_keras.training import experiments, runner
+
     monkeypatch.chdir(REPO)
-    common.plan_text(parse("ablation", "--flagfile=flags/imagenet_mobilenetv2_ablation.flags", "--finetune_ks=2,17",
-                           "--dry_run"))
+
+    def plan_text(ks):
+        cfg = parse("ablation", "--flagfile=flags/imagenet_mobilenetv2_ablation.flags", f"--finetune_ks={ks}",
+                    "--dry_run", f"--model_dir={tmp_path / 'run'}")
+        return runner.plan_text(experiments.plan_for("ablation", cfg))
+
+    assert "finetune_first_17" in plan_text("2,17")
     with pytest.raises(UserError, match="k=18 but the model has 17 stages/blocks"):
-        common.plan_text(parse("ablation", "--flagfile=flags/imagenet_mobilenetv2_ablation.flags",
-                               "--finetune_ks=18", "--dry_run"))
+        plan_text("18")
 
 
 def test_ablation_rejects_k_beyond_the_model(tiny_teacher, tmp_path):
     with pytest.raises(UserError, match="--finetune_ks=3: k=3 but the model has 2 stages/blocks"):
-        ablation.run(parse("ablation", *tiny_argv(tiny_teacher, tmp_path / "bad", "--finetune_ks=1,3")))
+        run("ablation", *tiny_argv(tiny_teacher, tmp_path / "bad", "--finetune_ks=1,3"))
+    with pytest.raises(UserError, match="--finetune_ks=3: k=3 but the model has 2 stages/blocks"):
+        run("ablation", *tiny_argv(tiny_teacher, tmp_path / "dry", "--finetune_ks=1,3", "--dry_run"))

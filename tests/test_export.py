@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isp_keras import export
+from isp_keras.deploy import export
+from isp_keras.deploy.config import ExportConfig
 from isp_keras.data import sources
-from isp_keras.deploy import serving
+from isp_keras.deploy import parity, serving
 from isp_keras.errors import UserError
 
 PARITY_TAKE = 256
@@ -27,7 +28,7 @@ def exported(tiny_student, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "deploy"
     # The 5k-parameter tiny student is barely trained (median top probability ~0.25): its top-2 logits are often
     # closer than one int8 step, so its int8 agreement is ~96%; the gate is checked on a real student below.
-    manifest = export.run(export.ExportConfig(student=str(tiny_student), out=str(out), calibration_samples=100,
+    manifest = export.run(ExportConfig(student=str(tiny_student), out=str(out), calibration_samples=100,
                                               parity_take=PARITY_TAKE, parity_gate=False))
     return out, manifest
 
@@ -77,7 +78,7 @@ def test_int8_is_full_integer_and_agreement_recomputed(exported, tiny_student):
     student = serving.load_student(tiny_student)
     source = sources.get_source("embedded")
     mosaics, _ = serving.pipeline_mosaics(student, source, "test", PARITY_TAKE)
-    reference = serving.keras_probabilities(student, mosaics)
+    reference = parity.keras_probabilities(student, mosaics)
     scale, zero = inp["quantization"]
     quantised = np.clip(np.round(mosaics / scale + zero), -128, 127).astype(np.int8)
     interpreter.resize_tensor_input(inp["index"], list(quantised.shape))
@@ -93,7 +94,7 @@ def test_int8_is_full_integer_and_agreement_recomputed(exported, tiny_student):
 def test_parity_gate_publishes_nothing(tiny_student, tmp_path, monkeypatch):
     monkeypatch.setattr(serving, "MIN_INT8_AGREEMENT", 100.1)
     out = tmp_path / "gated"
-    cfg = export.ExportConfig(student=str(tiny_student), out=str(out), calibration_samples=20, parity_take=64,
+    cfg = ExportConfig(student=str(tiny_student), out=str(out), calibration_samples=20, parity_take=64,
                               dynamic=False)
     with pytest.raises(UserError, match=r"parity failed on 64 test mosaics: int8 top-1 agreement .* < 100.1%"):
         export.run(cfg)
@@ -103,10 +104,10 @@ def test_parity_gate_publishes_nothing(tiny_student, tmp_path, monkeypatch):
 def test_existing_out_and_bad_representative(tiny_student, tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(UserError, match="already exists; pass --overwrite"):
-        export.run(export.ExportConfig(student=str(tiny_student), out=str(tmp_path / "taken")))
+        export.run(ExportConfig(student=str(tiny_student), out=str(tmp_path / "taken")))
     np.save(tmp_path / "rgb.npy", np.zeros((10, 32, 32, 3), np.float32))
     with pytest.raises(UserError, match=r"representative set: shape \(10, 32, 32, 3\)"):
-        export.run(export.ExportConfig(student=str(tiny_student), out=str(tmp_path / "new"),
+        export.run(ExportConfig(student=str(tiny_student), out=str(tmp_path / "new"),
                                        representative=str(tmp_path / "rgb.npy")))
     assert not (tmp_path / "new").exists()
 
@@ -138,7 +139,7 @@ def test_real_resnet20_student(tmp_path):
     """The embedded ResNet-20 as a RAW student (per-site statistics of 512 training mosaics, no distillation) on 512
     real test mosaics: the float gates hold, the int8 model agrees on well over 90% and the gate's verdict follows
     its figure (measured: 98.24% on these 512, 97.85% on all 10,000; the distilled default student 98.11%, see
-    BUILD_NOTES.md section 6)."""
+    docs/decisions/int8-pinned-ranges-and-qat.md)."""
     from isp_keras.training import experiment
     from isp_keras.models import students
     from isp_keras.training.config import TrainConfig
@@ -148,11 +149,11 @@ def test_real_resnet20_student(tmp_path):
     s = experiment.setup(cfg)
     (tmp_path / "run").mkdir()
     experiment.save_student(students.student_from_teacher(s.teacher), tmp_path / "run", s)
-    manifest = export.run(export.ExportConfig(student=str(tmp_path / "run"), out=str(tmp_path / "deploy"),
+    manifest = export.run(ExportConfig(student=str(tmp_path / "run"), out=str(tmp_path / "deploy"),
                                               calibration_samples=200, parity_take=512, dynamic=False,
                                               parity_gate=False))
-    parity = manifest["parity"]
-    assert parity["saved_model_max_abs_prob_diff"] <= 1e-4 and parity["float32_max_abs_prob_diff"] <= 1e-4
-    assert 90.0 < parity["int8_top1_agreement"]
-    assert parity.parity_failures(parity) == ([] if parity["int8_top1_agreement"] >= 98.0 else
-                                               [f"int8 top-1 agreement {parity['int8_top1_agreement']:.2f}% < 98%"])
+    figures = manifest["parity"]
+    assert figures["saved_model_max_abs_prob_diff"] <= 1e-4 and figures["float32_max_abs_prob_diff"] <= 1e-4
+    assert 90.0 < figures["int8_top1_agreement"]
+    assert parity.parity_failures(figures) == ([] if figures["int8_top1_agreement"] >= 98.0 else
+                                               [f"int8 top-1 agreement {figures['int8_top1_agreement']:.2f}% < 98%"])

@@ -28,9 +28,9 @@ def parts(tiny_teacher):
     teacher, spec = teachers.load_teacher(str(tiny_teacher))
     teachers.freeze(teacher)
     source = sources.get_source("embedded")
-    pipeline = pipeline.PipelineConfig(image_size=32, batch_size=16, noise_std=0.1, seed=3, take=64, augment=False)
+    pcfg = pipeline.PipelineConfig(image_size=32, batch_size=16, noise_std=0.1, seed=3, take=64, augment=False)
     norm = normalisation.Normalisation([0.45, 0.43, 0.40], [0.27, 0.26, 0.28], spec.rgb_mean, spec.rgb_std)
-    return teacher, str(tiny_teacher), source, pipeline, norm
+    return teacher, str(tiny_teacher), source, pcfg, norm
 
 
 def _train_ds(parts, logits):

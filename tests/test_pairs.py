@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from isp_keras import pairs
+from isp_keras.data import pairs
 from isp_keras.models import architectures
 from isp_keras.models import teachers
 from isp_keras.raw import rawio

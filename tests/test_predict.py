@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from isp_keras import export, predict
+from isp_keras.deploy import export, predict
+from isp_keras.deploy.config import ExportConfig
 from isp_keras.data import sources
 from isp_keras.raw import rawio
-from isp_keras.deploy import serving
+from isp_keras.deploy import parity, serving
 from isp_keras.errors import UserError
 
 BLACK, WHITE = 64, 1023
@@ -22,7 +23,7 @@ BLACK, WHITE = 64, 1023
 @pytest.fixture(scope="module")
 def setup(tiny_student, tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    export.run(export.ExportConfig(student=str(tiny_student), out=str(root / "deploy"), calibration_samples=50,
+    export.run(ExportConfig(student=str(tiny_student), out=str(root / "deploy"), calibration_samples=50,
                                    parity_take=64, dynamic=False, parity_gate=False, black_level=BLACK,
                                    white_level=WHITE))
     student = serving.load_student(tiny_student)
@@ -47,7 +48,7 @@ def test_float32_top5_matches_keras(setup):
     results = predict.predict(deploy / "model_float32.tflite", paths)
     for i in range(3):
         mosaic = np.load(files[f"float_{i}"])[np.newaxis, ..., np.newaxis]
-        probs = serving.keras_probabilities(student, mosaic)[0]
+        probs = parity.keras_probabilities(student, mosaic)[0]
         expected = [labels[k] for k in np.argsort(-probs)[:5]]
         for kind in ("float", "u16", "dng"):
             ranked = results[str(files[f"{kind}_{i}"])]

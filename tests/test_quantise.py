@@ -83,9 +83,9 @@ def test_int8_tflite_keeps_the_pinned_ranges():
     norm = normalisation.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
     student = serving.Student(model, "RGGB", 8, ["a", "b", "c", "d"], norm, path="test")
     mosaics = np.random.default_rng(2).uniform(-0.1, 1.1, (40, 8, 8, 1)).astype(np.float32)
-    tflite, ranges = tflite.int8_tflite(student, mosaics, range_batch=10)
-    runner = runtime.TFLiteRunner(tflite)
-    details = experiment.interpreter.get_tensor_details()
+    model_bytes, ranges = tflite.int8_tflite(student, mosaics, range_batch=10)
+    runner = runtime.TFLiteRunner(model_bytes)
+    details = runner.interpreter.get_tensor_details()
     assert {np.dtype(d["dtype"]).name for d in details} <= {"int8", "int32"}
     scales = [float(s) for d in details for s in np.atleast_1d(d["quantization_parameters"]["scales"])]
     for name, (lo, hi) in ranges.items():
@@ -148,7 +148,7 @@ def test_int8_tflite_of_a_sequential_student_falls_back_to_the_converters_ranges
     norm = normalisation.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
     student = serving.Student(model, "RGGB", 8, ["a", "b", "c", "d"], norm, path="seq")
     mosaics = np.random.default_rng(5).uniform(0.0, 1.0, (20, 8, 8, 1)).astype(np.float32)
-    tflite, ranges = tflite.int8_tflite(student, mosaics)
+    model_bytes, ranges = tflite.int8_tflite(student, mosaics)
     assert ranges == {}
-    probs = runtime.TFLiteRunner(tflite).predict(mosaics)
+    probs = runtime.TFLiteRunner(model_bytes).predict(mosaics)
     assert probs.shape == (20, 4) and np.all(np.isfinite(probs))

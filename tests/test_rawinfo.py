@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from isp_keras import rawinfo
+from isp_keras.raw import info
 from isp_keras.raw import rawio
 from isp_keras.errors import UserError
 
@@ -28,7 +29,7 @@ def _files(tmp_path):
 
 def test_lines_and_dumps(tmp_path, capsys):
     a, b, bad = _files(tmp_path)
-    failed = rawinfo.run([str(a), str(bad), str(b)], "RGGB", str(tmp_path / "dump"))
+    failed = info.run([str(a), str(bad), str(b)], "RGGB", str(tmp_path / "dump"))
     assert failed == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
@@ -53,4 +54,4 @@ def test_exit_status(tmp_path):
 
 def test_no_files_is_a_user_error():
     with pytest.raises(UserError, match="give one or more RAW files"):
-        rawinfo.main(["rawinfo"])
+        rawinfo.RawinfoConfig().validate()

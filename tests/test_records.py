@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from isp_keras import make_records
+from isp_keras.data import convert
 from isp_keras.data import normalisation
 from isp_keras.data import pipeline
 from isp_keras.data import sources
@@ -48,7 +48,7 @@ def _decoded(ds):
 
 def test_folder_round_trip_is_lossless_and_sharded(image_folder, tmp_path):
     out = tmp_path / "records"
-    index = make_records.write(f"folder:{image_folder}", out, examples_per_shard=4, fmt="png", progress=False)
+    index = convert.write(f"folder:{image_folder}", out, examples_per_shard=4, fmt="png", progress=False)
     assert index["classes"] == ["cat", "dog", "eel"]
     assert index["splits"]["train"]["count"] == 18 and len(index["splits"]["train"]["files"]) == 5
     assert index["splits"]["test"]["count"] == 9 and len(index["splits"]["test"]["files"]) == 3
@@ -63,7 +63,7 @@ def test_folder_round_trip_is_lossless_and_sharded(image_folder, tmp_path):
 
 def test_records_copy_is_byte_exact(tmp_path):
     out = tmp_path / "copy"
-    make_records.write("embedded", out, examples_per_shard=16, take=40, progress=False)
+    convert.write("embedded", out, examples_per_shard=16, take=40, progress=False)
     original = list(records.dataset(sources.EMBEDDED_DIR, "train").take(40).as_numpy_iterator())
     copied = list(records.dataset(out, "train").as_numpy_iterator())
     assert sorted(original) == sorted(copied)
@@ -72,7 +72,7 @@ def test_records_copy_is_byte_exact(tmp_path):
 
 def test_shard_by_worker_is_a_partition(tmp_path, image_folder):
     out = tmp_path / "records"
-    make_records.write(f"folder:{image_folder}", out, examples_per_shard=4, fmt="png", progress=False)
+    convert.write(f"folder:{image_folder}", out, examples_per_shard=4, fmt="png", progress=False)
     everything = collections.Counter(list(records.dataset(out, "train").as_numpy_iterator()))
     for workers in (2, 3, 7):  # fewer and more workers than the 5 files
         parts = [collections.Counter(list(records.dataset(out, "train", workers, i).as_numpy_iterator()))
@@ -83,14 +83,14 @@ def test_shard_by_worker_is_a_partition(tmp_path, image_folder):
 
 def test_max_size_shrinks_the_shorter_side(image_folder, tmp_path):
     out = tmp_path / "small"
-    make_records.write(f"folder:{image_folder}", out, fmt="png", max_size=8, progress=False)
+    convert.write(f"folder:{image_folder}", out, fmt="png", max_size=8, progress=False)
     shapes = {tuple(x.shape) for x, _ in sources.get_source(f"records:{out}").split("train").as_numpy_iterator()}
     assert shapes == {(8, 8, 3), (8, 11, 3)}  # 14x14 -> 8x8, 12x16 -> 8x10.67 rounded
 
 
 def test_records_feed_the_builder(image_folder, tmp_path):
     out = tmp_path / "records"
-    make_records.write(f"folder:{image_folder}", out, fmt="jpeg", progress=False)
+    convert.write(f"folder:{image_folder}", out, fmt="jpeg", progress=False)
     source = sources.get_source(f"records:{out}")
     norm = normalisation.Normalisation([0.5] * 3, [0.25] * 3, [0.5] * 3, [0.25] * 3)
     cfg = pipeline.PipelineConfig(image_size=8, batch_size=4)
@@ -100,7 +100,7 @@ def test_records_feed_the_builder(image_folder, tmp_path):
 
 def test_out_equal_to_source_is_refused(tmp_path):
     with pytest.raises(UserError, match="is the source itself"):
-        make_records.write("embedded", sources.EMBEDDED_DIR, progress=False)
+        convert.write("embedded", sources.EMBEDDED_DIR, progress=False)
 
 
 def test_command_missing_out_is_one_line(tmp_path):
@@ -108,5 +108,5 @@ def test_command_missing_out_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "isp_keras.make_records", "--dataset=embedded"], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: --out: required (the records directory to write)"
+    assert proc.stderr.strip().splitlines()[-1] == "error: --out: required (see --helpfull)"
     assert "Traceback" not in proc.stderr

@@ -50,6 +50,9 @@ def _wait_for_step(proc, run_dir, at_least: int, timeout: float = 240.0, phase: 
         if step is not None and step >= at_least:
             return step
         if proc.poll() is not None:
+            step = _committed_step(run_dir, phase)
+            if step is not None and step >= at_least:
+                return step
             raise AssertionError(f"training exited with {proc.returncode} before step {at_least}")
         time.sleep(0.01)
     raise AssertionError(f"no checkpoint at step >= {at_least} within {timeout} s")
@@ -119,17 +122,21 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_teacher, tmp_path):
     worst = max(float(np.max(np.abs(wa - wb))) for wa, wb in zip(weights_a, weights_b))
     print(f"max |weight difference| resumed vs uninterrupted: {worst:.3g}")
     assert worst < 1e-3, f"resumed student differs from the uninterrupted one by {worst}"
-    # A finished run is not overwritten by accident.
-    again = subprocess.run(_command(tiny_teacher, killed_dir), capture_output=True, text=True, env=_env(),
-                           cwd=Path(__file__).resolve().parent.parent)
-    assert again.returncode == 2 and "pass --overwrite" in again.stderr.strip().splitlines()[-1]
+    # A finished run is not trained again, and is not mixed with a run of other settings.
+    cwd = Path(__file__).resolve().parent.parent
+    again = subprocess.run(_command(tiny_teacher, killed_dir), capture_output=True, text=True, env=_env(), cwd=cwd)
+    assert again.returncode == 0 and f"{killed_dir / 'distilled'}: finished earlier" in again.stdout
+    assert json.loads((killed_dir / "results.json").read_text())["rows"] == b["rows"]
+    other = subprocess.run([*_command(tiny_teacher, killed_dir), "--lr=0.01"], capture_output=True, text=True,
+                           env=_env(), cwd=cwd)
+    assert other.returncode == 2 and "pass --overwrite" in other.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
 def test_stop_during_quantisation_aware_epoch_resumes_it(tiny_teacher, tmp_path):
-    """SIGTERM inside the QAT phase (after distillation finished): the rerun keeps the distilled checkpoint,
-    resumes QAT from its own step checkpoint (moving ranges included) and saves the same student as a run that
-    never stopped."""
+    """SIGTERM inside the quantisation-aware row (after distillation finished): the rerun keeps the finished distilled
+    row, resumes distilled_qat from its own step checkpoint (moving ranges included, on the global step that goes on
+    from the distilled row's) and saves the same student as a run that never stopped."""
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
     command = lambda run_dir: [*_command(tiny_teacher, run_dir), "--epochs=1", "--qat_epochs=2"]
     cwd = Path(__file__).resolve().parent.parent
@@ -137,17 +144,17 @@ def test_stop_during_quantisation_aware_epoch_resumes_it(tiny_teacher, tmp_path)
         straight = subprocess.Popen(command(straight_dir), stdout=straight_log, stderr=subprocess.STDOUT,
                                     env=_env(), cwd=cwd)
         proc = subprocess.Popen(command(killed_dir), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=cwd)
-        _wait_for_step(proc, killed_dir, STEPS_PER_EPOCH + 5, phase="qat")
+        _wait_for_step(proc, killed_dir, STEPS_PER_EPOCH + 5, phase="distilled_qat")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-        stopped_at = _committed_step(killed_dir, "qat")
+        stopped_at = _committed_step(killed_dir, "distilled_qat")
         assert STEPS_PER_EPOCH < stopped_at < 2 * STEPS_PER_EPOCH and not (killed_dir / "results.json").exists()
         proc = subprocess.Popen(command(killed_dir), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=cwd)
         assert proc.wait(timeout=300) == 0, (tmp_path / "killed.log").read_text()[-2000:]
         assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-2000:]
     text = (tmp_path / "killed.log").read_text()
     assert f"distilled_qat: stopped by signal {int(signal.SIGTERM)} at step {stopped_at}" in text
-    assert "resuming distilled after epoch 1" in text and "resuming distilled_qat after epoch 1" in text
+    assert f"{killed_dir / 'distilled'}: finished earlier" in text and "resuming distilled_qat after epoch 1" in text
     rows_a = {r["name"]: r for r in json.loads((straight_dir / "results.json").read_text())["rows"]}
     rows_b = {r["name"]: r for r in json.loads((killed_dir / "results.json").read_text())["rows"]}
     assert rows_a["distilled"] == rows_b["distilled"]

@@ -53,9 +53,9 @@ def test_saved_model_signatures(tmp_path):
     rng = np.random.default_rng(1)
     counts = rng.integers(0, 1024, (3, 8, 8, 1)).astype(np.uint16)
     mosaic = ((counts.astype(np.float64) - 64) / (1023 - 64)).astype(np.float32)
-    reference = serving.keras_probabilities(student, mosaic)
-    got = serving.saved_model_probabilities(tmp_path / "sm", mosaic)
-    got16 = serving.saved_model_probabilities(tmp_path / "sm", counts, signature=serving.UINT16_SIGNATURE)
+    reference = parity.keras_probabilities(student, mosaic)
+    got = parity.saved_model_probabilities(tmp_path / "sm", mosaic)
+    got16 = parity.saved_model_probabilities(tmp_path / "sm", counts, signature=serving.UINT16_SIGNATURE)
     np.testing.assert_allclose(got, reference, atol=1e-6)
     np.testing.assert_allclose(got16, reference, atol=1e-6)
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
@@ -68,8 +68,8 @@ def test_float32_tflite_matches_keras(tmp_path):
     serving.export_saved_model(student, tmp_path / "sm")
     mosaic = np.random.default_rng(2).uniform(0, 1, (5, 8, 8, 1)).astype(np.float32)
     runner = runtime.TFLiteRunner(tflite.to_tflite(tmp_path / "sm", "float32"))
-    assert experiment.input_shape == (8, 8, 1)
-    np.testing.assert_allclose(experiment.predict(mosaic, batch_size=2), serving.keras_probabilities(student, mosaic),
+    assert runner.input_shape == (8, 8, 1)
+    np.testing.assert_allclose(runner.predict(mosaic, batch_size=2), parity.keras_probabilities(student, mosaic),
                                atol=1e-5)
 
 

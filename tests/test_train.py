@@ -20,7 +20,7 @@ def run_train(args, cwd=ROOT):
 
 def tiny_args(teacher, run_dir, *extra):
     return [f"--teacher={teacher}", f"--model_dir={run_dir}", "--noise_std=0.1", "--epochs=1", "--batch_size=64",
-            "--train_take=512", "--test_take=256", "--stats_images=512", "--lr=0.05", *extra]
+            "--train_take=512", "--test_take=256", "--stats_images=512", "--lr=0.05", "--log_steps=3", *extra]
 
 
 def parse_table(stdout):
@@ -57,7 +57,8 @@ def test_train_end_to_end_writes_the_contract(tiny_teacher, tmp_path):
 
     # The run directory: resolved config, the student alone, serving metadata, TensorBoard logs.
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["config"]["teacher"] == str(tiny_teacher) and len(config["normalisation"]["raw_mean"]) == 3
+    assert config["command"] == "train" and config["config"]["teacher"] == str(tiny_teacher)
+    assert len(json.loads((run_dir / "normalisation.json").read_text())["raw_mean"]) == 3
     import keras
 
     student = keras.saving.load_model(run_dir / "student.keras", safe_mode=True)
@@ -73,8 +74,16 @@ def test_train_end_to_end_writes_the_contract(tiny_teacher, tmp_path):
     meta = json.loads((run_dir / "student.json").read_text())
     assert meta["cfa"] == "RGGB" and meta["image_size"] == 32
     tags = _tensorboard_tags(run_dir)
-    assert {"epoch_loss", "epoch_ce", "epoch_kd", "epoch_top1", "epoch_agreement"} <= tags["scalars"]
+    assert {"train/loss", "train/ce", "train/kd", "train/top1", "train/agreement", "validation/top1",
+            "validation/agreement", "test/top1"} <= tags["scalars"]
     assert any("rgb | mosaic | infill" in t for t in tags["images"])
+    # Training scalars every --log_steps steps (8 steps per epoch here, logged every 3 and at the epoch end), and
+    # one global step: the quantisation-aware row goes on where the distilled row ended.
+    distilled = _scalar_steps(run_dir / "distilled" / "logs" / "train", "train/loss")
+    qat = _scalar_steps(run_dir / "distilled_qat" / "logs" / "train", "train/loss")
+    assert distilled == [3, 6, 8] and qat == [9, 12, 15, 16]
+    assert _scalar_steps(run_dir / "distilled" / "logs" / "validation", "validation/top1") == [8]
+    assert _scalar_steps(run_dir / "distilled_qat" / "logs" / "validation", "validation/agreement") == [16]
 
     # Golden: the same command with the same seed gives the same numbers (CPU, one process).
     again = run_train(tiny_args(tiny_teacher, run_dir, "--overwrite"))
@@ -83,6 +92,18 @@ def test_train_end_to_end_writes_the_contract(tiny_teacher, tmp_path):
     for a, b in zip(results["rows"], rerun["rows"]):
         for k in ("top1", "top5", "agreement"):
             assert abs(a[k] - b[k]) <= 0.5, (a, b)
+
+
+def _scalar_steps(log_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for events in Path(log_dir).glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
+        acc.Reload()
+        if tag in acc.Tags().get("tensors", []):
+            steps += [event.step for event in acc.Tensors(tag)]
+    return sorted(set(steps))
 
 
 def _tensorboard_tags(run_dir):
@@ -113,14 +134,28 @@ def test_without_qat_the_distilled_student_is_saved(tiny_teacher, tmp_path):
     assert np.abs(steps - np.round(steps)).max() > 0.1
 
 
-def test_a_finished_run_is_not_overwritten_without_the_flag(tiny_teacher, tmp_path):
+def test_a_run_directory_of_another_command_is_refused(tiny_teacher, tmp_path):
     run_dir = tmp_path / "done"
     run_dir.mkdir()
-    (run_dir / "results.json").write_text("{}")
+    (run_dir / "config.json").write_text('{"command": "table", "config": {}}')
     proc = run_train(tiny_args(tiny_teacher, run_dir))
-    assert proc.returncode != 0
-    assert "holds a finished run" in proc.stderr and "--overwrite" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert "holds a table run, not a train run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_default_flags_run_under_mirrored(tiny_teacher, tmp_path):
+    """--strategy=mirrored with the default --qat_epochs: trains on 2 replicas, the quantisation-aware row is skipped
+    with a note (its activation ranges are per replica), and a rerun resumes nothing and prints the same table."""
+    run_dir = tmp_path / "run"
+    proc = run_train(tiny_args(tiny_teacher, run_dir, "--strategy=mirrored", "--train_take=256"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "distilled_qat skipped under --strategy=mirrored" in proc.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [r["name"] for r in results["rows"]] == ["teacher_clean", "teacher_raw", "distilled"]
+    again = run_train(tiny_args(tiny_teacher, run_dir, "--strategy=mirrored", "--train_take=256"))
+    assert again.returncode == 0 and "finished earlier" in again.stdout
+    assert json.loads((run_dir / "results.json").read_text())["rows"] == results["rows"]
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -128,7 +163,8 @@ def test_a_finished_run_is_not_overwritten_without_the_flag(tiny_teacher, tmp_pa
     ("--temperature=0", "--temperature=0.0: must be > 0"),
     ("--dataset=nosuch", "unknown dataset 'nosuch'"),
     ("--qat_epochs=-1", "--qat_epochs=-1, --qat_lr=0.002: need qat_epochs >= 0"),
-    ("--strategy=mirrored", "quantisation-aware fine-tuning runs on one device only"),
+    ("--strategy=nosuch", "--strategy=nosuch: value should be one of"),
+    ("--log_steps=0", "--log_steps=0: must be >= 1"),
 ])
 def test_bad_flags_give_one_line(tiny_teacher, tmp_path, flag, message):
     proc = run_train(tiny_args(tiny_teacher, tmp_path / "r", flag))

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from isp_keras import paths
 from isp_keras.bench import timing
 from isp_keras.config import option
 from isp_keras.errors import UserError
@@ -64,9 +65,8 @@ class TrainBenchConfig:
     train_stall_steps: int = option(20, "Timed steps of the stall measurement.")
     train_stall_shuffle_32: int = option(20000, "Shuffle buffer of the 32-px stall measurement (the training "
                                          "default: the whole embedded split).")
-    train_teacher: str = option("data/teacher/resnet20_cifar10.keras",
-                                "The embedded model's teacher (.keras); a random-weight ResNet-20 if the file is "
-                                "missing.")
+    train_teacher: str = option("embedded", "The embedded model's teacher (`embedded`: data/teacher's ResNet-20, "
+                                "or a .keras file); a random-weight ResNet-20 if the file is missing.")
     train_mirrored: bool = option(True, "Also measure MirroredStrategy over 2 logical CPUs.")
     train_seed: int = option(0, "Seed of the benchmark's random inputs and random-weight teachers.")
     train_progress: bool = option(True, "Show progress bars.")
@@ -76,8 +76,8 @@ class TrainBenchConfig:
         suites' configs checks them all. Returns self."""
         unknown = [m for m in self.train_models if m not in MODELS]
         if unknown or not self.train_models:
-            raise UserError(f"--train_models={','.join(self.train_models)}: "
-                            f"{'unknown ' + ', '.join(unknown) if unknown else 'empty'}; choose from {', '.join(MODELS)}")
+            problem = f"unknown {', '.join(unknown)}" if unknown else "empty"
+            raise UserError(f"--train_models={','.join(self.train_models)}: {problem}; choose from {', '.join(MODELS)}")
         for name, low in (("train_steps", 1), ("train_block", 1), ("train_warmup", 0), ("train_batch_32", 2),
                           ("train_batch_224", 2), ("train_pipeline_images", 16), ("train_pipeline_repeats", 1),
                           ("train_stall_steps", 1), ("train_stall_shuffle_32", 1)):
@@ -110,8 +110,7 @@ def run(cfg: TrainBenchConfig) -> dict:
 
 
 def bench_model(name: str, cfg: TrainBenchConfig, tmp: Path) -> dict:
-    from isp_keras.data import normalisation
-    from isp_keras.data import sources
+    from isp_keras.data import normalisation, sources
 
     arch, size, classes, _ = MODELS[name]
     batch = cfg.train_batch_32 if size == 32 else cfg.train_batch_224
@@ -129,13 +128,13 @@ def bench_model(name: str, cfg: TrainBenchConfig, tmp: Path) -> dict:
 
 def load_teacher(name: str, cfg: TrainBenchConfig):
     """(model, description for the child process): the trained embedded teacher, or random weights."""
-    from isp_keras.models import architectures
-    from isp_keras.models import teachers
+    from isp_keras.models import architectures, teachers
 
     arch, size, classes, _ = MODELS[name]
-    if name == "embedded" and Path(cfg.train_teacher).is_file():
-        teacher, _ = teachers.load_teacher(cfg.train_teacher)
-        desc = {"path": cfg.train_teacher}
+    path = paths.teacher_path(cfg.train_teacher)
+    if name == "embedded" and Path(path).is_file():
+        teacher, _ = teachers.load_teacher(path)
+        desc = {"path": path}
     else:
         import keras
 
@@ -151,8 +150,7 @@ def large_jpeg_source(tmp: Path, classes: int, seed: int, count: int = 256):
     records, so decode and random-resized-crop cost what they cost on typical ImageNet files."""
     import tensorflow as tf
 
-    from isp_keras.data import records
-    from isp_keras.data import sources
+    from isp_keras.data import records, sources
 
     out = tmp / "jpeg500"
     if not (out / "index.json").exists():
@@ -181,8 +179,7 @@ def step_times(teacher, size: int, classes: int, batch: int, cfg: TrainBenchConf
     import tensorflow as tf
 
     from isp_keras.models import students
-    from isp_keras.training import distiller
-    from isp_keras.training import schedule
+    from isp_keras.training import distiller, schedule
 
     rng = np.random.default_rng(cfg.train_seed)
     student_x = tf.constant(rng.normal(size=(batch, size, size, 3)).astype(np.float32))
@@ -264,8 +261,7 @@ def stall(teacher, source, size: int, batch: int, norm, cfg: TrainBenchConfig, d
 
     from isp_keras.data import pipeline
     from isp_keras.models import students
-    from isp_keras.training import distiller
-    from isp_keras.training import schedule
+    from isp_keras.training import distiller, schedule
 
     steps_per_epoch = max(1, source.counts["train"] // batch)
     warmup = cfg.train_warmup + 3  # the first batches also fill the cache and shuffle buffers
@@ -318,11 +314,8 @@ def mirrored_child(args_json: str) -> None:
     import keras
     import tensorflow as tf
 
-    from isp_keras.models import architectures
-    from isp_keras.models import students
-    from isp_keras.models import teachers
-    from isp_keras.training import distiller
-    from isp_keras.training import schedule
+    from isp_keras.models import architectures, students, teachers
+    from isp_keras.training import distiller, schedule
 
     args = json.loads(args_json)
     desc = args["teacher"]
@@ -339,8 +332,8 @@ def mirrored_child(args_json: str) -> None:
     fns, losses = {}, {}
     for name, strategy in (("single", tf.distribute.get_strategy()), ("mirrored", distribute.get_strategy("mirrored"))):
         with strategy.scope():
-            model = distiller.Distiller(students.student_from_teacher(teacher, sync_bn=strategy.num_replicas_in_sync > 1),
-                                        teacher)
+            sync_bn = strategy.num_replicas_in_sync > 1
+            model = distiller.Distiller(students.student_from_teacher(teacher, sync_bn=sync_bn), teacher)
             model.compile(optimizer=schedule.sgd(1000, 0.01, 5e-4))
             model.optimizer.build(model.trainable_variables)
         iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(data).repeat()))

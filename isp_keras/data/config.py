@@ -15,7 +15,7 @@ PAIR_MODES = ("merged", "short")
 @dataclasses.dataclass
 class RecordsConfig:
     dataset: str = option("embedded", "embedded | folder:PATH | tfds:NAME | records:PATH")
-    out: str = option("", "Output records directory (replaced atomically when complete).", required=True)
+    out: str | None = option(None, "Output records directory (replaced atomically when complete).", required=True)
     examples_per_shard: int = option(1024, "Images per TFRecord shard.")
     format: str = option("jpeg", "Encoding of re-encoded images.", choices=("jpeg", "png"))
     quality: int = option(95, "JPEG quality (1-100).")
@@ -65,8 +65,8 @@ class ServiceConfig:
 
 @dataclasses.dataclass
 class PairsConfig:
-    pairs: str = option("", "csv:FILE or hdrplus:DIR", required=True)
-    out: str = option("", "Cache directory to write (or reuse).", required=True)
+    pairs: str | None = option(None, "csv:FILE or hdrplus:DIR", required=True)
+    out: str | None = option(None, "Cache directory to write (or reuse).", required=True)
     teacher: str = option("embedded", ".keras teacher with sidecar JSON, `embedded`, or a keras.applications name.")
     mode: str = option("merged", "hdrplus: RAW = merged.dng or the reference payload frame.", choices=PAIR_MODES)
     cfa: str = option("RGGB", "Canonical CFA phase.", choices=CFA_PATTERNS)

@@ -30,13 +30,13 @@ from isp_keras.data import records
 from isp_keras.errors import UserError
 
 
-def compute(teacher, source: sources.Source, split: str, pipeline: pipeline.PipelineConfig,
+def compute(teacher, source: sources.Source, split: str, pcfg: pipeline.PipelineConfig,
             norm: normalisation.Normalisation, batch_size: int = 256, progress: bool = True) -> np.ndarray:
     """Logits [N, classes] (float32) of the teacher on the deterministic RGB input of each example, in order."""
-    cfg = dataclasses.replace(pipeline, batch_size=batch_size, cache=False, augment=False)
+    cfg = dataclasses.replace(pcfg, batch_size=batch_size, cache=False, augment=False)
     ds = pipeline.build(source, split, cfg, training=False, norm=norm, mode="rgb")
     forward = tf.function(lambda x: teacher(x, training=False), reduce_retracing=True)
-    total = min(source.counts[split], pipeline.take) if pipeline.take else source.counts[split]
+    total = min(source.counts[split], pcfg.take) if pcfg.take else source.counts[split]
     parts = []
     with tqdm(total=total, desc="teacher logits", unit="img", disable=not progress) as bar:
         for x, _ in ds:
@@ -45,12 +45,12 @@ def compute(teacher, source: sources.Source, split: str, pipeline: pipeline.Pipe
     return np.concatenate(parts) if parts else np.zeros((0, teacher.output_shape[-1]), np.float32)
 
 
-def cache_key(teacher_source: str, source: sources.Source, split: str, pipeline: pipeline.PipelineConfig,
+def cache_key(teacher_source: str, source: sources.Source, split: str, pcfg: pipeline.PipelineConfig,
               norm: normalisation.Normalisation) -> str:
     path = Path(teacher_source)
     teacher_id = records.sha256_file(path) if path.is_file() else teacher_source
     parts = {"teacher": teacher_id, "data": source.name, "split": split, "count": source.counts[split],
-             "image_size": pipeline.image_size, "take": pipeline.take, "rgb_mean": norm.rgb_mean,
+             "image_size": pcfg.image_size, "take": pcfg.take, "rgb_mean": norm.rgb_mean,
              "rgb_std": norm.rgb_std, "channel_order": norm.channel_order}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -83,23 +83,23 @@ def dataset(path_stem, classes: int) -> tf.data.Dataset:
 
 
 def load_or_compute(teacher, teacher_source: str, source: sources.Source, split: str,
-                    pipeline: pipeline.PipelineConfig, norm: normalisation.Normalisation, cache_dir,
+                    pcfg: pipeline.PipelineConfig, norm: normalisation.Normalisation, cache_dir,
                     progress: bool = True) -> tf.data.Dataset:
     """The cached logits of `split` as a dataset for `pipeline.build(teacher_logits=...)`, computing them once."""
-    if pipeline.augment:
+    if pcfg.augment:
         raise UserError("--cached_logits: the teacher input must be deterministic, but random RGB augmentation is on; "
                         "pass --noaugment")
-    stem = Path(cache_dir) / cache_key(teacher_source, source, split, pipeline, norm)
-    needed = min(source.counts[split], pipeline.take) if pipeline.take else source.counts[split]
+    stem = Path(cache_dir) / cache_key(teacher_source, source, split, pcfg, norm)
+    needed = min(source.counts[split], pcfg.take) if pcfg.take else source.counts[split]
     classes = int(teacher.output_shape[-1])
     meta = load_meta(stem)
     if meta is None or meta["rows"] < needed or meta["classes"] != classes:
-        logits = compute(teacher, source, split, pipeline, norm, progress=progress)
+        logits = compute(teacher, source, split, pcfg, norm, progress=progress)
         if logits.shape[0] < needed:
             raise UserError(f"{source.name}: the {split} split gave {logits.shape[0]} images, expected {needed}")
         try:
             save(stem, logits, {"teacher": teacher_source, "data": source.name, "split": split,
-                                "image_size": pipeline.image_size, "take": pipeline.take})
+                                "image_size": pcfg.image_size, "take": pcfg.take})
         except OSError as exc:
             raise UserError(f"{stem}.f32: cannot write the teacher-logit cache ({exc.strerror or exc})") from None
     return dataset(stem, classes)

@@ -279,9 +279,8 @@ class _SplitWriter:
 
 def check_patch_size(teacher, patch_size: int, source: str) -> None:
     """The teacher (and so the student, its clone) must take whole patches: a RAW patch cannot be resized."""
-    from isp_keras.models import teachers
-
-    h, w, _ = teachers.input_size(teacher)
+    shape = teacher.input_shape[0] if isinstance(teacher.input_shape, list) else teacher.input_shape
+    h, w = tuple(shape[1:3])
     if (h is not None and h != patch_size) or (w is not None and w != patch_size):
         raise UserError(f"--patch_size={patch_size}: the teacher {source} takes {h}x{w} images and the student (its "
                         f"clone) sees whole RAW patches, which cannot be resized; use --patch_size={h}")

@@ -13,10 +13,13 @@ activations are not rounded to 8 bits; `simulate_rounding=True` adds that roundi
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import keras
 import numpy as np
+import tflite
+from tflite.utils import BUILTIN_OPCODE2NAME
 
 from isp_keras.errors import UserError
 
@@ -30,17 +33,16 @@ _PADDING = {0: "same", 1: "valid"}  # TFLite SAME pads like TF SAME (extra row/c
 
 
 def dequantize(values: np.ndarray, scale, zero_point, axis: int = 0) -> np.ndarray:
-    """real = scale * (q - zero_point): one scale for the tensor, or one per slice along `axis` (per channel)."""
+    """real = scale * (q - zero_point): one scale and zero point for the tensor, or one per slice along `axis`
+    (TFLite's quantized_dimension: per-channel weights)."""
     values = np.asarray(values)
-    scale = np.asarray(scale, np.float64).reshape(-1)
-    zero_point = np.asarray(zero_point, np.float64).reshape(-1)
-    if zero_point.size == 0:
-        zero_point = np.zeros(1)
-    shape = [1] * values.ndim
-    if scale.size > 1:
-        shape[axis] = -1
-    return ((values.astype(np.float64) - zero_point.reshape(shape if zero_point.size > 1 else [1] * values.ndim))
-            * scale.reshape(shape)).astype(np.float32)
+    shape = [-1 if d == axis else 1 for d in range(values.ndim)]
+
+    def along_axis(a):
+        a = np.asarray(a, np.float64).reshape(-1)
+        return a.reshape(shape) if a.size > 1 else a[0]
+
+    return ((values.astype(np.float64) - along_axis(zero_point)) * along_axis(scale)).astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="isp_keras")
@@ -64,12 +66,14 @@ class FakeQuant(keras.layers.Layer):
                 "qmax": self.qmax}
 
 
+def _damaged(path: Path, exc: Exception) -> UserError:
+    return UserError(f"{path}: a damaged or truncated TFLite flatbuffer ({exc})")
+
+
 class _Graph:
     """The main subgraph of a parsed .tflite file, with typed access to tensors, constants and options."""
 
     def __init__(self, path: Path):
-        import tflite
-
         self.path = path
         try:
             self.buf = path.read_bytes()
@@ -81,8 +85,8 @@ class _Graph:
             self.model = tflite.Model.GetRootAs(self.buf, 0)
             self.graph = self.model.Subgraphs(0)
             self.num_ops = self.graph.OperatorsLength()
-        except Exception as exc:  # the generated readers raise struct/index errors on a truncated file
-            raise UserError(f"{path}: a damaged TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
+        except struct.error as exc:  # what the generated readers raise past the end of the file
+            raise _damaged(path, exc) from None
         if self.graph is None:
             raise UserError(f"{path}: a TFLite file with no subgraph")
 
@@ -90,8 +94,6 @@ class _Graph:
         return self.graph.Operators(i)
 
     def op_name(self, op) -> str:
-        from tflite.utils import BUILTIN_OPCODE2NAME
-
         code = self.model.OperatorCodes(op.OpcodeIndex())
         # Codes above 127 live only in builtin_code; old files set only deprecated_builtin_code.
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
@@ -124,7 +126,11 @@ class _Graph:
         if dtype is None:
             raise UserError(f"{self.path}: constant {tensor.Name().decode(errors='replace')} has TFLite type "
                             f"{tensor.Type()}, which is not supported")
-        return np.frombuffer(buffer.DataAsNumpy().tobytes(), dtype).reshape(self.shape(i))
+        data = buffer.DataAsNumpy().tobytes()
+        if len(data) != np.dtype(dtype).itemsize * int(np.prod(self.shape(i))):
+            raise _damaged(self.path, ValueError(f"constant {tensor.Name().decode(errors='replace')} holds "
+                                                 f"{len(data)} bytes for shape {list(self.shape(i))}"))
+        return np.frombuffer(data, dtype).reshape(self.shape(i))
 
     def constant(self, i: int) -> np.ndarray | None:
         """A constant tensor as float32 (dequantised when quantised), None for an activation."""
@@ -153,6 +159,10 @@ class _Builder:
         self.values: dict[int, keras.KerasTensor] = {}
         self.constants: dict[int, np.ndarray] = {}
         self.after_softmax: set[int] = set()
+        # A dilated convolution spelt SPACE_TO_BATCH_ND -> convolution -> BATCH_TO_SPACE_ND: the tensors in between.
+        self.space_to_batch: dict[int, tuple] = {}
+        self.dilated: dict[int, tuple] = {}
+        self.batch_to_space: dict[int, tuple] = {}
 
     def fail(self, i: int, name: str, why: str):
         return UserError(f"{self.g.path}: TFLite op {name} (op #{i}): {why}")
@@ -160,6 +170,9 @@ class _Builder:
     def value(self, i: int, t: int, name: str) -> keras.KerasTensor:
         if t in self.after_softmax:
             raise self.fail(i, name, "reads the output of a SOFTMAX; only a final SOFTMAX can be dropped")
+        if t in self.space_to_batch or t in self.batch_to_space:
+            raise self.fail(i, name, "reads a tensor inside SPACE_TO_BATCH_ND ... BATCH_TO_SPACE_ND; only a single "
+                                     "CONV_2D/DEPTHWISE_CONV_2D between them (a dilated convolution) is supported")
         if t not in self.values:
             raise self.fail(i, name, "takes a constant or missing tensor where an activation is expected")
         return self.values[t]
@@ -225,40 +238,58 @@ class _Builder:
     # --- op handlers: (builder, op index, op, op name, layer-name prefix) -> None; they fill self.values.
 
     def conv_2d(self, i, op, name, prefix):
-        import tflite
-
-        x = self.value(i, op.Inputs(0), name)
         w = self.weight(i, op.Inputs(1), name)  # [out, kh, kw, in]
         opts = self.options_of(i, op, name, tflite.Conv2DOptions)
+        x, window = self.conv_input(i, op, name, prefix, opts)
         if w.shape[3] != x.shape[-1]:
             raise self.fail(i, name, f"grouped convolution ({x.shape[-1]} channels in, filters take {w.shape[3]})")
         bias = self.bias(i, op, name)
-        layer = keras.layers.Conv2D(w.shape[0], w.shape[1:3], **self.window(i, name, opts), use_bias=bias is not None,
-                                    name=prefix)
+        layer = keras.layers.Conv2D(w.shape[0], w.shape[1:3], **window, use_bias=bias is not None, name=prefix)
         y = layer(x)
         layer.set_weights([w.transpose(1, 2, 3, 0)] + ([bias] if bias is not None else []))
-        self.emit(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
+        self.conv_output(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
 
     def depthwise_conv_2d(self, i, op, name, prefix):
-        import tflite
-
-        x = self.value(i, op.Inputs(0), name)
         w = self.weight(i, op.Inputs(1), name)  # [1, kh, kw, in * multiplier], channel c * multiplier + m
         opts = self.options_of(i, op, name, tflite.DepthwiseConv2DOptions)
+        x, window = self.conv_input(i, op, name, prefix, opts)
         channels = x.shape[-1]
         if w.shape[3] % channels:
             raise self.fail(i, name, f"{w.shape[3]} filters for {channels} input channels")
         multiplier = w.shape[3] // channels
         bias = self.bias(i, op, name)
-        layer = keras.layers.DepthwiseConv2D(w.shape[1:3], **self.window(i, name, opts), depth_multiplier=multiplier,
+        layer = keras.layers.DepthwiseConv2D(w.shape[1:3], **window, depth_multiplier=multiplier,
                                              use_bias=bias is not None, name=prefix)
         y = layer(x)
         layer.set_weights([w.reshape(*w.shape[1:3], channels, multiplier)] + ([bias] if bias is not None else []))
-        self.emit(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
+        self.conv_output(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
+
+    def space_to_batch_nd(self, i, op, name, prefix):
+        # TF lowers a dilated convolution it cannot express directly to SPACE_TO_BATCH_ND -> convolution (VALID,
+        # dilation 1) -> BATCH_TO_SPACE_ND, and the converter does not always fuse it back. That equals padding,
+        # a VALID convolution dilated by the block size, and cropping (tf.nn.with_space_to_batch), so the
+        # convolution reading this output builds exactly that, and BATCH_TO_SPACE_ND does the crop.
+        x = self.value(i, op.Inputs(0), name)
+        block = self.weight(i, op.Inputs(1), name).astype(int).reshape(-1)
+        pads = self.weight(i, op.Inputs(2), name).astype(int)
+        if len(x.shape) != 4 or block.shape != (2,) or pads.shape != (2, 2):
+            raise self.fail(i, name, "only the 2-D spatial form (a dilated convolution) is supported")
+        self.space_to_batch[op.Outputs(0)] = (x, tuple(block.tolist()), pads)
+
+    def batch_to_space_nd(self, i, op, name, prefix):
+        t = op.Inputs(0)
+        if t not in self.batch_to_space:
+            raise self.fail(i, name, "only after SPACE_TO_BATCH_ND -> CONV_2D/DEPTHWISE_CONV_2D (a dilated "
+                                     "convolution) is supported")
+        y, block = self.batch_to_space.pop(t)
+        crops = self.weight(i, op.Inputs(2), name).astype(int)
+        if tuple(self.weight(i, op.Inputs(1), name).astype(int).reshape(-1).tolist()) != block:
+            raise self.fail(i, name, "block shape differs from its SPACE_TO_BATCH_ND's")
+        if crops.any():
+            y = keras.layers.Cropping2D((tuple(crops[0].tolist()), tuple(crops[1].tolist())), name=prefix)(y)
+        self.values[op.Outputs(0)] = y
 
     def fully_connected(self, i, op, name, prefix):
-        import tflite
-
         x = self.value(i, op.Inputs(0), name)
         w = self.weight(i, op.Inputs(1), name)  # [out, in]
         opts = self.options_of(i, op, name, tflite.FullyConnectedOptions)
@@ -275,8 +306,6 @@ class _Builder:
         self.emit(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
 
     def pool_2d(self, i, op, name, prefix):
-        import tflite
-
         x = self.value(i, op.Inputs(0), name)
         opts = self.options_of(i, op, name, tflite.Pool2DOptions)
         cls = keras.layers.AveragePooling2D if name == "AVERAGE_POOL_2D" else keras.layers.MaxPooling2D
@@ -285,8 +314,6 @@ class _Builder:
         self.emit(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
 
     def mean(self, i, op, name, prefix):
-        import tflite
-
         x = self.value(i, op.Inputs(0), name)
         axes = self.weight(i, op.Inputs(1), name).astype(int).reshape(-1)
         axes = sorted({int(a) % len(x.shape) for a in axes})
@@ -298,8 +325,6 @@ class _Builder:
         self.emit(op, keras.layers.GlobalAveragePooling2D(keepdims=keepdims, name=prefix)(x), prefix)
 
     def add(self, i, op, name, prefix):
-        import tflite
-
         a, b = (self.value(i, op.Inputs(k), name) for k in range(2))
         if a.shape != b.shape:
             raise self.fail(i, name, f"broadcasting add of {list(a.shape[1:])} and {list(b.shape[1:])}")
@@ -321,7 +346,8 @@ class _Builder:
         if pads.shape != (4, 2) or pads[0].any() or pads[3].any():
             raise self.fail(i, name, f"paddings {pads.tolist()}; only height/width padding of NHWC is supported")
         # Zero padding in float: a quantised PAD fills with the zero point, which dequantises to 0.
-        self.emit(op, keras.layers.ZeroPadding2D((tuple(pads[1].tolist()), tuple(pads[2].tolist())), name=prefix)(x), prefix)
+        y = keras.layers.ZeroPadding2D((tuple(pads[1].tolist()), tuple(pads[2].tolist())), name=prefix)(x)
+        self.emit(op, y, prefix)
 
     def relu(self, i, op, name, prefix):
         x = self.value(i, op.Inputs(0), name)
@@ -339,8 +365,6 @@ class _Builder:
             self.values[t_out] = self.value(i, t_in, name)
 
     def softmax(self, i, op, name, prefix):
-        import tflite
-
         x = self.value(i, op.Inputs(0), name)
         opts = self.g.options(op, tflite.SoftmaxOptions)
         beta = opts.Beta() if opts is not None else 1.0
@@ -356,11 +380,31 @@ class _Builder:
             raise self.fail(i, name, "has no options table")
         return opts
 
-    def window(self, i, name, opts) -> dict:
+    def conv_input(self, i, op, name, prefix, opts) -> tuple[keras.KerasTensor, dict]:
+        """The convolution's input and Keras window arguments (strides, padding, dilation_rate)."""
         strides, dilation = (opts.StrideH(), opts.StrideW()), (opts.DilationHFactor(), opts.DilationWFactor())
+        padding = _PADDING[opts.Padding()]
+        t = op.Inputs(0)
+        if t in self.space_to_batch:
+            x, block, pads = self.space_to_batch.pop(t)
+            if max(strides) > 1 or max(dilation) > 1 or padding != "valid":
+                raise self.fail(i, name, "after SPACE_TO_BATCH_ND it must be VALID, stride 1 and undilated")
+            if pads.any():
+                x = keras.layers.ZeroPadding2D((tuple(pads[0].tolist()), tuple(pads[1].tolist())),
+                                               name=f"{prefix}_pad")(x)
+            self.dilated[op.Outputs(0)] = block
+            return x, dict(strides=1, padding="valid", dilation_rate=block)
         if max(strides) > 1 and max(dilation) > 1:
             raise self.fail(i, name, f"strides {strides} with dilation {dilation} (Keras takes one or the other)")
-        return dict(strides=strides, padding=_PADDING[opts.Padding()], dilation_rate=dilation)
+        return self.value(i, t, name), dict(strides=strides, padding=padding, dilation_rate=dilation)
+
+    def conv_output(self, op, y, prefix: str) -> None:
+        """Like emit, but a convolution inside SPACE_TO_BATCH_ND ... BATCH_TO_SPACE_ND hands its output to the crop."""
+        t = op.Outputs(0)
+        if t in self.dilated:
+            self.batch_to_space[t] = (self.rounded(y, t, prefix), self.dilated.pop(t))
+        else:
+            self.emit(op, y, prefix)
 
     def emit(self, op, y, prefix: str) -> None:
         t = op.Outputs(0)
@@ -369,16 +413,16 @@ class _Builder:
 
 _ACTIVATIONS = {1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit"}
 _HANDLERS = {
-    "ADD": _Builder.add, "AVERAGE_POOL_2D": _Builder.pool_2d, "CONV_2D": _Builder.conv_2d,
-    "DEPTHWISE_CONV_2D": _Builder.depthwise_conv_2d, "DEQUANTIZE": _Builder.identity,
+    "ADD": _Builder.add, "AVERAGE_POOL_2D": _Builder.pool_2d, "BATCH_TO_SPACE_ND": _Builder.batch_to_space_nd,
+    "CONV_2D": _Builder.conv_2d, "DEPTHWISE_CONV_2D": _Builder.depthwise_conv_2d, "DEQUANTIZE": _Builder.identity,
     "FULLY_CONNECTED": _Builder.fully_connected, "MAX_POOL_2D": _Builder.pool_2d, "MEAN": _Builder.mean,
     "PAD": _Builder.pad, "QUANTIZE": _Builder.identity, "RELU": _Builder.relu, "RELU6": _Builder.relu,
-    "RESHAPE": _Builder.reshape, "SOFTMAX": _Builder.softmax,
+    "RESHAPE": _Builder.reshape, "SOFTMAX": _Builder.softmax, "SPACE_TO_BATCH_ND": _Builder.space_to_batch_nd,
 }
 SUPPORTED_OPS = tuple(sorted(_HANDLERS))
 
 
-def input_statistics(g: _Graph) -> tuple[list, list]:
+def _input_statistics(g: _Graph) -> tuple[list, list]:
     """rgb_mean, rgb_std on [0, 1] pixels such that (rgb01 - mean) / std is the file's dequantised input.
 
     A uint8 input holds the pixel (rgb01 * 255), an int8 input the pixel - 128; a float input carries no statement
@@ -423,14 +467,17 @@ def import_tflite(path, simulate_rounding: bool = False) -> tuple[keras.Model, d
     """
     path = Path(path)
     g = _Graph(path)
-    image, logits = _Builder(g, simulate_rounding).build()
+    try:
+        image, logits = _Builder(g, simulate_rounding).build()
+    except struct.error as exc:  # the flatbuffer is read lazily: a truncated file fails part way through
+        raise _damaged(path, exc) from None
     shape = g.shape(g.graph.Inputs(0))
     if shape[1] != shape[2]:
         raise UserError(f"{path}: takes {shape[1]}x{shape[2]} images; a teacher takes square images")
     model = keras.Model(image, logits, name="tflite_" + re.sub(r"\W", "_", path.stem))
     num_classes = int(logits.shape[-1])
     classes, wnids = _names_beside(path, num_classes)
-    rgb_mean, rgb_std = input_statistics(g)
+    rgb_mean, rgb_std = _input_statistics(g)
     spec = dict(image_size=int(shape[1]), num_classes=num_classes, rgb_mean=rgb_mean, rgb_std=rgb_std,
                 channel_order="RGB", classes=classes, arch=f"tflite:{path.stem}", source=str(path))
     if wnids is not None:

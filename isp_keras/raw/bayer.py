@@ -96,7 +96,7 @@ def _affine_infill(raw: tf.Tensor, cfa: str, scale, offset) -> tf.Tensor:
     One convolution over the 2x2 tiles gives the exact result inside the image; only the one-pixel border, where
     the kernel overhangs, is renormalised over the samples that exist (normalised convolution). Done this way so
     that a full-integer (int8) export rounds the interior once, not once per mask/convolution/normalisation step
-    (see BUILD_NOTES, issue 4): training and serving both run this function.
+    (docs/decisions/infill-as-normalised-convolution.md): training and serving both run this function.
     """
     if raw.shape[1] is None or raw.shape[2] is None:
         raise ValueError("Bayer ops need a static image height and width")

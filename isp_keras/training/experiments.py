@@ -127,7 +127,16 @@ def table2(cfg: Table2Config, command: str = "") -> dict:
 
     plan = runner.Plan("table2", cfg, rows, levels, make_setup=make_setup, command=command)
     levels_out, seconds = runner.run(plan)
+    # A mode whose rows had all finished earlier was not set up in this process: its cache is read from its index.
+    caches = {mode: caches.get(mode) or cache_summary(str(Path(cfg.cache_dir) / mode)) for mode in cfg.modes}
     return finish(plan, levels_out, seconds, start, {"caches": caches})
+
+
+def cache_summary(cache: str) -> dict:
+    from isp_keras.data import pairs
+
+    index = pairs.read_index(cache)
+    return {"dir": cache, "counts": {s: v["count"] for s, v in index["splits"].items()}}
 
 
 def maybe_synthesize(cfg: Table2Config) -> None:

@@ -9,7 +9,7 @@ batches of the per-batch min and max (the moving-average ranges of quantisation-
 training), and pin them in the graph that is converted with FakeQuant ops. The converter keeps those ranges and
 calibrates only the rest (the RAW front end). Measured on the distilled default student: int8 top-1 agreement
 with the float student 97.53% with the converter's own ranges, 98.11% with these; 98.41% after one QAT epoch
-(BUILD_NOTES, section 6).
+(docs/decisions/int8-pinned-ranges-and-qat.md).
 
 The float student is not changed: FakeQuant only enters the graph handed to the int8 converter.
 """

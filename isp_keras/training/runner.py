@@ -36,9 +36,12 @@ RESULTS_MD = "results.md"
 PLOT_FILE = "sweep_top1.png"
 PLOT_SIZE = (640, 480)
 STUDENT_WEIGHTS = "student.weights.h5"
-# Settings that may differ between a run and its resumption without changing any row's numbers.
+# Settings that may differ between a run and its resumption without changing any row's numbers. The last four only
+# say which rows and levels to run: adding rows, noise levels, k values or RAW inputs to a run computes only the new
+# ones.
 RESUMABLE = ("model_dir", "overwrite", "strict", "strategy", "cpu_replicas", "tpu", "checkpoint_steps",
-             "checkpoint_epochs", "data_service", "cached_logits", "log_steps", "dry_run", "verbose")
+             "checkpoint_epochs", "data_service", "cached_logits", "log_steps", "dry_run", "verbose",
+             "rows", "noise_stds", "finetune_ks", "modes")
 TABLE_ROWS = ("teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled")
 BASELINES = ("teacher_clean", "teacher_raw")
 
@@ -396,14 +399,25 @@ def _pipeline_spec(cfg: TrainConfig, image_size: int):
 # ---------------------------------------------------------------- the run directory
 
 
+def level_fields(plan: Plan) -> set:
+    """Config fields each level sets for itself (a sweep's noise_std, replaced by noise_stds): not run settings."""
+    return {k for level in plan.levels for k in level.tag}
+
+
+def run_config(plan: Plan) -> dict:
+    """The run's settings as recorded in config.json and results.json (without the per-level fields)."""
+    skip = level_fields(plan)
+    return {k: v for k, v in dataclasses.asdict(plan.cfg).items() if k not in skip}
+
+
 def guarded_config(plan: Plan) -> dict:
-    return {k: v for k, v in dataclasses.asdict(plan.cfg).items() if k not in RESUMABLE}
+    return {k: v for k, v in run_config(plan).items() if k not in RESUMABLE}
 
 
 def prepare_out(plan: Plan) -> None:
     """Start, resume (same settings only) or, with --overwrite, redo the planned rows in --model_dir."""
     out = plan.out
-    record = {"command": plan.kind, "config": dataclasses.asdict(plan.cfg)}
+    record = {"command": plan.kind, "config": run_config(plan)}
     path = out / CONFIG_FILE
     if plan.cfg.overwrite:
         clear(plan)
@@ -416,7 +430,8 @@ def prepare_out(plan: Plan) -> None:
             raise UserError(f"{out}: holds a {old.get('command')} run, not a {plan.kind} run; "
                             f"choose another --model_dir")
         new = guarded_config(plan)
-        before = {k: v for k, v in old.get("config", {}).items() if k not in RESUMABLE}
+        skip = set(RESUMABLE) | level_fields(plan)
+        before = {k: v for k, v in old.get("config", {}).items() if k not in skip}
         changed = [k for k in sorted(set(new) | set(before)) if new.get(k) != before.get(k)]
         if changed:
             k = changed[0]
@@ -456,7 +471,7 @@ def write_results(plan: Plan, levels: list[dict], wall_seconds: float, extra: di
     wall_seconds, the command and the seconds each row took."""
     for level in levels:
         check_percentages(level["rows"])
-    config = dataclasses.asdict(plan.cfg)
+    config = run_config(plan)
     if plan.kind == "sweep":
         body = {"sweep": levels}
     else:
