@@ -1,9 +1,4 @@
-"""Data sources and the one linear tf.data builder.
-
-A source yields (uint8 RGB image [h, w, 3], int32 label). The builder turns it into
-((student_input, teacher_input), label): the teacher sees the RGB crop normalised with its own statistics,
-the student sees the noisy Bayer mosaic of the same crop, bilinearly infilled and normalised per Bayer site.
-"""
+"""Input statistics: per Bayer site for the student, per RGB channel for the teacher; checked, saved, loaded."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +22,6 @@ class Normalisation:
 
     def to_json(self):
         return dataclasses.asdict(self)
-
-
 
 
 def check_normalisation(norm: Normalisation, where: str) -> Normalisation:

@@ -1,4 +1,4 @@
-"""Data sources and the one linear tf.data builder.
+"""The one linear tf.data builder, and the normalisation statistics computed through it.
 
 A source yields (uint8 RGB image [h, w, 3], int32 label). The builder turns it into
 ((student_input, teacher_input), label): the teacher sees the RGB crop normalised with its own statistics,
@@ -11,7 +11,6 @@ import functools
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from isp_keras.raw import bayer
 from isp_keras.raw import sensor
@@ -243,10 +242,6 @@ def check_finite(batch_index, batch, *, where: str, batch_size: int):
         batch_index * batch_size + row, "in pipeline order (check the normalisation statistics and that file)"])
     with tf.control_dependencies([check]):
         return tf.nest.map_structure(tf.identity, batch)
-
-
-def log_source(source: sources.Source) -> None:
-    logging.info("dataset %s: %d classes, splits %s", source.name, len(source.classes), source.counts)
 
 
 def compute_normalisation(source: sources.Source, cfg: PipelineConfig, max_images: int = 10000,

@@ -1,8 +1,6 @@
-"""Data sources and the one linear tf.data builder.
+"""Data sources: `embedded`, `folder:PATH`, `tfds:NAME`, `records:PATH`.
 
-A source yields (uint8 RGB image [h, w, 3], int32 label). The builder turns it into
-((student_input, teacher_input), label): the teacher sees the RGB crop normalised with its own statistics,
-the student sees the noisy Bayer mosaic of the same crop, bilinearly infilled and normalised per Bayer site.
+A source yields (uint8 RGB image [h, w, 3], int32 label) per split; `pipeline.build` turns it into model inputs.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model builders (ResNet and MobileNetV2 families at 224 and 32 px), teacher loading, student-from-teacher.
+"""Model builders: the ResNet and MobileNetV2 families at 224 and 32 px.
 
 Every network here takes a normalised image and returns logits (no softmax). Input normalisation lives in
 the data pipeline (teacher: per-channel RGB statistics; student: per-Bayer-site RAW statistics) and, at
@@ -6,7 +6,6 @@ export time, inside the serving graph.
 """
 from __future__ import annotations
 
-import os
 
 import keras
 import numpy as np
@@ -130,11 +129,5 @@ def build(arch: str, num_classes: int, image_size: int | None = None) -> keras.M
     return spec["build"]((size, size, 3), num_classes)
 
 
-
-
 def param_count(model: keras.Model) -> int:
     return int(sum(np.prod(v.shape) for v in model.weights))
-
-
-def file_size(path) -> int:
-    return os.path.getsize(path)

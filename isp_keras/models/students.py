@@ -1,9 +1,5 @@
-"""Model builders (ResNet and MobileNetV2 families at 224 and 32 px), teacher loading, student-from-teacher.
-
-Every network here takes a normalised image and returns logits (no softmax). Input normalisation lives in
-the data pipeline (teacher: per-channel RGB statistics; student: per-Bayer-site RAW statistics) and, at
-export time, inside the serving graph.
-"""
+"""Students: a trainable clone of the teacher with its weights (or of --student_init), and fine-tuning only the
+first k stages/blocks."""
 from __future__ import annotations
 
 

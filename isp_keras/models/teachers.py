@@ -1,9 +1,5 @@
-"""Model builders (ResNet and MobileNetV2 families at 224 and 32 px), teacher loading, student-from-teacher.
-
-Every network here takes a normalised image and returns logits (no softmax). Input normalisation lives in
-the data pipeline (teacher: per-channel RGB statistics; student: per-Bayer-site RAW statistics) and, at
-export time, inside the serving graph.
-"""
+"""Teachers: keras.applications (ImageNet weights), `.keras` files with a sidecar JSON (their RGB statistics and
+classes), SavedModels; checks that a teacher fits the data; freezing."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +24,7 @@ class TeacherSpec:
     classes: list | None = None
     arch: str = ""
     source: str = ""
+    wnids: list | None = None  # WordNet ids of the outputs where known (ImageNet teachers), to match data by name
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,7 +104,8 @@ def load_model_file(path) -> keras.Model:
 
 def load_teacher(name_or_path: str) -> tuple[keras.Model, TeacherSpec | None]:
     """A teacher by keras.applications name (ImageNet weights, needs internet), `embedded` (the shipped ResNet-20
-    CIFAR-10 teacher, found from the installed project whatever the working directory) or by path.
+    CIFAR-10 teacher, found from the installed project whatever the working directory) or by path: a .keras file or
+    SavedModel (with an optional sidecar JSON), or a TFLite classifier (models.tflite_import).
 
     Returns the model and its TeacherSpec from the sidecar JSON (None when there is none: the caller then
     derives normalisation from the data and says so).
@@ -123,6 +121,11 @@ def load_teacher(name_or_path: str) -> tuple[keras.Model, TeacherSpec | None]:
     if not path.exists():
         raise UserError(f"--teacher: {name_or_path!r} is neither a file nor a known keras.applications name "
                         f"({', '.join(KERAS_APPLICATIONS)})")
+    if path.suffix.lower() == ".tflite":  # a (quantised) TFLite classifier, rebuilt as a float Keras model
+        from isp_keras.models import tflite_import
+
+        model, spec = tflite_import.import_tflite(path)
+        return model, TeacherSpec(**spec)
     model = load_model_file(path)
     if isinstance(model, keras.layers.TFSMLayer):
         model = _saved_model_teacher(path, model)

@@ -34,10 +34,6 @@ SHOT_RANGE = (1e-4, 1.2e-2)
 READ_SLOPE, READ_INTERCEPT, READ_SPREAD = 2.18, 1.20, 0.26
 
 
-def smoothstep(x):
-    return 3.0 * x * x - 2.0 * x * x * x
-
-
 def inverse_smoothstep(x):
     """Inverse of the global tone curve 3x^2 - 2x^3 on [0, 1]."""
     x = tf.clip_by_value(x, 0.0, 1.0)

@@ -1,4 +1,5 @@
-"""Shared training machinery: optimizer schedule, atomic per-epoch checkpoints, resume, NaN guard."""
+"""Atomic per-epoch (and per-step) checkpoints, resume, stop on SIGTERM/Ctrl-C, NaN guard."""
+
 from __future__ import annotations
 
 import json

@@ -1,9 +1,9 @@
-"""Shared training machinery: optimizer schedule, atomic per-epoch checkpoints, resume, NaN guard."""
+"""The optimizer schedule: Nesterov SGD, linear warmup then cosine decay."""
+
 from __future__ import annotations
 
 
 import keras
-
 
 
 def sgd(steps: int, lr: float, weight_decay: float, warmup_steps: int = 0) -> keras.optimizers.Optimizer:

@@ -20,7 +20,7 @@ from isp_keras.deploy import parity, serving
 from isp_keras.errors import UserError
 
 PARITY_TAKE = 256
-REAL_TEACHER = Path(__file__).resolve().parent.parent / "data" / "teacher" / "resnet20_cifar10.keras"
+REAL_TEACHER = Path(__file__).resolve().parents[2] / "data" / "teacher" / "resnet20_cifar10.keras"
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_int8_is_full_integer_and_agreement_recomputed(exported, tiny_student):
 
 
 def test_parity_gate_publishes_nothing(tiny_student, tmp_path, monkeypatch):
-    monkeypatch.setattr(serving, "MIN_INT8_AGREEMENT", 100.1)
+    monkeypatch.setattr(parity, "MIN_INT8_AGREEMENT", 100.1)
     out = tmp_path / "gated"
     cfg = ExportConfig(student=str(tiny_student), out=str(out), calibration_samples=20, parity_take=64,
                               dynamic=False)

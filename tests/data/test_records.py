@@ -22,7 +22,7 @@ from isp_keras.data import sources
 from isp_keras.data import records
 from isp_keras.errors import UserError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

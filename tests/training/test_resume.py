@@ -35,7 +35,7 @@ def _env():
 
 def _start(teacher, run_dir, log):
     return subprocess.Popen(_command(teacher, run_dir), stdout=log, stderr=subprocess.STDOUT, env=_env(),
-                            cwd=Path(__file__).resolve().parent.parent)
+                            cwd=Path(__file__).resolve().parents[2])
 
 
 def _committed_step(run_dir, phase: str = "distilled") -> int | None:
@@ -123,7 +123,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_teacher, tmp_path):
     print(f"max |weight difference| resumed vs uninterrupted: {worst:.3g}")
     assert worst < 1e-3, f"resumed student differs from the uninterrupted one by {worst}"
     # A finished run is not trained again, and is not mixed with a run of other settings.
-    cwd = Path(__file__).resolve().parent.parent
+    cwd = Path(__file__).resolve().parents[2]
     again = subprocess.run(_command(tiny_teacher, killed_dir), capture_output=True, text=True, env=_env(), cwd=cwd)
     assert again.returncode == 0 and f"{killed_dir / 'distilled'}: finished earlier" in again.stdout
     assert json.loads((killed_dir / "results.json").read_text())["rows"] == b["rows"]
@@ -139,7 +139,7 @@ def test_stop_during_quantisation_aware_epoch_resumes_it(tiny_teacher, tmp_path)
     from the distilled row's) and saves the same student as a run that never stopped."""
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
     command = lambda run_dir: [*_command(tiny_teacher, run_dir), "--epochs=1", "--qat_epochs=2"]
-    cwd = Path(__file__).resolve().parent.parent
+    cwd = Path(__file__).resolve().parents[2]
     with open(tmp_path / "straight.log", "wb") as straight_log, open(tmp_path / "killed.log", "wb") as log:
         straight = subprocess.Popen(command(straight_dir), stdout=straight_log, stderr=subprocess.STDOUT,
                                     env=_env(), cwd=cwd)

@@ -15,7 +15,7 @@ from isp_keras.errors import UserError
 from isp_keras.models import architectures, teachers
 from isp_keras.training.config import Table2Config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _parse(*args) -> Table2Config:

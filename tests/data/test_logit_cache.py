@@ -34,14 +34,14 @@ def parts(tiny_teacher):
 
 
 def _train_ds(parts, logits):
-    _, _, source, pipeline, norm = parts
-    return pipeline.build(source, "train", pipeline, training=True, norm=norm, steps_per_epoch=STEPS, epochs=EPOCHS,
+    _, _, source, pcfg, norm = parts
+    return pipeline.build(source, "train", pcfg, training=True, norm=norm, steps_per_epoch=STEPS, epochs=EPOCHS,
                           teacher_logits=logits)
 
 
 def _logits(parts, cache_dir):
-    teacher, teacher_path, source, pipeline, norm = parts
-    return logit_cache.load_or_compute(teacher, teacher_path, source, "train", pipeline, norm, cache_dir,
+    teacher, teacher_path, source, pcfg, norm = parts
+    return logit_cache.load_or_compute(teacher, teacher_path, source, "train", pcfg, norm, cache_dir,
                                        progress=False)
 
 
@@ -81,10 +81,10 @@ def test_cache_is_computed_once_and_keyed(parts, tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.f32"))) == 1
     monkeypatch.setattr(logit_cache, "compute", lambda *a, **k: pytest.fail("recomputed a valid cache"))
     _logits(parts, tmp_path)
-    teacher, path, source, pipeline, norm = parts
-    other = dataclasses.replace(pipeline, take=32)
+    teacher, path, source, pcfg, norm = parts
+    other = dataclasses.replace(pcfg, take=32)
     assert (logit_cache.cache_key(path, source, "train", other, norm)
-            != logit_cache.cache_key(path, source, "train", pipeline, norm))
+            != logit_cache.cache_key(path, source, "train", pcfg, norm))
 
 
 def test_truncated_cache_is_recomputed(parts, tmp_path):
@@ -96,8 +96,8 @@ def test_truncated_cache_is_recomputed(parts, tmp_path):
 
 
 def test_random_rgb_augmentation_is_refused(parts, tmp_path):
-    teacher, path, source, pipeline, norm = parts
-    augmented = dataclasses.replace(pipeline, augment=True)
+    teacher, path, source, pcfg, norm = parts
+    augmented = dataclasses.replace(pcfg, augment=True)
     with pytest.raises(UserError, match="--noaugment"):
         logit_cache.load_or_compute(teacher, path, source, "train", augmented, norm, tmp_path, progress=False)
     with pytest.raises(UserError, match="--noaugment"):

@@ -15,7 +15,7 @@ from isp_keras import config
 from isp_keras.errors import UserError
 from isp_keras.training.config import AblationConfig, SweepConfig, TableConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FLAGFILES = sorted(p.name for p in (REPO / "flags").glob("*.flags") if not p.name.startswith("hdrplus_"))
 CONFIGS = {"table": TableConfig, "sweep": SweepConfig, "ablation": AblationConfig}
 METRICS = ("top1", "top5", "agreement")

@@ -20,7 +20,7 @@ from isp_keras.data import pipeline
 from isp_keras.data import sources
 from isp_keras.errors import UserError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NORM = normalisation.Normalisation([0.4, 0.45, 0.4], [0.25, 0.25, 0.25], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
 
 
