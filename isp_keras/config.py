@@ -20,8 +20,12 @@ from isp_keras.errors import UserError
 def option(default=None, help: str = "", choices=None, *, required: bool = False, positional: bool = False):
     """A config field that is also a flag. Lists take a default list (copied per instance); `positional` fields are
     filled from the command line's non-flag arguments instead of a flag."""
-    metadata = {"help": help, "choices": tuple(choices) if choices else None, "required": required,
-                "positional": positional}
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "required": required,
+        "positional": positional,
+    }
     if required:  # absl refuses a required flag whose value is still None
         default = None
     if isinstance(default, list):
@@ -55,14 +59,15 @@ def default_of(field: dataclasses.Field):
 def define_flags(cls, flag_values: flags.FlagValues | None = None) -> None:
     """Define one flag per `option` field of the dataclass `cls` in `flag_values` (default: absl's global FLAGS)."""
     fv = flag_values if flag_values is not None else flags.FLAGS
-    for field, kind, item in fields(cls):
+    for field, kind, _ in fields(cls):
         if field.metadata["positional"]:
             continue
         name, default, help_text = field.name, default_of(field), field.metadata["help"]
         choices = field.metadata["choices"]
         if kind is list:
-            flags.DEFINE_list(name, [str(v) for v in default] if default is not None else None, help_text,
-                              flag_values=fv)
+            flags.DEFINE_list(
+                name, [str(v) for v in default] if default is not None else None, help_text, flag_values=fv
+            )
         elif choices:
             flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=fv)
         elif kind is bool:

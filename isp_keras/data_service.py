@@ -18,10 +18,14 @@ def run(cfg: ServiceConfig) -> None:
     try:
         address, servers = service.start_local(cfg.workers, cfg.port, cfg.dispatcher, cfg.worker_host)
     except tf.errors.OpError as exc:
-        raise UserError(f"--port={cfg.port}: could not start the tf.data service "
-                        f"({exc.message.splitlines()[0][:200]})") from None
-    print(f"tf.data service at {address} with {cfg.workers} local worker(s); train with "
-          f"--data_service={address.replace('localhost', socket.gethostname())}. Ctrl-C stops it.", flush=True)
+        raise UserError(
+            f"--port={cfg.port}: could not start the tf.data service ({exc.message.splitlines()[0][:200]})"
+        ) from None
+    print(
+        f"tf.data service at {address} with {cfg.workers} local worker(s); train with "
+        f"--data_service={address.replace('localhost', socket.gethostname())}. Ctrl-C stops it.",
+        flush=True,
+    )
     servers[0].join()  # serves until the process is stopped
 
 

@@ -71,8 +71,15 @@ def _flagfile_with(argv, name: str) -> str | None:
 
 
 # TensorFlow errors that mean bad input data rather than a bug: they get one line too.
-_DATA_ERRORS = ("isp_keras:", "Invalid JPEG data", "Invalid PNG data", "Unknown image file format", "corrupted record",
-                "truncated record", "Input is empty")
+_DATA_ERRORS = (
+    "isp_keras:",
+    "Invalid JPEG data",
+    "Invalid PNG data",
+    "Unknown image file format",
+    "corrupted record",
+    "truncated record",
+    "Input is empty",
+)
 
 
 def data_error_message(exc: BaseException) -> str | None:
@@ -83,7 +90,7 @@ def data_error_message(exc: BaseException) -> str | None:
     if not any(key in text for key in _DATA_ERRORS):
         return None
     if "isp_keras:" in text:  # our own tf.debugging.Assert: "assertion failed: [isp_keras: ...] [12] ..."
-        text = text[text.index("isp_keras:") + len("isp_keras:"):]
+        text = text[text.index("isp_keras:") + len("isp_keras:") :]
         text = text.split("[[", 1)[0].replace("] [", " ").replace("[", "").replace("]", "")
     else:
         text = "data pipeline: " + text.split("[[", 1)[0]

@@ -18,12 +18,16 @@ def run(cfg: ExportConfig) -> dict:
 
     manifest = export.run(cfg)
     p = manifest["parity"]
-    print(f"wrote {cfg.out}: SavedModel ({', '.join(manifest['signatures'])}), "
-          f"{', '.join(manifest['tflite'].values())}, {serving.LABELS}, {serving.MANIFEST}")
-    print(f"parity on {p['parity_examples']} test mosaics ({p['dataset']}): SavedModel max |dp| "
-          f"{p['saved_model_max_abs_prob_diff']:.2e}, float32 TFLite max |dp| {p['float32_max_abs_prob_diff']:.2e}, "
-          f"int8 top-1 agreement {p['int8_top1_agreement']:.2f}%"
-          + (f", dynamic top-1 agreement {p['dynamic_top1_agreement']:.2f}%" if "dynamic_top1_agreement" in p else ""))
+    print(
+        f"wrote {cfg.out}: SavedModel ({', '.join(manifest['signatures'])}), "
+        f"{', '.join(manifest['tflite'].values())}, {serving.LABELS}, {serving.MANIFEST}"
+    )
+    print(
+        f"parity on {p['parity_examples']} test mosaics ({p['dataset']}): SavedModel max |dp| "
+        f"{p['saved_model_max_abs_prob_diff']:.2e}, float32 TFLite max |dp| {p['float32_max_abs_prob_diff']:.2e}, "
+        f"int8 top-1 agreement {p['int8_top1_agreement']:.2f}%"
+        + (f", dynamic top-1 agreement {p['dynamic_top1_agreement']:.2f}%" if "dynamic_top1_agreement" in p else "")
+    )
     return manifest
 
 

@@ -16,7 +16,7 @@ def run(cfg: EmbeddedConfig) -> dict:
     index = embedded.build(cfg)
     for split, info in index["splits"].items():
         print(f"{split}: {info['count']} images in {len(info['files'])} shards")
-    for split, info in index["splits"].items():
+    for info in index["splits"].values():
         for name, digest in info["files"].items():
             print(f"sha256 {digest}  {cfg.out}/{name}")
     return index

@@ -20,8 +20,9 @@ def run(cfg: PredictConfig) -> dict:
     for path, ranked in results.items():
         print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
     if cfg.json:
-        fsutil.write_json_atomic(cfg.json, {p: [{"label": lbl, "probability": prob} for lbl, prob in r]
-                                            for p, r in results.items()})
+        fsutil.write_json_atomic(
+            cfg.json, {p: [{"label": lbl, "probability": prob} for lbl, prob in r] for p, r in results.items()}
+        )
     return results
 
 

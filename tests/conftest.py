@@ -17,9 +17,21 @@ def tiny_teacher(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_teacher")
     out = root / "teacher.keras"
-    teacher.train(TeacherConfig(
-        dataset="embedded", arch="resnet_tiny", image_size=32, epochs=2, batch_size=64, lr=0.05,
-        weight_decay=5e-4, take=1024, seed=0, out=str(out), model_dir=str(root / "run")))
+    teacher.train(
+        TeacherConfig(
+            dataset="embedded",
+            arch="resnet_tiny",
+            image_size=32,
+            epochs=2,
+            batch_size=64,
+            lr=0.05,
+            weight_decay=5e-4,
+            take=1024,
+            seed=0,
+            out=str(out),
+            model_dir=str(root / "run"),
+        )
+    )
     return out
 
 
@@ -28,8 +40,17 @@ def tiny_config(tiny_teacher, tmp_path):
     """A TrainConfig for a few-step distillation on the tiny teacher."""
     from isp_keras.training.config import TrainConfig
 
-    return TrainConfig(teacher=str(tiny_teacher), model_dir=str(tmp_path / "run"), epochs=1, batch_size=32,
-                       train_take=128, test_take=128, stats_images=256, lr=0.05, qat_epochs=0).validate()
+    return TrainConfig(
+        teacher=str(tiny_teacher),
+        model_dir=str(tmp_path / "run"),
+        epochs=1,
+        batch_size=32,
+        train_take=128,
+        test_take=128,
+        stats_images=256,
+        lr=0.05,
+        qat_epochs=0,
+    ).validate()
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +61,16 @@ def tiny_student(tiny_teacher, tmp_path_factory):
     from isp_keras.training.config import TrainConfig
 
     run_dir = tmp_path_factory.mktemp("tiny_student")
-    cfg = TrainConfig(teacher=str(tiny_teacher), model_dir=str(run_dir), epochs=1, batch_size=64, train_take=1024,
-                      test_take=128, stats_images=512, lr=0.05, qat_epochs=0).validate()
+    cfg = TrainConfig(
+        teacher=str(tiny_teacher),
+        model_dir=str(run_dir),
+        epochs=1,
+        batch_size=64,
+        train_take=1024,
+        test_take=128,
+        stats_images=512,
+        lr=0.05,
+        qat_epochs=0,
+    ).validate()
     experiments.train(cfg)
     return run_dir

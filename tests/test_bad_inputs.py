@@ -22,13 +22,10 @@ import tensorflow as tf
 from PIL import Image
 
 from isp_keras import errors, fsutil
-from isp_keras.data import normalisation
-from isp_keras.data import pipeline
-from isp_keras.data import sources
-from isp_keras.training import experiment
+from isp_keras.data import normalisation, pipeline, records, sources
 from isp_keras.models import teachers
 from isp_keras.raw import rawio
-from isp_keras.data import records
+from isp_keras.training import experiment
 from isp_keras.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +39,7 @@ def one_line(capsys, fn, code=2):
     assert info.value.code == code, err
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert "Traceback" not in err[0]
-    return err[0][len("error: "):]
+    return err[0][len("error: ") :]
 
 
 def _png(path, array):
@@ -65,17 +62,20 @@ def make_folder(root: Path, classes=("cat", "dog", "owl"), per_class=4, size=(32
 # ----------------------------------------------------------------------- flags and names
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("alpha", 1.5, "--alpha=1.5: must be in [0, 1]"),
-    ("alpha", -0.1, "--alpha=-0.1: must be in [0, 1]"),
-    ("temperature", 0.0, "--temperature=0.0: must be > 0"),
-    ("temperature", -2.0, "--temperature=-2.0: must be > 0"),
-    ("temperature", float("nan"), "--temperature=nan: must be a finite number"),
-    ("noise_std", float("inf"), "--noise_std=inf: must be a finite number"),
-    ("lr", float("nan"), "--lr=nan: must be a finite number"),
-    ("image_size", 31, "--image_size=31: must be even"),
-    ("checkpoint_steps", -1, "--checkpoint_steps must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("alpha", 1.5, "--alpha=1.5: must be in [0, 1]"),
+        ("alpha", -0.1, "--alpha=-0.1: must be in [0, 1]"),
+        ("temperature", 0.0, "--temperature=0.0: must be > 0"),
+        ("temperature", -2.0, "--temperature=-2.0: must be > 0"),
+        ("temperature", float("nan"), "--temperature=nan: must be a finite number"),
+        ("noise_std", float("inf"), "--noise_std=inf: must be a finite number"),
+        ("lr", float("nan"), "--lr=nan: must be a finite number"),
+        ("image_size", 31, "--image_size=31: must be even"),
+        ("checkpoint_steps", -1, "--checkpoint_steps must be >= 0"),
+    ],
+)
 def test_bad_flag_values(capsys, field, value, words):
     assert words in one_line(capsys, lambda: TrainConfig(**{field: value}).validate())
 
@@ -126,7 +126,7 @@ def test_odd_image_sizes_are_cropped_and_said(tmp_path):
     source = sources.folder_source(root)
     assert any("odd width or height" in n and "(31x33)" in n for n in source.notes), source.notes
     cfg = pipeline.PipelineConfig(image_size=32, batch_size=2, noise_std=0.0)
-    (raw, rgb, _), = list(pipeline.build(source, "test", cfg, training=False, norm=None, mode="mosaic").take(1))
+    ((raw, rgb, _),) = list(pipeline.build(source, "test", cfg, training=False, norm=None, mode="mosaic").take(1))
     assert raw.shape == (2, 32, 32, 1) and rgb.shape == (2, 32, 32, 3)
 
 
@@ -189,8 +189,10 @@ def test_model_file_that_is_not_a_model(capsys, tmp_path):
     assert one_line(capsys, lambda: teachers.load_model_file(junk)).startswith(f"{junk}: not a loadable Keras model")
     txt = tmp_path / "teacher.h5"
     txt.write_text("hello")
-    assert one_line(capsys, lambda: teachers.load_model_file(txt)) == \
-        f"{txt}: expected a .keras file or a SavedModel directory"
+    assert (
+        one_line(capsys, lambda: teachers.load_model_file(txt))
+        == f"{txt}: expected a .keras file or a SavedModel directory"
+    )
     folder = tmp_path / "saved"
     folder.mkdir()
     assert "not a SavedModel" in one_line(capsys, lambda: teachers.load_model_file(folder))
@@ -209,10 +211,22 @@ def test_model_file_with_code_is_refused_by_safe_mode(capsys, tmp_path):
 
 def test_no_pickle_of_untrusted_input_anywhere():
     """Nothing in the package unpickles, disables Keras safe mode or loads numpy arrays with pickle."""
-    forbidden = ("import pickle", "pickle.load", "allow_pickle=True", "safe_mode=False", "cloudpickle", "dill",
-                 "yaml.load(", "marshal.loads")
-    offenders = [f"{p.relative_to(ROOT)}: {word}" for p in (ROOT / "isp_keras").rglob("*.py")
-                 for word in forbidden if word in p.read_text()]
+    forbidden = (
+        "import pickle",
+        "pickle.load",
+        "allow_pickle=True",
+        "safe_mode=False",
+        "cloudpickle",
+        "dill",
+        "yaml.load(",
+        "marshal.loads",
+    )
+    offenders = [
+        f"{p.relative_to(ROOT)}: {word}"
+        for p in (ROOT / "isp_keras").rglob("*.py")
+        for word in forbidden
+        if word in p.read_text()
+    ]
     assert offenders == []
     loads = [p for p in (ROOT / "isp_keras").rglob("*.py") if "np.load(" in p.read_text()]
     for p in loads:
@@ -274,10 +288,14 @@ def test_resume_with_different_flags_is_refused(capsys, tmp_path):
     from isp_keras.training import checkpoint, runner
 
     runner.prepare_out(train_plan(tmp_path, lr=0.05))
-    checkpoint.save_checkpoint(tmp_path / "distilled", lambda folder: (folder / "w").write_text("w"), {"epochs_done": 1})
+    checkpoint.save_checkpoint(
+        tmp_path / "distilled", lambda folder: (folder / "w").write_text("w"), {"epochs_done": 1}
+    )
     line = one_line(capsys, lambda: runner.prepare_out(train_plan(tmp_path, lr=0.1)))
-    assert line == (f"{tmp_path}: its rows were made with --lr=0.05 (now 0.1); rerun with the same flags to resume, "
-                    f"pass --overwrite to redo them, or choose another --model_dir")
+    assert line == (
+        f"{tmp_path}: its rows were made with --lr=0.05 (now 0.1); rerun with the same flags to resume, "
+        f"pass --overwrite to redo them, or choose another --model_dir"
+    )
     runner.prepare_out(train_plan(tmp_path, lr=0.05, checkpoint_steps=7, strategy="mirrored"))  # resumable changes
     runner.prepare_out(train_plan(tmp_path, lr=0.1, overwrite=True))
     assert not (tmp_path / "distilled").exists()
@@ -307,8 +325,14 @@ def test_full_disk_while_saving_results(capsys, tmp_path, monkeypatch):
 def test_flagfile_with_unknown_flag_on_the_command_line(tmp_path):
     flagfile = tmp_path / "preset.cfg"
     flagfile.write_text("--noise_std=0.1\n--nosie_std=0.2\n")
-    proc = subprocess.run([sys.executable, "-m", "isp_keras.train", f"--flagfile={flagfile}"], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "isp_keras.train", f"--flagfile={flagfile}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=120,
+    )
     assert proc.returncode == 2
     ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert ours == [f"error: {flagfile}: unknown flag --nosie_std"], proc.stderr[-1000:]
@@ -320,5 +344,7 @@ def test_data_error_message_ignores_bugs():
     assert errors.data_error_message(ValueError("Invalid JPEG data")) is None
     bug = tf.errors.InvalidArgumentError(None, None, "Incompatible shapes: [2,3] vs. [4]")
     assert errors.data_error_message(bug) is None
-    data = tf.errors.InvalidArgumentError(None, None, "Invalid JPEG data or crop window, data size 512\n\t [[{{node x}}]]")
+    data = tf.errors.InvalidArgumentError(
+        None, None, "Invalid JPEG data or crop window, data size 512\n\t [[{{node x}}]]"
+    )
     assert errors.data_error_message(data) == "data pipeline: Invalid JPEG data or crop window, data size 512"

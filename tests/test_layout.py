@@ -30,7 +30,8 @@ MAY_IMPORT = {
 }
 COMMANDS = sorted(
     [p.stem for p in PACKAGE.glob("*.py") if p.stem not in GROUND | {"__init__", "cli"}]
-    + [f"experiments.{p.stem}" for p in (PACKAGE / "experiments").glob("*.py") if p.stem != "__init__"])
+    + [f"experiments.{p.stem}" for p in (PACKAGE / "experiments").glob("*.py") if p.stem != "__init__"]
+)
 
 
 def isp_imports(path: Path) -> set[str]:
@@ -78,8 +79,14 @@ def test_ground_imports_nothing_above_it():
 def command_config(module_name: str):
     """The config dataclass a command passes to cli.main (read from its `if __name__ == "__main__"` block)."""
     path = PACKAGE / (module_name.replace(".", "/") + ".py")
-    calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
-             and isinstance(n.func, ast.Attribute) and n.func.attr == "main" and getattr(n.func.value, "id", "") == "cli"]
+    calls = [
+        n
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "main"
+        and getattr(n.func.value, "id", "") == "cli"
+    ]
     assert len(calls) == 1, f"{module_name}: its main must be cli.main(Config, run)"
     module = importlib.import_module(f"isp_keras.{module_name}")
     return getattr(module, calls[0].args[0].id)
@@ -123,11 +130,18 @@ def test_commands_are_thin():
 def test_no_flag_is_defined_at_import_time():
     """Importing every module (library and commands) defines no absl flag."""
     names = [m.name for m in pkgutil.walk_packages(isp_keras.__path__, "isp_keras.")]
-    code = ("from absl import flags; import importlib; "
-            f"[importlib.import_module(n) for n in {names!r}]; "
-            "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if 'isp_keras' in m))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    code = (
+        "from absl import flags; import importlib; "
+        f"[importlib.import_module(n) for n in {names!r}]; "
+        "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if 'isp_keras' in m))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
@@ -135,11 +149,23 @@ def test_no_flag_is_defined_at_import_time():
 def test_commands_start_quietly(tmp_path):
     """No TensorFlow C++ start-up lines (oneDNN, CPU features) unless asked for with --verbosity=1."""
     env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    quiet = subprocess.run([sys.executable, "-m", "isp_keras.rawinfo", str(tmp_path / "none.dng")], cwd=tmp_path,
-                           capture_output=True, text=True, env=env, timeout=120)
+    quiet = subprocess.run(
+        [sys.executable, "-m", "isp_keras.rawinfo", str(tmp_path / "none.dng")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert quiet.returncode == 1 and quiet.stdout.startswith(f"{tmp_path / 'none.dng'}: ")
     for noise in ("cpu_feature_guard", "oneDNN", "absl::InitializeLog", "is deprecated"):
         assert noise not in quiet.stderr, quiet.stderr
-    loud = subprocess.run([sys.executable, "-m", "isp_keras.rawinfo", "--verbosity=1", str(tmp_path / "none.dng")],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    loud = subprocess.run(
+        [sys.executable, "-m", "isp_keras.rawinfo", "--verbosity=1", str(tmp_path / "none.dng")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert "cpu_feature_guard" in loud.stderr or "oneDNN" in loud.stderr

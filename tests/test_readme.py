@@ -18,7 +18,7 @@ TINY = {
     "isp_keras.export": "--calibration_samples=32 --parity_take=64 --nodynamic --noparity_gate",
     "isp_keras.predict": "",
     "isp_keras.benchmark": "--runs=20 --warmup=2 --latency_block=5 --agreement_take=64 --calibration_samples=32 "
-                           "--e2e_images=4 --nomobilenet",
+    "--e2e_images=4 --nomobilenet",
 }
 
 
@@ -46,8 +46,14 @@ def test_walkthrough_runs_in_order(tmp_path):
         if not command.startswith("python -m"):
             continue
         module = command.split()[2]
-        proc = subprocess.run(["bash", "-c", f"{command} {TINY[module]}"], cwd=tmp_path, capture_output=True,
-                              text=True, env=env, timeout=900)
+        proc = subprocess.run(
+            ["bash", "-c", f"{command} {TINY[module]}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
         assert proc.returncode == 0, f"{command}: {proc.stderr[-3000:]}"
         outputs[module] = proc.stdout
     results = json.loads((tmp_path / "runs" / "train" / "results.json").read_text())

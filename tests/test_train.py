@@ -13,14 +13,31 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_train(args, cwd=ROOT):
-    proc = subprocess.run([sys.executable, "-m", "isp_keras.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "isp_keras.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     return proc
 
 
 def tiny_args(teacher, run_dir, *extra):
-    return [f"--teacher={teacher}", f"--model_dir={run_dir}", "--noise_std=0.1", "--epochs=1", "--batch_size=64",
-            "--train_take=512", "--test_take=256", "--stats_images=512", "--lr=0.05", "--log_steps=3", *extra]
+    return [
+        f"--teacher={teacher}",
+        f"--model_dir={run_dir}",
+        "--noise_std=0.1",
+        "--epochs=1",
+        "--batch_size=64",
+        "--train_take=512",
+        "--test_take=256",
+        "--stats_images=512",
+        "--lr=0.05",
+        "--log_steps=3",
+        *extra,
+    ]
 
 
 def parse_table(stdout):
@@ -74,8 +91,16 @@ def test_train_end_to_end_writes_the_contract(tiny_teacher, tmp_path):
     meta = json.loads((run_dir / "student.json").read_text())
     assert meta["cfa"] == "RGGB" and meta["image_size"] == 32
     tags = _tensorboard_tags(run_dir)
-    assert {"train/loss", "train/ce", "train/kd", "train/top1", "train/agreement", "validation/top1",
-            "validation/agreement", "test/top1"} <= tags["scalars"]
+    assert {
+        "train/loss",
+        "train/ce",
+        "train/kd",
+        "train/top1",
+        "train/agreement",
+        "validation/top1",
+        "validation/agreement",
+        "test/top1",
+    } <= tags["scalars"]
     assert any("rgb | mosaic | infill" in t for t in tags["images"])
     # Training scalars every --log_steps steps (8 steps per epoch here, logged every 3 and at the epoch end), and
     # one global step: the quantisation-aware row goes on where the distilled row ended.
@@ -158,15 +183,18 @@ def test_default_flags_run_under_mirrored(tiny_teacher, tmp_path):
     assert json.loads((run_dir / "results.json").read_text())["rows"] == results["rows"]
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--alpha=1.5", "--alpha=1.5: must be in [0, 1]"),
-    ("--temperature=0", "--temperature=0.0: must be > 0"),
-    ("--dataset=nosuch", "unknown dataset 'nosuch'"),
-    ("--qat_epochs=-1", "--qat_epochs=-1, --qat_lr=0.002: need qat_epochs >= 0"),
-    ("--strategy=nosuch", "--strategy=nosuch: value should be one of"),
-    ("--log_steps=0", "--log_steps=0: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--alpha=1.5", "--alpha=1.5: must be in [0, 1]"),
+        ("--temperature=0", "--temperature=0.0: must be > 0"),
+        ("--dataset=nosuch", "unknown dataset 'nosuch'"),
+        ("--qat_epochs=-1", "--qat_epochs=-1, --qat_lr=0.002: need qat_epochs >= 0"),
+        ("--strategy=nosuch", "--strategy=nosuch: value should be one of"),
+        ("--log_steps=0", "--log_steps=0: must be >= 1"),
+    ],
+)
 def test_bad_flags_give_one_line(tiny_teacher, tmp_path, flag, message):
     proc = run_train(tiny_args(tiny_teacher, tmp_path / "r", flag))
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert len([l for l in proc.stderr.splitlines() if l.startswith("error:")]) == 1
+    assert len([x for x in proc.stderr.splitlines() if x.startswith("error:")]) == 1

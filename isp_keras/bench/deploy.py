@@ -31,8 +31,7 @@ from isp_keras.errors import UserError
 
 # The simulated sensor records sRGB-encoded values (pipeline.simulate_raw mosaics the RGB image directly), so the
 # matching ISP is demosaic + identity colour + gamma 1 + no auto-brightening; the DNGs carry sRGB primaries.
-ISP_PARAMS = dict(gamma=(1, 1), no_auto_bright=True, use_camera_wb=False, user_wb=[1.0, 1.0, 1.0, 1.0],
-                  output_bps=8)
+ISP_PARAMS = dict(gamma=(1, 1), no_auto_bright=True, use_camera_wb=False, user_wb=[1.0, 1.0, 1.0, 1.0], output_bps=8)
 BLACK_LEVEL, WHITE_LEVEL = 256, 4095  # a 12-bit sensor
 
 
@@ -43,8 +42,11 @@ class DeployBenchConfig:
     student: str = option("runs/train", "Run directory of the student to benchmark (deploy suite).")
     runs: int = option(300, "Timed single-image calls per latency figure (deploy suite).")
     warmup: int = option(30, "Untimed calls before timing (deploy suite).")
-    latency_block: int = option(10, "Calls of each runtime timed back to back in one interleaved round (deploy "
-                                "suite); --runs / --latency_block rounds.")
+    latency_block: int = option(
+        10,
+        "Calls of each runtime timed back to back in one interleaved round (deploy "
+        "suite); --runs / --latency_block rounds.",
+    )
     threads: int = option(2, "Threads for LiteRT and TensorFlow (deploy suite).")
     agreement_take: int = option(0, "Test mosaics for the int8 agreement (0: the whole test split).")
     calibration_samples: int = option(300, "Training-pipeline mosaics calibrating the int8 model.")
@@ -54,8 +56,15 @@ class DeployBenchConfig:
     def validate(self) -> DeployBenchConfig:
         """Check every field (one-line UserError naming the flag); cooperative, so a config composed of several
         suites' configs checks them all. Returns self."""
-        for name, low in (("runs", 1), ("threads", 1), ("calibration_samples", 1), ("e2e_images", 1),
-                          ("latency_block", 1), ("warmup", 0), ("agreement_take", 0)):
+        for name, low in (
+            ("runs", 1),
+            ("threads", 1),
+            ("calibration_samples", 1),
+            ("e2e_images", 1),
+            ("latency_block", 1),
+            ("warmup", 0),
+            ("agreement_take", 0),
+        ):
             if getattr(self, name) < low:
                 raise UserError(f"--{name}={getattr(self, name)}: must be >= {low}")
         if not self.student:
@@ -104,8 +113,16 @@ def write_dngs(mosaics: np.ndarray, cfa: str, folder: Path) -> list[bytes]:
     return out
 
 
-def measure(student, teacher, source, work: Path, cfg: DeployBenchConfig, keras_path: Path, agreement: bool,
-            calibration_samples: int) -> dict:
+def measure(
+    student,
+    teacher,
+    source,
+    work: Path,
+    cfg: DeployBenchConfig,
+    keras_path: Path,
+    agreement: bool,
+    calibration_samples: int,
+) -> dict:
     """All figures of one student (serving.Student) / teacher pair; files go to `work`. `agreement`: also int8/float
     vs Keras on the test split (--agreement_take) and the top-1 of both end-to-end paths."""
     import rawpy
@@ -118,19 +135,28 @@ def measure(student, teacher, source, work: Path, cfg: DeployBenchConfig, keras_
     size = student.image_size
     sm_dir, teacher_dir = work / "student_savedmodel", work / "teacher_savedmodel"
     serving.export_saved_model(student, sm_dir, BLACK_LEVEL, WHITE_LEVEL)
-    representative, _ = serving.pipeline_mosaics(student, source, source.train_split, calibration_samples,
-                                                 training=True)
+    representative, _ = serving.pipeline_mosaics(
+        student, source, source.train_split, calibration_samples, training=True
+    )
     models = {}
     for kind in ("float32", "dynamic", "int8"):
         logging.info("converting %s to TFLite (%s)", student.model.name, kind)
-        models[kind] = (tflite.int8_tflite(student, representative)[0] if kind == "int8"
-                        else tflite.to_tflite(sm_dir, kind))
+        models[kind] = (
+            tflite.int8_tflite(student, representative)[0] if kind == "int8" else tflite.to_tflite(sm_dir, kind)
+        )
         fig[f"{kind}_bytes"] = len(models[kind])
     fig["keras_bytes"] = keras_path.stat().st_size
     raw_path_model = tflite.to_tflite(sm_dir, "float32", signature=serving.UINT16_SIGNATURE)
-    serving.write_archive(teacher, {serving.SIGNATURE: (
-        teacher_fn(teacher, student.norm), tf.TensorSpec([None, size, size, 3], tf.uint8, name="image"))},
-        teacher_dir)
+    serving.write_archive(
+        teacher,
+        {
+            serving.SIGNATURE: (
+                teacher_fn(teacher, student.norm),
+                tf.TensorSpec([None, size, size, 3], tf.uint8, name="image"),
+            )
+        },
+        teacher_dir,
+    )
     isp_path_model = tflite.to_tflite(teacher_dir, "float32")
     fig["raw_path_model_bytes"], fig["isp_path_model_bytes"] = len(raw_path_model), len(isp_path_model)
 
@@ -147,14 +173,19 @@ def measure(student, teacher, source, work: Path, cfg: DeployBenchConfig, keras_
             fig[f"{kind}_max_abs_prob_diff"] = float(np.max(np.abs(probs - reference)))
             fig[f"{kind}_top1"] = float(100.0 * np.mean(np.argmax(probs, -1) == labels))
 
-    singles = [test[i:i + 1] for i in range(min(len(test), cfg.e2e_images))]
+    singles = [test[i : i + 1] for i in range(min(len(test), cfg.e2e_images))]
     serve = tf.function(serving.probabilities_fn(student))
     singles_tf = [tf.constant(x) for x in singles]
     fns = {"keras": lambda i: serve(singles_tf[i % len(singles)])[serving.OUTPUT_NAME].numpy()}
     for kind, runner in runners.items():
         fns[kind] = lambda i, runner=runner: runner.invoke(singles[i % len(singles)])
-    fig.update(latencies(fns, cfg, {"int8_over_float32_latency": ("int8", "float32"),
-                                    "dynamic_over_float32_latency": ("dynamic", "float32")}))
+    fig.update(
+        latencies(
+            fns,
+            cfg,
+            {"int8_over_float32_latency": ("int8", "float32"), "dynamic_over_float32_latency": ("dynamic", "float32")},
+        )
+    )
 
     dngs = write_dngs(np.concatenate(singles), student.cfa, work)
     raw_runner = runtime.TFLiteRunner(raw_path_model, cfg.threads)
@@ -175,14 +206,21 @@ def measure(student, teacher, source, work: Path, cfg: DeployBenchConfig, keras_
     if isp(0).shape != (size, size, 3):
         raise UserError(f"LibRaw returned a {isp(0).shape} image for a {size}x{size} DNG; cannot compare paths")
     fig["e2e_images"] = len(dngs)
-    fig.update(latencies({"raw_path": raw_path, "isp_path": isp_path, "isp_only": isp}, cfg,
-                         {"raw_path_speedup_over_isp_path": ("isp_path", "raw_path")}))
+    fig.update(
+        latencies(
+            {"raw_path": raw_path, "isp_path": isp_path, "isp_only": isp},
+            cfg,
+            {"raw_path_speedup_over_isp_path": ("isp_path", "raw_path")},
+        )
+    )
     if agreement:
-        e2e_labels = labels[:len(dngs)]
-        fig["raw_path_top1"] = float(100.0 * np.mean([np.argmax(raw_path(i)) == e2e_labels[i]
-                                                      for i in range(len(dngs))]))
-        fig["isp_path_top1"] = float(100.0 * np.mean([np.argmax(isp_path(i)) == e2e_labels[i]
-                                                      for i in range(len(dngs))]))
+        e2e_labels = labels[: len(dngs)]
+        fig["raw_path_top1"] = float(
+            100.0 * np.mean([np.argmax(raw_path(i)) == e2e_labels[i] for i in range(len(dngs))])
+        )
+        fig["isp_path_top1"] = float(
+            100.0 * np.mean([np.argmax(isp_path(i)) == e2e_labels[i] for i in range(len(dngs))])
+        )
     return fig
 
 
@@ -197,8 +235,15 @@ def mobilenet_pair(work: Path) -> tuple:
     norm = normalisation.Normalisation([0.45] * 3, [0.25] * 3, [0.5] * 3, [0.25] * 3)
     keras_path = work / "mobilenetv2_224.keras"
     model.save(keras_path)
-    student = serving.Student(model, "RGGB", 224, [f"class_{i}" for i in range(1000)], norm, noise_std=0.1,
-                              path="architectures.build('mobilenetv2', 1000)")
+    student = serving.Student(
+        model,
+        "RGGB",
+        224,
+        [f"class_{i}" for i in range(1000)],
+        norm,
+        noise_std=0.1,
+        path="architectures.build('mobilenetv2', 1000)",
+    )
     return student, model, keras_path
 
 
@@ -221,19 +266,33 @@ def run(cfg: DeployBenchConfig) -> dict:
         raise UserError(f"--student={cfg.student}: student.json names no teacher; the ISP path needs it")
     teacher, _ = teachers.load_teacher(student.teacher)
     source = sources.get_source(student.dataset)
-    figures = {"student": student.path, "teacher": student.teacher, "threads": cfg.threads, "runs": cfg.runs,
-               "latency_rounds": timing.split_rounds(cfg.runs, cfg.latency_block)[0],
-               "isp": "rawpy.postprocess " + ", ".join(f"{k}={v}" for k, v in ISP_PARAMS.items())}
+    figures = {
+        "student": student.path,
+        "teacher": student.teacher,
+        "threads": cfg.threads,
+        "runs": cfg.runs,
+        "latency_rounds": timing.split_rounds(cfg.runs, cfg.latency_block)[0],
+        "isp": "rawpy.postprocess " + ", ".join(f"{k}={v}" for k, v in ISP_PARAMS.items()),
+    }
     with tempfile.TemporaryDirectory(prefix="bench_deploy_") as tmp:
         work = Path(tmp)
         (work / "student").mkdir()
-        figures.update(measure(student, teacher, source, work / "student", cfg, Path(student.path), True,
-                               cfg.calibration_samples))
+        figures.update(
+            measure(student, teacher, source, work / "student", cfg, Path(student.path), True, cfg.calibration_samples)
+        )
         if cfg.mobilenet:
             (work / "mobilenetv2").mkdir()
             mb_student, mb_teacher, keras_path = mobilenet_pair(work / "mobilenetv2")
             figures["mobilenetv2_224_weights"] = "random (latency and size only)"
-            mb = measure(mb_student, mb_teacher, source, work / "mobilenetv2", cfg, keras_path, False,
-                         min(cfg.calibration_samples, 100))
+            mb = measure(
+                mb_student,
+                mb_teacher,
+                source,
+                work / "mobilenetv2",
+                cfg,
+                keras_path,
+                False,
+                min(cfg.calibration_samples, 100),
+            )
             figures.update({f"mobilenetv2_224_{k}": v for k, v in mb.items()})
     return {k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in figures.items()}

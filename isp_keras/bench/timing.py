@@ -44,16 +44,30 @@ class Timings:
         for an overhead (raw - rgb) / rgb). The median of the ratios is always within [min, max] of them, and so is
         the ratio of the two variants' median times."""
         values = sorted(r + offset for r in self.ratios(num, den))
-        q1, q3 = (statistics.quantiles(values, n=4, method="inclusive")[::2] if len(values) > 1
-                  else (values[0], values[0]))
-        return {figure: statistics.median(values), f"{figure}_min": values[0], f"{figure}_q1": q1,
-                f"{figure}_q3": q3, f"{figure}_max": values[-1]}
+        q1, q3 = (
+            statistics.quantiles(values, n=4, method="inclusive")[::2] if len(values) > 1 else (values[0], values[0])
+        )
+        return {
+            figure: statistics.median(values),
+            f"{figure}_min": values[0],
+            f"{figure}_q1": q1,
+            f"{figure}_q3": q3,
+            f"{figure}_max": values[-1],
+        }
 
 
-def interleaved_ratios(fns: dict[str, Callable[[int], Any]], rounds: int, *, block: int = 1, warmup: int = 1,
-                       min_seconds: float = 0.0, before: dict[str, Callable[[], Any]] | None = None,
-                       after: dict[str, Callable[[], Any]] | None = None, progress: Callable | None = None,
-                       clock: Callable[[], float] = time.perf_counter) -> Timings:
+def interleaved_ratios(
+    fns: dict[str, Callable[[int], Any]],
+    rounds: int,
+    *,
+    block: int = 1,
+    warmup: int = 1,
+    min_seconds: float = 0.0,
+    before: dict[str, Callable[[], Any]] | None = None,
+    after: dict[str, Callable[[], Any]] | None = None,
+    progress: Callable | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timings:
     """Time the variants `fns` ({name: call(i)}, each call synchronous: it returns when its work is done) in
     `rounds` interleaved rounds; take ratios from the result (`Timings.ratio`, `Timings.ratio_figures`).
 
@@ -67,8 +81,10 @@ def interleaved_ratios(fns: dict[str, Callable[[int], Any]], rounds: int, *, blo
     if not fns:
         raise ValueError("interleaved_ratios: no variants")
     if rounds < 1 or block < 1 or warmup < 0 or min_seconds < 0:
-        raise ValueError(f"interleaved_ratios: rounds={rounds}, block={block} (>= 1), warmup={warmup}, "
-                         f"min_seconds={min_seconds} (>= 0)")
+        raise ValueError(
+            f"interleaved_ratios: rounds={rounds}, block={block} (>= 1), warmup={warmup}, "
+            f"min_seconds={min_seconds} (>= 0)"
+        )
     before, after = before or {}, after or {}
     names = list(fns)
     counters = dict.fromkeys(names, 0)

@@ -42,20 +42,24 @@ MODELS = {
     "mobilenetv2": ("mobilenetv2", 224, 1000, 16),
     "resnet18": ("resnet18", 224, 1000, 16),
 }
-NORM_32 = dict(raw_mean=[0.45, 0.45, 0.42], raw_std=[0.27, 0.27, 0.28], rgb_mean=[0.49, 0.48, 0.45],
-               rgb_std=[0.25, 0.24, 0.26])
+NORM_32 = dict(
+    raw_mean=[0.45, 0.45, 0.42], raw_std=[0.27, 0.27, 0.28], rgb_mean=[0.49, 0.48, 0.45], rgb_std=[0.25, 0.24, 0.26]
+)
 
 
 @dataclasses.dataclass
 class TrainBenchConfig:
     """Settings of the training benchmark; every field is also a flag of the same name (isp_keras.config)."""
 
-    train_models: list[str] = option(list(MODELS), f"Models to benchmark: {', '.join(MODELS)}.",
-                                     choices=tuple(MODELS))
-    train_steps: int = option(20, "Timed steps per variant (after warm-up), in interleaved rounds of "
-                              "--train_block steps each.")
-    train_block: int = option(2, "Steps of each variant timed back to back in one interleaved round; ratios are "
-                              "the median of the per-round ratios.")
+    train_models: list[str] = option(list(MODELS), f"Models to benchmark: {', '.join(MODELS)}.", choices=tuple(MODELS))
+    train_steps: int = option(
+        20, "Timed steps per variant (after warm-up), in interleaved rounds of --train_block steps each."
+    )
+    train_block: int = option(
+        2,
+        "Steps of each variant timed back to back in one interleaved round; ratios are "
+        "the median of the per-round ratios.",
+    )
     train_warmup: int = option(2, "Untimed warm-up steps per variant.")
     train_batch_32: int = option(128, "Batch size of the 32-px model.")
     train_batch_224: int = option(16, "Batch size of the 224-px models.")
@@ -63,10 +67,14 @@ class TrainBenchConfig:
     train_pipeline_seconds: float = option(2.0, "Minimum duration of each input-pipeline timing.")
     train_pipeline_repeats: int = option(5, "Interleaved rounds of the RGB and RAW input-pipeline timings.")
     train_stall_steps: int = option(20, "Timed steps of the stall measurement.")
-    train_stall_shuffle_32: int = option(20000, "Shuffle buffer of the 32-px stall measurement (the training "
-                                         "default: the whole embedded split).")
-    train_teacher: str = option("embedded", "The embedded model's teacher (`embedded`: data/teacher's ResNet-20, "
-                                "or a .keras file); a random-weight ResNet-20 if the file is missing.")
+    train_stall_shuffle_32: int = option(
+        20000, "Shuffle buffer of the 32-px stall measurement (the training default: the whole embedded split)."
+    )
+    train_teacher: str = option(
+        "embedded",
+        "The embedded model's teacher (`embedded`: data/teacher's ResNet-20, "
+        "or a .keras file); a random-weight ResNet-20 if the file is missing.",
+    )
     train_mirrored: bool = option(True, "Also measure MirroredStrategy over 2 logical CPUs.")
     train_seed: int = option(0, "Seed of the benchmark's random inputs and random-weight teachers.")
     train_progress: bool = option(True, "Show progress bars.")
@@ -78,17 +86,26 @@ class TrainBenchConfig:
         if unknown or not self.train_models:
             problem = f"unknown {', '.join(unknown)}" if unknown else "empty"
             raise UserError(f"--train_models={','.join(self.train_models)}: {problem}; choose from {', '.join(MODELS)}")
-        for name, low in (("train_steps", 1), ("train_block", 1), ("train_warmup", 0), ("train_batch_32", 2),
-                          ("train_batch_224", 2), ("train_pipeline_images", 16), ("train_pipeline_repeats", 1),
-                          ("train_stall_steps", 1), ("train_stall_shuffle_32", 1)):
+        for name, low in (
+            ("train_steps", 1),
+            ("train_block", 1),
+            ("train_warmup", 0),
+            ("train_batch_32", 2),
+            ("train_batch_224", 2),
+            ("train_pipeline_images", 16),
+            ("train_pipeline_repeats", 1),
+            ("train_stall_steps", 1),
+            ("train_stall_shuffle_32", 1),
+        ):
             if getattr(self, name) < low:
                 raise UserError(f"--{name}={getattr(self, name)}: must be >= {low}")
         if not self.train_pipeline_seconds >= 0.1:  # also rejects NaN
             raise UserError(f"--train_pipeline_seconds={self.train_pipeline_seconds}: must be >= 0.1")
         batches = [self.train_batch_32 if MODELS[m][1] == 32 else self.train_batch_224 for m in self.train_models]
         if self.train_pipeline_images < max(batches):
-            raise UserError(f"--train_pipeline_images={self.train_pipeline_images}: must be >= the batch size "
-                            f"({max(batches)})")
+            raise UserError(
+                f"--train_pipeline_images={self.train_pipeline_images}: must be >= the batch size ({max(batches)})"
+            )
         if not self.train_teacher:
             raise UserError("--train_teacher: empty")
         nxt = getattr(super(), "validate", None)
@@ -163,8 +180,9 @@ def large_jpeg_source(tmp: Path, classes: int, seed: int, count: int = 256):
                 data = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(big, 0, 255), tf.uint8), quality=90)
                 yield data.numpy(), int(rng.integers(classes))
 
-        records.write_records(out, [f"class{i}" for i in range(classes)], {"train": examples(), "test": examples()},
-                              num_shards=4)
+        records.write_records(
+            out, [f"class{i}" for i in range(classes)], {"train": examples(), "test": examples()}, num_shards=4
+        )
     return sources.get_source(f"records:{out}")
 
 
@@ -188,10 +206,14 @@ def step_times(teacher, size: int, classes: int, batch: int, cfg: TrainBenchConf
     logits = teacher(teacher_x, training=False)
 
     plain = students.student_from_teacher(teacher)
-    plain.compile(optimizer=schedule.sgd(1000, 0.01, 5e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.SparseTopKCategoricalAccuracy(1, name="top1"),
-                           keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")])
+    plain.compile(
+        optimizer=schedule.sgd(1000, 0.01, 5e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[
+            keras.metrics.SparseTopKCategoricalAccuracy(1, name="top1"),
+            keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5"),
+        ],
+    )
     variants = {"plain": (plain, (student_x, labels))}
     for name, cached in (("distill", False), ("cached", True)):
         model = distiller.Distiller(students.student_from_teacher(teacher), teacher, cached_logits=cached)
@@ -205,9 +227,15 @@ def step_times(teacher, size: int, classes: int, batch: int, cfg: TrainBenchConf
     fns = {name: step_fn(model, data) for name, (model, data) in variants.items()}
     rounds, block = timing.split_rounds(cfg.train_steps, cfg.train_block)
     t = timing.interleaved_ratios(fns, rounds, block=block, warmup=cfg.train_warmup, progress=_progress(cfg, desc))
-    return {"plain_step_ms": t.ms("plain"), "distill_step_ms": t.ms("distill"), "cached_step_ms": t.ms("cached"),
-            **t.ratio_figures("distill_over_plain", "distill", "plain"),
-            **t.ratio_figures("cached_over_plain", "cached", "plain"), "step_rounds": rounds, "step_block": block}
+    return {
+        "plain_step_ms": t.ms("plain"),
+        "distill_step_ms": t.ms("distill"),
+        "cached_step_ms": t.ms("cached"),
+        **t.ratio_figures("distill_over_plain", "distill", "plain"),
+        **t.ratio_figures("cached_over_plain", "cached", "plain"),
+        "step_rounds": rounds,
+        "step_block": block,
+    }
 
 
 def _single_threaded(ds):
@@ -229,10 +257,13 @@ def pipeline_costs(source, size: int, batch: int, cfg: TrainBenchConfig, norm, d
 
     n = min(cfg.train_pipeline_images, source.counts["train"])
     if n < batch:
-        raise UserError(f"--train_pipeline_images: the pipeline timing needs at least one batch of {batch} images, "
-                        f"{source.name} gives {n}")
-    pcfg = pipeline.PipelineConfig(image_size=size, batch_size=batch, noise_std=0.1, seed=cfg.train_seed, take=n,
-                                   cache=False, shuffle_buffer=1)
+        raise UserError(
+            f"--train_pipeline_images: the pipeline timing needs at least one batch of {batch} images, "
+            f"{source.name} gives {n}"
+        )
+    pcfg = pipeline.PipelineConfig(
+        image_size=size, batch_size=batch, noise_std=0.1, seed=cfg.train_seed, take=n, cache=False, shuffle_buffer=1
+    )
     iterators = {}
 
     def start(mode):
@@ -245,13 +276,21 @@ def pipeline_costs(source, size: int, batch: int, cfg: TrainBenchConfig, norm, d
 
     fns = {mode: (lambda i, mode=mode: next(iterators[mode])) for mode in ("rgb", "raw")}
     # Training batches drop their remainder: every call yields `batch` images.
-    t = timing.interleaved_ratios(fns, cfg.train_pipeline_repeats, block=1, warmup=0,
-                                  min_seconds=cfg.train_pipeline_seconds,
-                                  before={m: (lambda m=m: start(m)) for m in fns},
-                                  after={m: (lambda m=m: stop(m)) for m in fns}, progress=_progress(cfg, desc))
-    return {"rgb_pipeline_us_per_image": 1e3 * t.ms("rgb") / batch,
-            "raw_pipeline_us_per_image": 1e3 * t.ms("raw") / batch,
-            **t.ratio_figures("raw_ops_overhead", "raw", "rgb", offset=-1.0)}
+    t = timing.interleaved_ratios(
+        fns,
+        cfg.train_pipeline_repeats,
+        block=1,
+        warmup=0,
+        min_seconds=cfg.train_pipeline_seconds,
+        before={m: (lambda m=m: start(m)) for m in fns},
+        after={m: (lambda m=m: stop(m)) for m in fns},
+        progress=_progress(cfg, desc),
+    )
+    return {
+        "rgb_pipeline_us_per_image": 1e3 * t.ms("rgb") / batch,
+        "raw_pipeline_us_per_image": 1e3 * t.ms("raw") / batch,
+        **t.ratio_figures("raw_ops_overhead", "raw", "rgb", offset=-1.0),
+    }
 
 
 def stall(teacher, source, size: int, batch: int, norm, cfg: TrainBenchConfig, desc: str) -> dict:
@@ -266,12 +305,16 @@ def stall(teacher, source, size: int, batch: int, norm, cfg: TrainBenchConfig, d
     steps_per_epoch = max(1, source.counts["train"] // batch)
     warmup = cfg.train_warmup + 3  # the first batches also fill the cache and shuffle buffers
     total = warmup + cfg.train_stall_steps
-    pcfg = pipeline.PipelineConfig(image_size=size, batch_size=batch, noise_std=0.1, seed=cfg.train_seed,
-                                   cache=size == 32,
-                                   shuffle_buffer=cfg.train_stall_shuffle_32 if size == 32 else 4 * batch)
+    pcfg = pipeline.PipelineConfig(
+        image_size=size,
+        batch_size=batch,
+        noise_std=0.1,
+        seed=cfg.train_seed,
+        cache=size == 32,
+        shuffle_buffer=cfg.train_stall_shuffle_32 if size == 32 else 4 * batch,
+    )
     epochs = -(-total // steps_per_epoch)
-    ds = pipeline.build(source, "train", pcfg, training=True, norm=norm, steps_per_epoch=steps_per_epoch,
-                        epochs=epochs)
+    ds = pipeline.build(source, "train", pcfg, training=True, norm=norm, steps_per_epoch=steps_per_epoch, epochs=epochs)
     model = distiller.Distiller(students.student_from_teacher(teacher), teacher)
     model.compile(optimizer=schedule.sgd(1000, 0.01, 5e-4))
     step = tf.function(model.train_step)
@@ -286,18 +329,32 @@ def stall(teacher, source, size: int, batch: int, norm, cfg: TrainBenchConfig, d
         if i >= warmup:
             wait += got - start
             busy += end - got
-    return {"input_stall_fraction": wait / (wait + busy),
-            "stall_run_step_ms": 1000 * (wait + busy) / cfg.train_stall_steps}
+    return {
+        "input_stall_fraction": wait / (wait + busy),
+        "stall_run_step_ms": 1000 * (wait + busy) / cfg.train_stall_steps,
+    }
 
 
 def mirrored(name: str, teacher_desc: dict, size: int, classes: int, batch: int, cfg: TrainBenchConfig) -> dict:
     """MirroredStrategy over 2 logical CPUs vs one device, in a child process (see mirrored_child)."""
     repo = Path(__file__).resolve().parents[2]
-    args = json.dumps({"teacher": teacher_desc, "size": size, "classes": classes, "batch": batch,
-                       "steps": cfg.train_steps, "block": cfg.train_block, "warmup": cfg.train_warmup,
-                       "seed": cfg.train_seed})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    args = json.dumps(
+        {
+            "teacher": teacher_desc,
+            "size": size,
+            "classes": classes,
+            "batch": batch,
+            "steps": cfg.train_steps,
+            "block": cfg.train_block,
+            "warmup": cfg.train_warmup,
+            "seed": cfg.train_seed,
+        }
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     code = f"from isp_keras.bench import train; train.mirrored_child({args!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=3600)
     if proc.returncode != 0:
@@ -327,8 +384,10 @@ def mirrored_child(args_json: str) -> None:
     teachers.freeze(teacher)
     rng = np.random.default_rng(args["seed"])
     b, s = args["batch"], args["size"]
-    data = ((rng.normal(size=(b, s, s, 3)).astype(np.float32), rng.normal(size=(b, s, s, 3)).astype(np.float32)),
-            rng.integers(0, args["classes"], b).astype(np.int32))
+    data = (
+        (rng.normal(size=(b, s, s, 3)).astype(np.float32), rng.normal(size=(b, s, s, 3)).astype(np.float32)),
+        rng.integers(0, args["classes"], b).astype(np.int32),
+    )
     fns, losses = {}, {}
     for name, strategy in (("single", tf.distribute.get_strategy()), ("mirrored", distribute.get_strategy("mirrored"))):
         with strategy.scope():
@@ -352,6 +411,12 @@ def mirrored_child(args_json: str) -> None:
         fns[name] = timed
     rounds, block = timing.split_rounds(args["steps"], args.get("block", 1))
     t = timing.interleaved_ratios(fns, rounds, block=block, warmup=args["warmup"])
-    print(json.dumps({"mirrored_loss_abs_diff": abs(losses["mirrored"] - losses["single"]),
-                      **t.ratio_figures("mirrored_step_time_ratio", "mirrored", "single"),
-                      "mirrored_replicas": 2}))
+    print(
+        json.dumps(
+            {
+                "mirrored_loss_abs_diff": abs(losses["mirrored"] - losses["single"]),
+                **t.ratio_figures("mirrored_step_time_ratio", "mirrored", "single"),
+                "mirrored_replicas": 2,
+            }
+        )
+    )

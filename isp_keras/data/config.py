@@ -36,8 +36,10 @@ class RecordsConfig:
 
 @dataclasses.dataclass
 class EmbeddedConfig:
-    archive: str = option(str(paths.PROJECT_ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"),
-                          "CIFAR-10 JPEG archive (tar.gz).")
+    archive: str = option(
+        str(paths.PROJECT_ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"),
+        "CIFAR-10 JPEG archive (tar.gz).",
+    )
     out: str = option(str(paths.EMBEDDED_DATA), "Output records directory.")
     train_per_class: int = option(2000, "Training images per class (5000 = all).")
     test_per_class: int = option(1000, "Test images per class (1000 = all).")

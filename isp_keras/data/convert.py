@@ -32,8 +32,14 @@ def _encode(image, label, *, fmt: str, quality: int):
     return data, label
 
 
-def encoded_examples(source: sources.Source, split: str, fmt: str = "jpeg", quality: int = 95,
-                     max_size: int | None = None, take: int | None = None) -> tf.data.Dataset:
+def encoded_examples(
+    source: sources.Source,
+    split: str,
+    fmt: str = "jpeg",
+    quality: int = 95,
+    max_size: int | None = None,
+    take: int | None = None,
+) -> tf.data.Dataset:
     """(encoded bytes, label) of one split, in the source's order."""
     if _is_copy(source, max_size):
         ds = records.dataset(_records_dir(source), split)
@@ -59,8 +65,16 @@ def _records_dir(source: sources.Source) -> str:
     return str(sources.EMBEDDED_DIR) if source.name == "embedded" else source.name.split(":", 1)[1]
 
 
-def write(spec: str, out, examples_per_shard: int = 1024, fmt: str = "jpeg", quality: int = 95,
-          max_size: int | None = None, take: int | None = None, progress: bool = True) -> dict:
+def write(
+    spec: str,
+    out,
+    examples_per_shard: int = 1024,
+    fmt: str = "jpeg",
+    quality: int = 95,
+    max_size: int | None = None,
+    take: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Write train and test splits of `spec` to `out`; returns the index (see records.write_records)."""
     source = sources.get_source(spec)
     out = Path(out)
@@ -72,8 +86,7 @@ def write(spec: str, out, examples_per_shard: int = 1024, fmt: str = "jpeg", qua
         shards[name] = max(1, math.ceil(count / examples_per_shard))
         ds = encoded_examples(source, split, fmt, quality, max_size, take)
         splits[name] = _as_numpy(ds, f"{name} ({count} images)", count, progress)
-    extra = {"source": spec, "image_format": "as stored" if _is_copy(source, max_size) else fmt,
-             "max_size": max_size}
+    extra = {"source": spec, "image_format": "as stored" if _is_copy(source, max_size) else fmt, "max_size": max_size}
     try:
         return records.write_records(out, source.classes, splits, shards, extra=extra)
     except OSError as exc:

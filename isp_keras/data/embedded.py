@@ -49,7 +49,14 @@ def build(cfg: EmbeddedConfig) -> dict:
     content = read_archive(cfg.archive)
     classes = sorted(content["train"])
     rng = random.Random(cfg.seed)
-    splits = {"train": select(content["train"], classes, cfg.train_per_class, rng),
-              "test": select(content["test"], classes, cfg.test_per_class, rng)}
-    return records.write_records(cfg.out, classes, splits, cfg.shards, extra={
-        "source": f"{cfg.archive} (CIFAR-10, Krizhevsky 2009)", "image_size": 32, "seed": cfg.seed})
+    splits = {
+        "train": select(content["train"], classes, cfg.train_per_class, rng),
+        "test": select(content["test"], classes, cfg.test_per_class, rng),
+    }
+    return records.write_records(
+        cfg.out,
+        classes,
+        splits,
+        cfg.shards,
+        extra={"source": f"{cfg.archive} (CIFAR-10, Krizhevsky 2009)", "image_size": 32, "seed": cfg.seed},
+    )

@@ -1,4 +1,5 @@
 """Input statistics: per Bayer site for the student, per RGB channel for the teacher; checked, saved, loaded."""
+
 from __future__ import annotations
 
 import dataclasses

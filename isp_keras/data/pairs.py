@@ -43,10 +43,9 @@ import tensorflow as tf
 from absl import logging
 
 from isp_keras import fsutil
-from isp_keras.raw import bayer
-from isp_keras.raw import rawio
 from isp_keras.data import records
 from isp_keras.errors import UserError
+from isp_keras.raw import bayer, rawio
 
 FORMAT = "isp_keras.pairs/1"
 COMPRESSION = "GZIP"
@@ -111,6 +110,7 @@ def pairs_from_hdrplus(root, mode: str = "merged") -> list[Pair]:
 
         def result_dir(burst):
             return burst
+
     if not bursts:
         raise UserError(f"hdrplus:{root}: no burst folders")
     pairs = []
@@ -155,8 +155,10 @@ def aligned_pair(pair: Pair, cfa: str) -> tuple[np.ndarray, np.ndarray]:
     img = rawio.read_raw(pair.raw, cfa)
     rgb = load_rgb(pair.rgb)
     if rgb.shape[:2] != tuple(img.visible_shape):
-        raise UserError(f"{pair.rgb}: RGB is {rgb.shape[1]}x{rgb.shape[0]} but the RAW {pair.raw} has a visible area "
-                        f"of {img.visible_shape[1]}x{img.visible_shape[0]}; they must match")
+        raise UserError(
+            f"{pair.rgb}: RGB is {rgb.shape[1]}x{rgb.shape[0]} but the RAW {pair.raw} has a visible area "
+            f"of {img.visible_shape[1]}x{img.visible_shape[0]}; they must match"
+        )
     rows, cols = rawio.canonical_crop(*img.visible_shape, img.offset)
     return img.mosaic, rgb[rows, cols]
 
@@ -166,10 +168,16 @@ def cut_patches(mosaic: np.ndarray, rgb: np.ndarray, size: int):
     ([n, s, s] float32, [n, s, s, 3] uint8, [(y, x), ...])."""
     h, w = mosaic.shape
     spots = [(y, x) for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
-    raw = np.stack([mosaic[y:y + size, x:x + size] for y, x in spots]) if spots else np.zeros((0, size, size),
-                                                                                             np.float32)
-    rgbs = np.stack([rgb[y:y + size, x:x + size] for y, x in spots]) if spots else np.zeros((0, size, size, 3),
-                                                                                           np.uint8)
+    raw = (
+        np.stack([mosaic[y : y + size, x : x + size] for y, x in spots])
+        if spots
+        else np.zeros((0, size, size), np.float32)
+    )
+    rgbs = (
+        np.stack([rgb[y : y + size, x : x + size] for y, x in spots])
+        if spots
+        else np.zeros((0, size, size, 3), np.uint8)
+    )
     return raw, rgbs, spots
 
 
@@ -201,7 +209,7 @@ class BuildConfig:
     batch_size: int = 64
     max_patches_per_pair: int = 0  # 0: all; else a seeded sample per pair (a 12 MP HDR+ frame has ~180 of 256 px)
 
-    def validate(self) -> "BuildConfig":
+    def validate(self) -> BuildConfig:
         if self.mode not in MODES:
             raise UserError(f"--mode={self.mode}: must be one of {', '.join(MODES)}")
         if self.max_patches_per_pair < 0:
@@ -273,8 +281,11 @@ class _SplitWriter:
     def close(self) -> dict:
         for w in self.writers:
             w.close()
-        return {"count": self.count, "per_class": self.per_class,
-                "files": {n: records.sha256_file(self.folder / n) for n in self.names}}
+        return {
+            "count": self.count,
+            "per_class": self.per_class,
+            "files": {n: records.sha256_file(self.folder / n) for n in self.names},
+        }
 
 
 def check_patch_size(teacher, patch_size: int, source: str) -> None:
@@ -282,14 +293,16 @@ def check_patch_size(teacher, patch_size: int, source: str) -> None:
     shape = teacher.input_shape[0] if isinstance(teacher.input_shape, list) else teacher.input_shape
     h, w = tuple(shape[1:3])
     if (h is not None and h != patch_size) or (w is not None and w != patch_size):
-        raise UserError(f"--patch_size={patch_size}: the teacher {source} takes {h}x{w} images and the student (its "
-                        f"clone) sees whole RAW patches, which cannot be resized; use --patch_size={h}")
+        raise UserError(
+            f"--patch_size={patch_size}: the teacher {source} takes {h}x{w} images and the student (its "
+            f"clone) sees whole RAW patches, which cannot be resized; use --patch_size={h}"
+        )
 
 
 def _teacher_probs(teacher, rgbs: np.ndarray, rgb_mean, rgb_std, channel_order: str, batch_size: int) -> np.ndarray:
     probs = []
     for start in range(0, len(rgbs), batch_size):
-        x = tf.constant(rgbs[start:start + batch_size], tf.float32) / 255.0
+        x = tf.constant(rgbs[start : start + batch_size], tf.float32) / 255.0
         x = bayer.normalize(x, rgb_mean, rgb_std)
         if channel_order == "BGR":
             x = x[..., ::-1]
@@ -297,8 +310,9 @@ def _teacher_probs(teacher, rgbs: np.ndarray, rgb_mean, rgb_std, channel_order: 
     return np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
 
 
-def build_cache(cfg: BuildConfig, teacher, spec, teacher_path: str, pairs: list[Pair] | None = None,
-                progress: bool = True) -> dict:
+def build_cache(
+    cfg: BuildConfig, teacher, spec, teacher_path: str, pairs: list[Pair] | None = None, progress: bool = True
+) -> dict:
     """Build (or reuse) the patch cache of `cfg.pairs`; returns its index. See the module docstring."""
     from tqdm import tqdm
 
@@ -335,12 +349,20 @@ def build_cache(cfg: BuildConfig, teacher, spec, teacher_path: str, pairs: list[
             read += 1
             raws, rgbs, _ = cut_patches(mosaic, rgb, cfg.patch_size)
             if 0 < cfg.max_patches_per_pair < len(raws):
-                pick = np.sort(np.random.default_rng([cfg.seed, zlib.crc32(pair.group.encode())]).choice(
-                    len(raws), cfg.max_patches_per_pair, replace=False))
+                pick = np.sort(
+                    np.random.default_rng([cfg.seed, zlib.crc32(pair.group.encode())]).choice(
+                        len(raws), cfg.max_patches_per_pair, replace=False
+                    )
+                )
                 raws, rgbs = raws[pick], rgbs[pick]
             if not len(raws):
-                logging.warning("pair %s: %dx%d is smaller than one %d px patch", pair.group, mosaic.shape[1],
-                                mosaic.shape[0], cfg.patch_size)
+                logging.warning(
+                    "pair %s: %dx%d is smaller than one %d px patch",
+                    pair.group,
+                    mosaic.shape[1],
+                    mosaic.shape[0],
+                    cfg.patch_size,
+                )
                 continue
             probs = _teacher_probs(teacher, rgbs, spec.rgb_mean, spec.rgb_std, spec.channel_order, cfg.batch_size)
             split = "test" if pair.group in test_groups else "train"
@@ -353,21 +375,33 @@ def build_cache(cfg: BuildConfig, teacher, spec, teacher_path: str, pairs: list[
         train = writers["train"]
         splits = {s: w.close() for s, w in writers.items()}
         if read == 0:
-            raise UserError(f"{cfg.pairs}: none of the {len(pairs)} pairs could be read (first error: "
-                            f"{skipped[0]['error'] if skipped else 'none'})")
+            raise UserError(
+                f"{cfg.pairs}: none of the {len(pairs)} pairs could be read (first error: "
+                f"{skipped[0]['error'] if skipped else 'none'})"
+            )
         for split, info in splits.items():
             if info["count"] == 0:
-                raise UserError(f"{cfg.pairs}: the {split} split has no patches (pairs read: {read}; test patches "
-                                f"dropped below teacher probability {cfg.min_teacher_prob}: {dropped})")
+                raise UserError(
+                    f"{cfg.pairs}: the {split} split has no patches (pairs read: {read}; test patches "
+                    f"dropped below teacher probability {cfg.min_teacher_prob}: {dropped})"
+                )
         raw_mean, raw_std = bayer.moments_to_stats(train.moments)
         n_rgb = train.moments[0].sum() or 1.0
         rgb_mean = train.rgb_sum / n_rgb
-        rgb_std = np.sqrt(np.maximum(train.rgb_sq / n_rgb - rgb_mean ** 2, 1e-12))
+        rgb_std = np.sqrt(np.maximum(train.rgb_sq / n_rgb - rgb_mean**2, 1e-12))
         index = {
-            "format": FORMAT, "compression": COMPRESSION, "key": key, "config": dataclasses.asdict(cfg),
-            "teacher": teacher_path, "classes": list(spec.classes or range(num_classes)),
-            "patch_size": cfg.patch_size, "cfa": cfg.cfa, "mode": cfg.mode,
-            "pairs": len(pairs), "pairs_read": read, "test_groups": sorted(test_groups),
+            "format": FORMAT,
+            "compression": COMPRESSION,
+            "key": key,
+            "config": dataclasses.asdict(cfg),
+            "teacher": teacher_path,
+            "classes": list(spec.classes or range(num_classes)),
+            "patch_size": cfg.patch_size,
+            "cfa": cfg.cfa,
+            "mode": cfg.mode,
+            "pairs": len(pairs),
+            "pairs_read": read,
+            "test_groups": sorted(test_groups),
             "test_dropped_low_prob": dropped,
             "skipped": {"count": len(skipped), "files": skipped},
             "raw_stats": {"mean": [float(v) for v in raw_mean], "std": [float(v) for v in raw_std]},
@@ -375,15 +409,27 @@ def build_cache(cfg: BuildConfig, teacher, spec, teacher_path: str, pairs: list[
             "splits": splits,
         }
         fsutil.write_json_atomic(tmp / "index.json", index)
-    logging.info("%s: %d train / %d test patches from %d pairs (%d skipped, %d low-confidence test patches dropped)",
-                 out, splits["train"]["count"], splits["test"]["count"], read, len(skipped), dropped)
+    logging.info(
+        "%s: %d train / %d test patches from %d pairs (%d skipped, %d low-confidence test patches dropped)",
+        out,
+        splits["train"]["count"],
+        splits["test"]["count"],
+        read,
+        len(skipped),
+        dropped,
+    )
     return index
 
 
 def _parse(serialized, *, size: int):
-    ex = tf.io.parse_single_example(serialized, {
-        "raw": tf.io.FixedLenFeature([], tf.string), "rgb": tf.io.FixedLenFeature([], tf.string),
-        "label": tf.io.FixedLenFeature([], tf.int64)})
+    ex = tf.io.parse_single_example(
+        serialized,
+        {
+            "raw": tf.io.FixedLenFeature([], tf.string),
+            "rgb": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64),
+        },
+    )
     raw = tf.reshape(tf.io.decode_raw(ex["raw"], tf.float32, little_endian=True), [size, size, 1])
     rgb = tf.reshape(tf.io.decode_raw(ex["rgb"], tf.uint8), [size, size, 3])
     return raw, tf.image.convert_image_dtype(rgb, tf.float32), tf.cast(ex["label"], tf.int32)
@@ -401,13 +447,18 @@ def dataset(cache_dir, split: str) -> tf.data.Dataset:
             raise UserError(f"{root / name}: listed in index.json but missing")
         files.append(str(root / name))
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=COMPRESSION), cycle_length=min(len(files), 4),
-        block_length=1, num_parallel_calls=AUTOTUNE, deterministic=True)
+        lambda f: tf.data.TFRecordDataset(f, compression_type=COMPRESSION),
+        cycle_length=min(len(files), 4),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     return ds.map(functools.partial(_parse, size=index["patch_size"]), num_parallel_calls=AUTOTUNE)
 
 
-def batches(cache_dir, split: str, *, batch_size: int, cfa: str, norm, training: bool, seed: int = 0,
-            start_step: int = 0) -> tf.data.Dataset:
+def batches(
+    cache_dir, split: str, *, batch_size: int, cfa: str, norm, training: bool, seed: int = 0, start_step: int = 0
+) -> tf.data.Dataset:
     """Model batches ((student_input, teacher_input), teacher label). Training: an endless seeded reshuffled
     stream of whole batches, starting at global step `start_step` (for resumption)."""
     from isp_keras.data import pipeline
@@ -424,15 +475,18 @@ def batches(cache_dir, split: str, *, batch_size: int, cfa: str, norm, training:
     ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=True)
     if training and start_step:
         ds = ds.skip(start_step)
-    ds = ds.map(functools.partial(pipeline.to_model_inputs, cfa=cfa, norm=norm, mode="distill"),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        functools.partial(pipeline.to_model_inputs, cfa=cfa, norm=norm, mode="distill"),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     return ds.prefetch(AUTOTUNE)
 
 
 # ---------------------------------------------------------------- synthetic HDR+-like bursts
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _burst_fn(frames: int, short_exposure: float, cfa: str):
     from isp_keras.raw import sensor
 
@@ -440,13 +494,18 @@ def _burst_fn(frames: int, short_exposure: float, cfa: str):
     def burst(rgb, seed):
         """Merged (long, `frames`-averaged noise) and payload (short, single-frame noise) mosaics of one scene."""
         unprocess_seed, level_seed, merged_seed, payload_seed = tf.unstack(
-            tf.random.experimental.stateless_split(seed, 4))
+            tf.random.experimental.stateless_split(seed, 4)
+        )
         cam, meta = sensor.unprocess(rgb, unprocess_seed)
         shot, read = sensor.random_noise_levels(level_seed)
         merged = sensor.expose(cam, merged_seed, cfa=cfa, exposure=1.0, noise_levels=(shot / frames, read / frames))
         seeds = tf.random.experimental.stateless_split(payload_seed, frames)
-        payload = tf.stack([sensor.expose(cam, seeds[k], cfa=cfa, exposure=short_exposure, noise_levels=(shot, read))
-                            for k in range(frames)])
+        payload = tf.stack(
+            [
+                sensor.expose(cam, seeds[k], cfa=cfa, exposure=short_exposure, noise_levels=(shot, read))
+                for k in range(frames)
+            ]
+        )
         return merged[..., 0], payload[..., 0], meta
 
     return burst
@@ -461,8 +520,18 @@ MERGED_LEVELS = (256, 4095)
 PAYLOAD_LEVELS = (64, 1023)
 
 
-def synthesize_bursts(out_dir, images: np.ndarray, labels=None, *, tiles: int = 2, frames: int = 3,
-                      short_exposure: float = 0.25, cfa: str = "RGGB", seed: int = 0, progress: bool = True) -> int:
+def synthesize_bursts(
+    out_dir,
+    images: np.ndarray,
+    labels=None,
+    *,
+    tiles: int = 2,
+    frames: int = 3,
+    short_exposure: float = 0.25,
+    cfa: str = "RGGB",
+    seed: int = 0,
+    progress: bool = True,
+) -> int:
     """Write HDR+-like bursts made from sRGB images (uint8 [N, s, s, 3]), `tiles` x `tiles` images per frame.
 
     Per burst: merged.dng (12-bit), payload_N000.dng ... (10-bit, `short_exposure`, noisier), reference_frame.txt
@@ -483,32 +552,54 @@ def synthesize_bursts(out_dir, images: np.ndarray, labels=None, *, tiles: int = 
         raise UserError(f"synthetic bursts: need at least {per} images, got {len(images)}")
     side = images.shape[1] * tiles
     if side < rawio.MIN_SIDE:
-        raise UserError(f"synthetic bursts: frames of {side} px are below LibRaw's minimum {rawio.MIN_SIDE}; "
-                        "use more tiles")
+        raise UserError(
+            f"synthetic bursts: frames of {side} px are below LibRaw's minimum {rawio.MIN_SIDE}; use more tiles"
+        )
     out = Path(out_dir)
     burst_fn = _burst_fn(frames, float(short_exposure), cfa)
     rng = np.random.default_rng(seed)
     label_rows = ["burst,tile,label"]
     with fsutil.atomic_dir(out) as tmp:
         for b in tqdm(range(count), desc="synthetic bursts", unit="burst", disable=not progress):
-            group = images[b * per:(b + 1) * per]
-            frame = np.concatenate([np.concatenate(list(group[r * tiles:(r + 1) * tiles]), axis=1)
-                                    for r in range(tiles)], axis=0)
+            group = images[b * per : (b + 1) * per]
+            frame = np.concatenate(
+                [np.concatenate(list(group[r * tiles : (r + 1) * tiles]), axis=1) for r in range(tiles)], axis=0
+            )
             merged, payload, meta = burst_fn(tf.constant(frame, tf.float32) / 255.0, tf.constant([seed, b], tf.int64))
             folder = tmp / f"burst_{b:05d}"
             folder.mkdir()
             wb = [float(meta["red_gain"]), 1.0, float(meta["blue_gain"])]
             # DNG ColorMatrix1 is XYZ -> camera = (sRGB -> camera) @ (XYZ -> sRGB).
             matrix = meta["rgb2cam"].numpy().astype(np.float64) @ rawio.XYZ_TO_SRGB
-            rawio.write_dng(folder / "merged.dng", _counts(merged.numpy(), *MERGED_LEVELS), cfa, MERGED_LEVELS[0],
-                            MERGED_LEVELS[1], wb_gains=wb, color_matrix=matrix)
+            rawio.write_dng(
+                folder / "merged.dng",
+                _counts(merged.numpy(), *MERGED_LEVELS),
+                cfa,
+                MERGED_LEVELS[0],
+                MERGED_LEVELS[1],
+                wb_gains=wb,
+                color_matrix=matrix,
+            )
             for k, shot in enumerate(payload.numpy()):
-                rawio.write_dng(folder / f"payload_N{k:03d}.dng", _counts(shot, *PAYLOAD_LEVELS), cfa,
-                                PAYLOAD_LEVELS[0], PAYLOAD_LEVELS[1], wb_gains=wb, color_matrix=matrix)
+                rawio.write_dng(
+                    folder / f"payload_N{k:03d}.dng",
+                    _counts(shot, *PAYLOAD_LEVELS),
+                    cfa,
+                    PAYLOAD_LEVELS[0],
+                    PAYLOAD_LEVELS[1],
+                    wb_gains=wb,
+                    color_matrix=matrix,
+                )
             fsutil.write_text_atomic(folder / "reference_frame.txt", f"{int(rng.integers(frames))}\n")
             with rawpy.imread(str(folder / "merged.dng")) as raw:
-                final = raw.postprocess(use_camera_wb=True, no_auto_bright=True, bright=float(meta["rgb_gain"]),
-                                        output_bps=8, user_flip=0, gamma=(2.4, 12.92))
+                final = raw.postprocess(
+                    use_camera_wb=True,
+                    no_auto_bright=True,
+                    bright=float(meta["rgb_gain"]),
+                    output_bps=8,
+                    user_flip=0,
+                    gamma=(2.4, 12.92),
+                )
             Image.fromarray(final).save(folder / "final.jpg", quality=95)
             if labels is not None:
                 label_rows += [f"{folder.name},{t},{int(labels[b * per + t])}" for t in range(per)]
@@ -529,8 +620,3 @@ def embedded_images(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
     if len(images) < count:
         raise UserError(f"embedded {split}: has {len(images)} images, {count} asked for")
     return np.stack(images), np.asarray(labels)
-
-
-
-
-

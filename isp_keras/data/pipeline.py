@@ -4,6 +4,7 @@ A source yields (uint8 RGB image [h, w, 3], int32 label). The builder turns it i
 ((student_input, teacher_input), label): the teacher sees the RGB crop normalised with its own statistics,
 the student sees the noisy Bayer mosaic of the same crop, bilinearly infilled and normalised per Bayer site.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,12 +13,9 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from isp_keras.raw import bayer
-from isp_keras.raw import sensor
-from isp_keras.data import normalisation
-from isp_keras.data import sources
+from isp_keras.data import normalisation, sources
 from isp_keras.errors import UserError
-
+from isp_keras.raw import bayer, sensor
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -28,8 +26,9 @@ def _seeds_train(seed: int, ds: tf.data.Dataset) -> tf.data.Dataset:
     return tf.data.Dataset.zip(ds, rand.map(lambda r: tf.stack([tf.constant(seed, tf.int64), r])))
 
 
-def _epochs_from(ds: tf.data.Dataset, cfg: "PipelineConfig", steps_per_epoch: int, start_step: int,
-                 epochs: int) -> tf.data.Dataset:
+def _epochs_from(
+    ds: tf.data.Dataset, cfg: PipelineConfig, steps_per_epoch: int, start_step: int, epochs: int
+) -> tf.data.Dataset:
     """(example, seed) for whole epochs of steps_per_epoch batches, from global step `start_step` to the end.
 
     Each epoch's order and per-example seeds are functions of (--seed, epoch index) alone, so a run resumed at
@@ -68,9 +67,11 @@ def prepare_rgb(example, seed, *, image_size: int, training: bool, augment: bool
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     if training and augment:
         is_native = tf.logical_and(tf.equal(h, image_size), tf.equal(w, image_size))
-        image = tf.cond(is_native,
-                        lambda: _pad_crop(image, image_size, crop_seed),
-                        lambda: _random_resized_crop(image, image_size, crop_seed))
+        image = tf.cond(
+            is_native,
+            lambda: _pad_crop(image, image_size, crop_seed),
+            lambda: _random_resized_crop(image, image_size, crop_seed),
+        )
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     else:
         image = _center_crop(image, image_size)
@@ -86,8 +87,14 @@ def _pad_crop(image, size, seed):
 
 def _random_resized_crop(image, size, seed):
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), use_image_if_no_bounding_boxes=True)
+        tf.shape(image),
+        tf.zeros([1, 0, 4]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        use_image_if_no_bounding_boxes=True,
+    )
     crop = tf.slice(image, begin, crop_size)
     return tf.image.resize(crop, [size, size], antialias=True)
 
@@ -114,7 +121,7 @@ def simulate_raw(rgb, label, noise_seed, *, cfa: str, noise_std: float):
     return raw, rgb, label
 
 
-def raw_simulator(cfg: "PipelineConfig"):
+def raw_simulator(cfg: PipelineConfig):
     """The per-example RAW step chosen by `cfg.sensor`: Gaussian (the paper) or realistic (sensor.py; its noise
     levels are drawn per image, so `noise_std` does not apply)."""
     if cfg.sensor == "realistic":
@@ -159,8 +166,9 @@ class PipelineConfig:
     augment: bool = True  # random crop + flip of the training RGB; off: the teacher input is deterministic
 
 
-def base_examples(source: sources.Source, split: str, cfg: PipelineConfig, training: bool,
-                  teacher_logits=None) -> tf.data.Dataset:
+def base_examples(
+    source: sources.Source, split: str, cfg: PipelineConfig, training: bool, teacher_logits=None
+) -> tf.data.Dataset:
     """Decoded (image, label) of a split, optionally cut to `take` examples drawn at random (seeded).
 
     `teacher_logits` ([N, classes] array, or a dataset of such rows; row i for the split's i-th example):
@@ -168,8 +176,11 @@ def base_examples(source: sources.Source, split: str, cfg: PipelineConfig, train
     """
     ds = source.split(split)
     if teacher_logits is not None:
-        logits = (teacher_logits if isinstance(teacher_logits, tf.data.Dataset)
-                  else tf.data.Dataset.from_tensor_slices(np.asarray(teacher_logits, np.float32)))
+        logits = (
+            teacher_logits
+            if isinstance(teacher_logits, tf.data.Dataset)
+            else tf.data.Dataset.from_tensor_slices(np.asarray(teacher_logits, np.float32))
+        )
         ds = tf.data.Dataset.zip(ds, logits).map(_with_logits)
         # Multi-worker auto-sharding by file would split the image files and the logit file differently.
         options = tf.data.Options()
@@ -188,9 +199,19 @@ def _with_logits(example, logits):
     return image, (label, logits)
 
 
-def build(source: sources.Source, split: str, cfg: PipelineConfig, *, training: bool, norm: normalisation.Normalisation | None,
-          mode: str = "distill", steps_per_epoch: int | None = None, start_step: int = 0,
-          epochs: int | None = None, teacher_logits=None) -> tf.data.Dataset:
+def build(
+    source: sources.Source,
+    split: str,
+    cfg: PipelineConfig,
+    *,
+    training: bool,
+    norm: normalisation.Normalisation | None,
+    mode: str = "distill",
+    steps_per_epoch: int | None = None,
+    start_step: int = 0,
+    epochs: int | None = None,
+    teacher_logits=None,
+) -> tf.data.Dataset:
     """The one linear builder: source -> (cache) -> shuffle -> seeds -> RGB crop -> RAW sim -> batch -> inputs.
 
     `teacher_logits` (see `base_examples`; needs `cfg.augment=False` when training): batches are
@@ -205,8 +226,10 @@ def build(source: sources.Source, split: str, cfg: PipelineConfig, *, training: 
         if mode != "distill":
             raise ValueError(f"teacher_logits need mode='distill', got {mode!r}")
         if training and cfg.augment:
-            raise UserError("cached teacher logits need a deterministic teacher input, but random RGB augmentation "
-                            "is on: pass --noaugment with --cached_logits")
+            raise UserError(
+                "cached teacher logits need a deterministic teacher input, but random RGB augmentation "
+                "is on: pass --noaugment with --cached_logits"
+            )
         mode = "cached"
     ds = base_examples(source, split, cfg, training, teacher_logits)
     if training and steps_per_epoch and epochs:
@@ -216,16 +239,25 @@ def build(source: sources.Source, split: str, cfg: PipelineConfig, *, training: 
         ds = _seeds_train(cfg.seed, ds)
     else:
         ds = _seeds_eval(cfg.seed, ds)
-    ds = ds.map(functools.partial(prepare_rgb, image_size=cfg.image_size, training=training, augment=cfg.augment),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        functools.partial(prepare_rgb, image_size=cfg.image_size, training=training, augment=cfg.augment),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     ds = ds.map(raw_simulator(cfg), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(cfg.batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=True)
     if mode != "mosaic":
-        ds = ds.map(functools.partial(to_model_inputs, cfa=cfg.cfa, norm=norm, mode=mode),
-                    num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.map(
+            functools.partial(to_model_inputs, cfa=cfg.cfa, norm=norm, mode=mode),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
         where = f"{source.name} {split}" + (f", from step {start_step}" if training and epochs else "")
-        ds = ds.enumerate().map(functools.partial(check_finite, where=where, batch_size=cfg.batch_size),
-                                num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.enumerate().map(
+            functools.partial(check_finite, where=where, batch_size=cfg.batch_size),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
     return ds.prefetch(AUTOTUNE)
 
 
@@ -233,19 +265,35 @@ def check_finite(batch_index, batch, *, where: str, batch_size: int):
     """Fail (naming the batch and the example in pipeline order) if a model input holds NaN/Inf, instead of
     training a silent NaN model. errors.run_main turns the failure into one line."""
     inputs, _ = batch
-    rows = [tf.reduce_all(tf.math.is_finite(tf.reshape(x, [tf.shape(x)[0], -1])), axis=1)
-            for x in tf.nest.flatten(inputs)]
+    rows = [
+        tf.reduce_all(tf.math.is_finite(tf.reshape(x, [tf.shape(x)[0], -1])), axis=1) for x in tf.nest.flatten(inputs)
+    ]
     finite = tf.reduce_all(tf.stack(rows), axis=0)
     row = tf.argmin(tf.cast(finite, tf.int32), output_type=tf.int64)
-    check = tf.debugging.Assert(tf.reduce_all(finite), [
-        f"isp_keras: {where}: NaN/Inf in the model input at batch", batch_index, "row", row, "= example",
-        batch_index * batch_size + row, "in pipeline order (check the normalisation statistics and that file)"])
+    check = tf.debugging.Assert(
+        tf.reduce_all(finite),
+        [
+            f"isp_keras: {where}: NaN/Inf in the model input at batch",
+            batch_index,
+            "row",
+            row,
+            "= example",
+            batch_index * batch_size + row,
+            "in pipeline order (check the normalisation statistics and that file)",
+        ],
+    )
     with tf.control_dependencies([check]):
         return tf.nest.map_structure(tf.identity, batch)
 
 
-def compute_normalisation(source: sources.Source, cfg: PipelineConfig, max_images: int = 10000,
-                          rgb_mean=None, rgb_std=None, channel_order: str = "RGB") -> normalisation.Normalisation:
+def compute_normalisation(
+    source: sources.Source,
+    cfg: PipelineConfig,
+    max_images: int = 10000,
+    rgb_mean=None,
+    rgb_std=None,
+    channel_order: str = "RGB",
+) -> normalisation.Normalisation:
     """Per-Bayer-site mean/std of the noisy mosaics of the training split (and RGB channel stats if not given)."""
     stats_cfg = dataclasses.replace(cfg, take=min(cfg.take or max_images, max_images), batch_size=500, cache=False)
     ds = build(source, source.train_split, stats_cfg, training=False, norm=None, mode="mosaic")
@@ -257,14 +305,19 @@ def compute_normalisation(source: sources.Source, cfg: PipelineConfig, max_image
         raw_m += bayer.site_moments(raw, cfg.cfa).numpy()
         rgb64 = rgb.numpy().astype(np.float64).reshape(-1, 3)
         rgb_sum += rgb64.sum(0)
-        rgb_sq += (rgb64 ** 2).sum(0)
+        rgb_sq += (rgb64**2).sum(0)
         n += rgb64.shape[0]
     if n == 0:
         raise UserError(f"{source.name}: the training split is empty")
     raw_mean, raw_std = bayer.moments_to_stats(raw_m)
     if rgb_mean is None:
         mean = rgb_sum / n
-        rgb_mean, rgb_std = mean.tolist(), np.sqrt(np.maximum(rgb_sq / n - mean ** 2, 1e-12)).tolist()
-    norm = normalisation.Normalisation([float(v) for v in raw_mean], [float(v) for v in raw_std],
-                         [float(v) for v in rgb_mean], [float(v) for v in rgb_std], channel_order)
+        rgb_mean, rgb_std = mean.tolist(), np.sqrt(np.maximum(rgb_sq / n - mean**2, 1e-12)).tolist()
+    norm = normalisation.Normalisation(
+        [float(v) for v in raw_mean],
+        [float(v) for v in raw_std],
+        [float(v) for v in rgb_mean],
+        [float(v) for v in rgb_std],
+        channel_order,
+    )
     return normalisation.check_normalisation(norm, f"{source.name}: per-site statistics of the training split")

@@ -25,10 +25,14 @@ _FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.Fixed
 
 
 def _example(image_bytes: bytes, label: int) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    })).SerializeToString(deterministic=True)
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+            }
+        )
+    ).SerializeToString(deterministic=True)
 
 
 def sha256_file(path) -> str:
@@ -62,8 +66,11 @@ def write_records(out_dir, classes, splits: dict, num_shards: dict | int = 1, ex
                 count += 1
             for w in writers:
                 w.close()
-            index["splits"][split] = {"count": count, "per_class": per_class,
-                                      "files": {name: sha256_file(tmp / name) for name in names}}
+            index["splits"][split] = {
+                "count": count,
+                "per_class": per_class,
+                "files": {name: sha256_file(tmp / name) for name in names},
+            }
         fsutil.write_json_atomic(tmp / "index.json", index)
     return index
 
@@ -114,8 +121,13 @@ def dataset(records_dir, split: str, num_workers: int = 1, worker_index: int = 0
     ds = tf.data.Dataset.from_tensor_slices(files)
     if num_workers > 1 and len(files) >= num_workers:
         ds = ds.shard(num_workers, worker_index)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression), cycle_length=min(len(files), 4), block_length=1,
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
+        cycle_length=min(len(files), 4),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     if num_workers > 1 and len(files) < num_workers:
         ds = ds.shard(num_workers, worker_index)
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from isp_keras.errors import UserError
 
+
 def parse_address(service: str, flag: str = "--data_service") -> tuple[str, int]:
     """'grpc://HOST:PORT' -> (HOST, PORT), or a UserError naming the flag."""
     parsed = urlparse(service)
@@ -36,8 +37,10 @@ def check_reachable(service: str, timeout: float = 5.0, flag: str = "--data_serv
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
-        raise UserError(f"{flag}={service}: no dispatcher reachable at {host}:{port} ({exc.strerror or exc}); "
-                        f"start one with `python -m isp_keras.data_service --port={port}`") from None
+        raise UserError(
+            f"{flag}={service}: no dispatcher reachable at {host}:{port} ({exc.strerror or exc}); "
+            f"start one with `python -m isp_keras.data_service --port={port}`"
+        ) from None
 
 
 def distribute(ds: tf.data.Dataset, service: str, job_name: str | None = None) -> tf.data.Dataset:
@@ -45,8 +48,11 @@ def distribute(ds: tf.data.Dataset, service: str, job_name: str | None = None) -
 
     `job_name`: consumers with the same name share one job (e.g. the trainers of one multi-worker run)."""
     check_reachable(service)
-    ds = ds.apply(tf.data.experimental.service.distribute(
-        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service, job_name=job_name))
+    ds = ds.apply(
+        tf.data.experimental.service.distribute(
+            processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service, job_name=job_name
+        )
+    )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -62,11 +68,7 @@ def start_local(workers: int, port: int = 0, dispatcher: str = "", worker_host: 
     else:
         check_reachable(f"grpc://{dispatcher}", flag="--dispatcher")
     for _ in range(workers):
-        servers.append(svc.WorkerServer(svc.WorkerConfig(dispatcher_address=dispatcher,
-                                                         worker_address=f"{worker_host}:%port%")))
+        servers.append(
+            svc.WorkerServer(svc.WorkerConfig(dispatcher_address=dispatcher, worker_address=f"{worker_host}:%port%"))
+        )
     return f"grpc://{dispatcher}", servers
-
-
-
-
-

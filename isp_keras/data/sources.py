@@ -2,6 +2,7 @@
 
 A source yields (uint8 RGB image [h, w, 3], int32 label) per split; `pipeline.build` turns it into model inputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,10 +12,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from isp_keras.data import records
 from isp_keras import paths
+from isp_keras.data import records
 from isp_keras.errors import UserError
-
 
 EMBEDDED_DIR = paths.EMBEDDED_DATA
 
@@ -54,8 +54,15 @@ def records_source(path, name=None) -> Source:
     test = "test" if "test" in splits else ("validation" if "validation" in splits else None)
     if "train" not in splits or test is None:
         raise UserError(f"{path}: records need a 'train' and a 'test' (or 'validation') split")
-    return Source(name or f"records:{path}", index["classes"], {k: v["count"] for k, v in splits.items()},
-                  index.get("image_size"), split_fn, "train", test)
+    return Source(
+        name or f"records:{path}",
+        index["classes"],
+        {k: v["count"] for k, v in splits.items()},
+        index.get("image_size"),
+        split_fn,
+        "train",
+        test,
+    )
 
 
 def _list_folder(root: Path):
@@ -81,7 +88,11 @@ def _inspect_image(path: str) -> tuple[str | None, str, tuple[int, int]]:
         with Image.open(path) as im:
             fmt, mode, size = im.format, im.mode, im.size
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        return f"not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})", "", (0, 0)
+        return (
+            f"not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})",
+            "",
+            (0, 0),
+        )
     if fmt not in _DECODABLE:
         return f"{fmt} data, which the pipeline cannot decode", mode, size
     if mode == "CMYK":
@@ -115,14 +126,20 @@ def scan_images(files: list, labels: list, where: str, strict: bool) -> tuple[li
     if bad:
         notes.append(f"{where}: skipped {len(bad)} unreadable image file(s), e.g. {bad[0]} (--strict stops instead)")
     if gray:
-        notes.append(f"{where}: converting {len(gray)} 1-channel (grayscale) image(s) to RGB by repeating the "
-                     f"channel, e.g. {gray[0]}")
+        notes.append(
+            f"{where}: converting {len(gray)} 1-channel (grayscale) image(s) to RGB by repeating the "
+            f"channel, e.g. {gray[0]}"
+        )
     if alpha:
-        notes.append(f"{where}: dropping the alpha channel of {len(alpha)} 4-channel image(s) (RGB kept, not "
-                     f"composited), e.g. {alpha[0]}")
+        notes.append(
+            f"{where}: dropping the alpha channel of {len(alpha)} 4-channel image(s) (RGB kept, not "
+            f"composited), e.g. {alpha[0]}"
+        )
     if odd:
-        notes.append(f"{where}: {len(odd)} image(s) of odd width or height, e.g. {odd[0]}: the pipeline crops and "
-                     f"resizes every image to the even --image_size, as the 2x2 Bayer pattern needs")
+        notes.append(
+            f"{where}: {len(odd)} image(s) of odd width or height, e.g. {odd[0]}: the pipeline crops and "
+            f"resizes every image to the even --image_size, as the 2x2 Bayer pattern needs"
+        )
     for note in notes:
         logging.warning("%s", note)
     return keep_files, keep_labels, notes
@@ -148,8 +165,10 @@ def folder_source(path, test_fraction: float = 0.2, seed: int = 0, strict: bool 
         order = np.random.default_rng(seed).permutation(len(files))
         n_test = int(round(len(files) * test_fraction))
         test_idx, train_idx = order[:n_test], order[n_test:]
-        parts = {"train": ([files[i] for i in train_idx], [labels[i] for i in train_idx]),
-                 "test": ([files[i] for i in test_idx], [labels[i] for i in test_idx])}
+        parts = {
+            "train": ([files[i] for i in train_idx], [labels[i] for i in train_idx]),
+            "test": ([files[i] for i in test_idx], [labels[i] for i in test_idx]),
+        }
     if len(classes) < 2:
         raise UserError(f"--dataset=folder:{path}: found {len(classes)} class sub-folders; need at least 2")
     notes = []
@@ -158,8 +177,9 @@ def folder_source(path, test_fraction: float = 0.2, seed: int = 0, strict: bool 
         parts[split] = (files, labels)
         notes += split_notes
         if not files:
-            raise UserError(f"--dataset=folder:{path}: no readable images ({', '.join(IMAGE_EXTENSIONS)}) in the "
-                            f"{split} split")
+            raise UserError(
+                f"--dataset=folder:{path}: no readable images ({', '.join(IMAGE_EXTENSIONS)}) in the {split} split"
+            )
 
     def split_fn(split):
         files, labels = parts[split]
@@ -184,9 +204,10 @@ def tfds_source(name: str, data_dir: str | None = None) -> Source:
         try:
             builder.download_and_prepare()
         except Exception as exc:
-            raise UserError(f"--dataset=tfds:{name}: not prepared in {builder.data_dir} and could not be "
-                            f"downloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
-                            ) from None
+            raise UserError(
+                f"--dataset=tfds:{name}: not prepared in {builder.data_dir} and could not be "
+                f"downloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+            ) from None
     info = builder.info
     if "label" not in info.features or "image" not in info.features:
         raise UserError(f"--dataset=tfds:{name}: needs 'image' and 'label' features")
@@ -196,19 +217,30 @@ def tfds_source(name: str, data_dir: str | None = None) -> Source:
         raise UserError(f"--dataset=tfds:{name}: needs a train and a test/validation split")
 
     def split_fn(split):
-        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False,
-                                read_config=tfds.ReadConfig(try_autocache=False))
+        ds = builder.as_dataset(
+            split=split, as_supervised=True, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False)
+        )
         return ds.map(lambda x, y: (_as_rgb(x), tf.cast(y, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
 
     shape = info.features["image"].shape
     native = shape[0] if shape and shape[0] == shape[1] and shape[0] is not None else None
     notes = []
     if shape and shape[-1] in (1, 4):
-        notes.append(f"--dataset=tfds:{name}: {shape[-1]}-channel images; "
-                     + ("repeating the channel to RGB" if shape[-1] == 1 else "dropping the alpha channel (RGB kept)"))
+        notes.append(
+            f"--dataset=tfds:{name}: {shape[-1]}-channel images; "
+            + ("repeating the channel to RGB" if shape[-1] == 1 else "dropping the alpha channel (RGB kept)")
+        )
         logging.warning("%s", notes[-1])
-    return Source(f"tfds:{name}", list(info.features["label"].names), {s: info.splits[s].num_examples for s in splits},
-                  native, split_fn, "train", test, notes=notes)
+    return Source(
+        f"tfds:{name}",
+        list(info.features["label"].names),
+        {s: info.splits[s].num_examples for s in splits},
+        native,
+        split_fn,
+        "train",
+        test,
+        notes=notes,
+    )
 
 
 def _check_online(what: str, data_dir, host: str = "storage.googleapis.com", timeout: float = 5.0) -> None:
@@ -226,9 +258,11 @@ def _check_online(what: str, data_dir, host: str = "storage.googleapis.com", tim
         pool.submit(connect).result(timeout=timeout)
     except (OSError, concurrent.futures.TimeoutError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or "timed out"
-        raise UserError(f"{what}: not prepared in {data_dir} and there is no network to download it "
-                        f"({host}: {reason}); prepare it where you are online (`tfds build`) "
-                        f"and copy the data dir") from None
+        raise UserError(
+            f"{what}: not prepared in {data_dir} and there is no network to download it "
+            f"({host}: {reason}); prepare it where you are online (`tfds build`) "
+            f"and copy the data dir"
+        ) from None
     finally:
         pool.shutdown(wait=False)
 

@@ -13,13 +13,16 @@ RANGE_BATCH = 100  # calibration mosaics per batch of the activation-range estim
 
 @dataclasses.dataclass
 class ExportConfig:
-    student: str = option(paths.default_run_dir("train"), "Run directory (student.keras + student.json) or a "
-                          "student .keras file.")
+    student: str = option(
+        paths.default_run_dir("train"), "Run directory (student.keras + student.json) or a student .keras file."
+    )
     out: str = option("export", "Export directory to create.")
     dataset: str = option("", "Data for calibration and parity (default: the run's dataset).")
     calibration_samples: int = option(300, "Training-pipeline mosaics used to calibrate the int8 model.")
-    range_batch: int = option(RANGE_BATCH, "Calibration mosaics per batch when estimating the int8 activation ranges "
-                              "(mean of per-batch min/max).")
+    range_batch: int = option(
+        RANGE_BATCH,
+        "Calibration mosaics per batch when estimating the int8 activation ranges (mean of per-batch min/max).",
+    )
     representative: str = option("", "Optional .npy of calibration mosaics [N, H, W(, 1)] float in [0,1].")
     parity_take: int = option(0, "Test mosaics for the parity check (0: the whole test split).")
     black_level: float = option(0.0, "Sensor black level of the uint16 serving input.")
@@ -41,8 +44,11 @@ class ExportConfig:
 
 @dataclasses.dataclass
 class PredictConfig:
-    model: str = option("export/model_int8.tflite", "An exported .tflite (model_int8.tflite, model_float32.tflite, "
-                        "...), with labels.txt and manifest.json beside it.")
+    model: str = option(
+        "export/model_int8.tflite",
+        "An exported .tflite (model_int8.tflite, model_float32.tflite, "
+        "...), with labels.txt and manifest.json beside it.",
+    )
     top_k: int = option(5, "How many labels to print per file.")
     num_threads: int = option(2, "LiteRT interpreter threads.")
     json: str = option("", "Also write the predictions as JSON to this path.")

@@ -16,13 +16,9 @@ from absl import logging
 
 from isp_keras import fsutil
 from isp_keras.data import records, sources
-from isp_keras.deploy import parity
-from isp_keras.deploy import runtime
-from isp_keras.deploy import serving
-from isp_keras.deploy import tflite
+from isp_keras.deploy import parity, runtime, serving, tflite
 from isp_keras.deploy.config import ExportConfig
 from isp_keras.errors import UserError
-
 
 
 def representative_set(cfg: ExportConfig, student: serving.Student, source) -> np.ndarray:
@@ -32,8 +28,9 @@ def representative_set(cfg: ExportConfig, student: serving.Student, source) -> n
         except (OSError, ValueError) as exc:
             raise UserError(f"--representative={cfg.representative}: not a readable .npy array ({exc})") from None
     else:
-        samples, _ = serving.pipeline_mosaics(student, source, source.train_split, cfg.calibration_samples,
-                                              cfg.seed, training=True)
+        samples, _ = serving.pipeline_mosaics(
+            student, source, source.train_split, cfg.calibration_samples, cfg.seed, training=True
+        )
     return serving.check_representative(samples, student.image_size)
 
 
@@ -58,17 +55,29 @@ def write_export(cfg: ExportConfig, student: serving.Student, source, representa
         candidates[kind] = runtime.TFLiteRunner(files[kind]).predict(mosaics)
     figures = parity.parity_figures(reference, candidates)
     described = manifest(
-        student, tmp, kinds, figures={**figures, "dataset": f"{source.name}:{source.test_split}"},
-        levels=(cfg.black_level, cfg.white_level), int8_model=files["int8"],
-        calibration={"samples": int(len(representative)),
-                     "source": cfg.representative or f"{source.name}:{source.train_split}",
-                     "activation_ranges": {"method": "mean over batches of per-batch min/max (quantise.py)",
-                                           "batch": cfg.range_batch, "ranges": ranges}})
+        student,
+        tmp,
+        kinds,
+        figures={**figures, "dataset": f"{source.name}:{source.test_split}"},
+        levels=(cfg.black_level, cfg.white_level),
+        int8_model=files["int8"],
+        calibration={
+            "samples": int(len(representative)),
+            "source": cfg.representative or f"{source.name}:{source.train_split}",
+            "activation_ranges": {
+                "method": "mean over batches of per-batch min/max (quantise.py)",
+                "batch": cfg.range_batch,
+                "ranges": ranges,
+            },
+        },
+    )
     fsutil.write_json_atomic(tmp / serving.MANIFEST, described)
     failures = parity.parity_failures(figures)
     if failures and cfg.parity_gate:
-        raise UserError(f"--out={cfg.out}: parity failed on {figures['parity_examples']} test mosaics: "
-                        f"{'; '.join(failures)}; nothing written (--noparity_gate writes anyway)")
+        raise UserError(
+            f"--out={cfg.out}: parity failed on {figures['parity_examples']} test mosaics: "
+            f"{'; '.join(failures)}; nothing written (--noparity_gate writes anyway)"
+        )
     for failure in failures:
         logging.warning("parity failed (written anyway, --noparity_gate): %s", failure)
     return described
@@ -81,8 +90,9 @@ def run(cfg: ExportConfig) -> dict:
     student = serving.load_student(cfg.student)
     source = sources.get_source(cfg.dataset or student.dataset, seed=cfg.seed)
     if len(source.classes) != len(student.classes):
-        raise UserError(f"--dataset={source.name}: {len(source.classes)} classes but the student has "
-                        f"{len(student.classes)}")
+        raise UserError(
+            f"--dataset={source.name}: {len(source.classes)} classes but the student has {len(student.classes)}"
+        )
     representative = representative_set(cfg, student, source)
     with fsutil.atomic_dir(out) as tmp:
         return write_export(cfg, student, source, representative, tmp)
@@ -91,20 +101,32 @@ def run(cfg: ExportConfig) -> dict:
 def file_hashes(directory) -> dict:
     """sha256 of every file under `directory` but the manifest, by relative path."""
     directory = Path(directory)
-    return {str(p.relative_to(directory)): records.sha256_file(p) for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != serving.MANIFEST}
+    return {
+        str(p.relative_to(directory)): records.sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != serving.MANIFEST
+    }
 
 
-def manifest(student: serving.Student, directory, kinds: list, figures: dict, levels: tuple, int8_model: bytes,
-             calibration: dict) -> dict:
+def manifest(
+    student: serving.Student, directory, kinds: list, figures: dict, levels: tuple, int8_model: bytes, calibration: dict
+) -> dict:
     """What a device needs besides the files (classes, input, CFA, statistics) plus parity and every file's sha256."""
     size = student.image_size
     return {
-        "classes": list(student.classes), "input": {"shape": [None, size, size, 1], "dtype": "float32",
-                                                    "range": [0.0, 1.0]},
-        "cfa": student.cfa, "normalisation": student.norm.to_json(), "noise_std": student.noise_std,
+        "classes": list(student.classes),
+        "input": {"shape": [None, size, size, 1], "dtype": "float32", "range": [0.0, 1.0]},
+        "cfa": student.cfa,
+        "normalisation": student.norm.to_json(),
+        "noise_std": student.noise_std,
         "uint16_input": {"signature": serving.UINT16_SIGNATURE, "black_level": levels[0], "white_level": levels[1]},
-        "signatures": [serving.SIGNATURE, serving.UINT16_SIGNATURE], "output": serving.OUTPUT_NAME,
+        "signatures": [serving.SIGNATURE, serving.UINT16_SIGNATURE],
+        "output": serving.OUTPUT_NAME,
         "tflite": {kind: tflite.TFLITE_FILES[kind] for kind in kinds},
-        "int8_input_quantisation": tflite.tflite_input_quantisation(int8_model), "calibration": calibration,
-        "parity": figures, "student": student.path, "teacher": student.teacher, "files": file_hashes(directory)}
+        "int8_input_quantisation": tflite.tflite_input_quantisation(int8_model),
+        "calibration": calibration,
+        "parity": figures,
+        "student": student.path,
+        "teacher": student.teacher,
+        "files": file_hashes(directory),
+    }

@@ -7,7 +7,6 @@ import tensorflow as tf
 
 from isp_keras.deploy import runtime, serving
 
-
 MAX_FLOAT_PROB_DIFF = 1e-4
 MIN_INT8_AGREEMENT = 98.0
 
@@ -38,15 +37,23 @@ def parity_failures(figures: dict) -> list[str]:
     return failures
 
 
-
 def keras_probabilities(student: serving.Student, mosaics: np.ndarray, batch_size: int = 256) -> np.ndarray:
     serve = tf.function(serving.probabilities_fn(student))
-    return np.concatenate([serve(tf.constant(mosaics[i:i + batch_size]))[serving.OUTPUT_NAME].numpy()
-                           for i in runtime.batches(len(mosaics), batch_size, "Keras student")])
+    return np.concatenate(
+        [
+            serve(tf.constant(mosaics[i : i + batch_size]))[serving.OUTPUT_NAME].numpy()
+            for i in runtime.batches(len(mosaics), batch_size, "Keras student")
+        ]
+    )
 
 
-def saved_model_probabilities(directory, mosaics: np.ndarray, batch_size: int = 256,
-                              signature: str = serving.SIGNATURE) -> np.ndarray:
+def saved_model_probabilities(
+    directory, mosaics: np.ndarray, batch_size: int = 256, signature: str = serving.SIGNATURE
+) -> np.ndarray:
     fn = tf.saved_model.load(str(directory)).signatures[signature]
-    return np.concatenate([fn(**{serving.INPUT_NAME: tf.constant(mosaics[i:i + batch_size])})[serving.OUTPUT_NAME].numpy()
-                           for i in runtime.batches(len(mosaics), batch_size, f"SavedModel {signature}")])
+    return np.concatenate(
+        [
+            fn(**{serving.INPUT_NAME: tf.constant(mosaics[i : i + batch_size])})[serving.OUTPUT_NAME].numpy()
+            for i in runtime.batches(len(mosaics), batch_size, f"SavedModel {signature}")
+        ]
+    )

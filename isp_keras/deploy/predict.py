@@ -22,8 +22,9 @@ def read_export_info(model_path) -> tuple[list, dict]:
     manifest_path, labels_path = folder / serving.MANIFEST, folder / serving.LABELS
     for path in (manifest_path, labels_path):
         if not path.exists():
-            raise UserError(f"--model={model_path}: no {path.name} beside it (use a directory written by "
-                            "isp_keras.export)")
+            raise UserError(
+                f"--model={model_path}: no {path.name} beside it (use a directory written by isp_keras.export)"
+            )
     try:
         manifest = json.loads(manifest_path.read_text())
         manifest["cfa"], manifest["input"]["shape"]

@@ -56,8 +56,9 @@ class TFLiteRunner:
         return self._dequantise(self.interpreter.get_tensor(self.output["index"]))
 
     def predict(self, mosaics: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return np.concatenate([self.invoke(mosaics[i:i + batch_size])
-                               for i in batches(len(mosaics), batch_size, "LiteRT")])
+        return np.concatenate(
+            [self.invoke(mosaics[i : i + batch_size]) for i in batches(len(mosaics), batch_size, "LiteRT")]
+        )
 
 
 def batches(count: int, batch_size: int, desc: str):

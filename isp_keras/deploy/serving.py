@@ -5,6 +5,7 @@ the very functions the training pipeline runs, in the run's channel order) -> st
 Also: loading a trained student with its run description, the SavedModel archive, and the mosaics of the training
 pipeline used for calibration and parity.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,19 +17,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from isp_keras.raw import bayer
-from isp_keras.data import normalisation
-from isp_keras.data import pipeline
-from isp_keras.data import sources
+from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.errors import UserError
+from isp_keras.raw import bayer
+
 SIGNATURE = "serving_default"
 UINT16_SIGNATURE = "serving_uint16"
 INPUT_NAME = "mosaic"
 OUTPUT_NAME = "probabilities"
 LABELS = "labels.txt"
 MANIFEST = "manifest.json"
-
-
 
 
 @dataclasses.dataclass
@@ -51,20 +49,27 @@ def check_student(model, image_size: int, num_classes: int, source: str) -> None
     from isp_keras.training import distiller
 
     if isinstance(model, distiller.Distiller):
-        raise UserError(f"{source}: is a Distiller (the teacher+student training wrapper); export its student "
-                        "(RUN_DIR/student.keras) instead")
+        raise UserError(
+            f"{source}: is a Distiller (the teacher+student training wrapper); export its student "
+            "(RUN_DIR/student.keras) instead"
+        )
     if not isinstance(model, keras.Model):
         raise UserError(f"{source}: holds a {type(model).__name__}, not a Keras model")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise UserError(f"{source}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-                        "a student has one image input and one logits output")
+        raise UserError(
+            f"{source}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "a student has one image input and one logits output"
+        )
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[-1] != 3:
-        raise UserError(f"{source}: the model takes input of shape {shape}; a RAW student takes the 3-channel "
-                        "bilinearly infilled mosaic [batch, H, W, 3]")
+        raise UserError(
+            f"{source}: the model takes input of shape {shape}; a RAW student takes the 3-channel "
+            "bilinearly infilled mosaic [batch, H, W, 3]"
+        )
     if any(s is not None and s != image_size for s in shape[1:3]):
-        raise UserError(f"{source}: the model takes {shape[1]}x{shape[2]} images but student.json says "
-                        f"image_size {image_size}")
+        raise UserError(
+            f"{source}: the model takes {shape[1]}x{shape[2]} images but student.json says image_size {image_size}"
+        )
     outputs = int(model.outputs[0].shape[-1])
     if outputs != num_classes:
         raise UserError(f"{source}: the model has {outputs} outputs but student.json lists {num_classes} classes")
@@ -92,12 +97,16 @@ def load_student(path) -> Student:
     if keras_path.suffix != ".keras":
         raise UserError(f"--student={path}: expected a run directory or a .keras file")
     if _keras_class_name(keras_path) == "Distiller":
-        raise UserError(f"{keras_path}: is a Distiller (the teacher+student training wrapper); export its student "
-                        "(RUN_DIR/student.keras) instead")
+        raise UserError(
+            f"{keras_path}: is a Distiller (the teacher+student training wrapper); export its student "
+            "(RUN_DIR/student.keras) instead"
+        )
     meta_path = keras_path.with_suffix(".json")
     if not meta_path.exists():
-        raise UserError(f"{keras_path}: no {meta_path.name} beside it; export needs the run's CFA and normalisation "
-                        "(written by the train command)")
+        raise UserError(
+            f"{keras_path}: no {meta_path.name} beside it; export needs the run's CFA and normalisation "
+            "(written by the train command)"
+        )
     try:
         meta = json.loads(meta_path.read_text())
         norm = normalisation.Normalisation(**meta["normalisation"])
@@ -116,8 +125,17 @@ def load_student(path) -> Student:
             dataset = json.loads(config_path.read_text())["config"]["dataset"]
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    return Student(model, cfa, image_size, classes, norm, float(meta.get("noise_std", 0.0)),
-                   str(meta.get("teacher", "")), dataset, str(keras_path))
+    return Student(
+        model,
+        cfa,
+        image_size,
+        classes,
+        norm,
+        float(meta.get("noise_std", 0.0)),
+        str(meta.get("teacher", "")),
+        dataset,
+        str(keras_path),
+    )
 
 
 def probabilities_fn(student: Student):
@@ -149,10 +167,17 @@ def export_saved_model(student: Student, directory, black_level: float = 0.0, wh
     if not white_level > black_level >= 0:
         raise UserError(f"--black_level={black_level}, --white_level={white_level}: need 0 <= black < white")
     serve = probabilities_fn(student)
-    write_archive(student.model, {
-        SIGNATURE: (serve, mosaic_spec(student.image_size)),
-        UINT16_SIGNATURE: (lambda counts: serve(bayer.scale_levels(counts, black_level, white_level)),
-                           mosaic_spec(student.image_size, tf.uint16))}, directory)
+    write_archive(
+        student.model,
+        {
+            SIGNATURE: (serve, mosaic_spec(student.image_size)),
+            UINT16_SIGNATURE: (
+                lambda counts: serve(bayer.scale_levels(counts, black_level, white_level)),
+                mosaic_spec(student.image_size, tf.uint16),
+            ),
+        },
+        directory,
+    )
 
 
 def check_representative(samples, image_size: int) -> np.ndarray:
@@ -162,8 +187,10 @@ def check_representative(samples, image_size: int) -> np.ndarray:
         samples = samples[..., np.newaxis]
     expected = (image_size, image_size, 1)
     if samples.ndim != 4 or samples.shape[1:] != expected or samples.shape[0] < 1:
-        raise UserError(f"representative set: shape {samples.shape}; expected N >= 1 mosaics [N, {image_size}, "
-                        f"{image_size}, 1] (the student's input size, one channel)")
+        raise UserError(
+            f"representative set: shape {samples.shape}; expected N >= 1 mosaics [N, {image_size}, "
+            f"{image_size}, 1] (the student's input size, one channel)"
+        )
     if not np.issubdtype(samples.dtype, np.floating):
         raise UserError(f"representative set: dtype {samples.dtype}; expected float mosaics in [0, 1]")
     if not np.all(np.isfinite(samples)):
@@ -171,13 +198,21 @@ def check_representative(samples, image_size: int) -> np.ndarray:
     return samples.astype(np.float32)
 
 
-def pipeline_mosaics(student: Student, source: sources.Source, split: str, count: int | None, seed: int = 0,
-                     training: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def pipeline_mosaics(
+    student: Student, source: sources.Source, split: str, count: int | None, seed: int = 0, training: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(mosaics float32 [N, H, W, 1], labels) of `split` from the one tf.data builder, with the run's CFA and noise."""
     # Training batches drop their remainder: one batch of `count` keeps every example.
     batch_size = count if training and count else 256
-    cfg = pipeline.PipelineConfig(image_size=student.image_size, batch_size=batch_size, cfa=student.cfa,
-                                  noise_std=student.noise_std, seed=seed, take=count, cache=False)
+    cfg = pipeline.PipelineConfig(
+        image_size=student.image_size,
+        batch_size=batch_size,
+        cfa=student.cfa,
+        noise_std=student.noise_std,
+        seed=seed,
+        take=count,
+        cache=False,
+    )
     mosaics, labels = [], []
     for raw, _, label in pipeline.build(source, split, cfg, training=training, norm=None, mode="mosaic"):
         mosaics.append(raw.numpy())
@@ -185,13 +220,3 @@ def pipeline_mosaics(student: Student, source: sources.Source, split: str, count
     if not mosaics:
         raise UserError(f"{source.name}: the {split} split is empty")
     return np.concatenate(mosaics), np.concatenate(labels)
-
-
-
-
-
-
-
-
-
-

@@ -14,13 +14,13 @@ from isp_keras.deploy import runtime, serving
 from isp_keras.errors import UserError
 from isp_keras.training import quantise
 
-
 TFLITE_FILES = {"float32": "model_float32.tflite", "int8": "model_int8.tflite", "dynamic": "model_dynamic.tflite"}
 RANGE_BATCH = 100  # calibration mosaics per batch of the activation-range estimate (quantise.activation_ranges)
 
 
-def to_tflite(saved_model_dir, kind: str, representative: np.ndarray | None = None,
-              signature: str = serving.SIGNATURE) -> bytes:
+def to_tflite(
+    saved_model_dir, kind: str, representative: np.ndarray | None = None, signature: str = serving.SIGNATURE
+) -> bytes:
     """Convert a SavedModel signature: float32, dynamic-range (int8 weights), or full int8 (int8 I/O)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[signature])
     if kind == "dynamic":
@@ -44,8 +44,9 @@ def to_tflite(saved_model_dir, kind: str, representative: np.ndarray | None = No
     return converter.convert()
 
 
-
-def int8_tflite(student: serving.Student, representative: np.ndarray, range_batch: int = RANGE_BATCH) -> tuple[bytes, dict]:
+def int8_tflite(
+    student: serving.Student, representative: np.ndarray, range_batch: int = RANGE_BATCH
+) -> tuple[bytes, dict]:
     """Full-integer TFLite of the serving graph, with the student's activation ranges pinned (quantise.py) and the
     RAW front end calibrated by the converter on the same representative mosaics. Returns (model, ranges)."""
     if range_batch < 1:
@@ -53,13 +54,18 @@ def int8_tflite(student: serving.Student, representative: np.ndarray, range_batc
     inputs = pipeline.student_input(tf.constant(representative), cfa=student.cfa, norm=student.norm).numpy()
     try:
         ranges = quantise.activation_ranges(
-            student.model, [inputs[i:i + range_batch] for i in range(0, len(inputs), range_batch)])
+            student.model, [inputs[i : i + range_batch] for i in range(0, len(inputs), range_batch)]
+        )
         ranged = dataclasses.replace(student, model=quantise.with_ranges(student.model, ranges))
     except ValueError as exc:  # not a functional model (Sequential, subclassed): the converter's own ranges
         logging.warning("%s: int8 activation ranges left to the converter (%s)", student.path or "student", exc)
         ranges, ranged = {}, student
     with tempfile.TemporaryDirectory(prefix="isp_keras_int8_") as tmp:
-        serving.write_archive(ranged.model, {serving.SIGNATURE: (serving.probabilities_fn(ranged), serving.mosaic_spec(student.image_size))}, tmp)
+        serving.write_archive(
+            ranged.model,
+            {serving.SIGNATURE: (serving.probabilities_fn(ranged), serving.mosaic_spec(student.image_size))},
+            tmp,
+        )
         return to_tflite(tmp, "int8", representative), ranges
 
 

@@ -4,8 +4,8 @@ Every network here takes a normalised image and returns logits (no softmax). Inp
 the data pipeline (teacher: per-channel RGB statistics; student: per-Bayer-site RAW statistics) and, at
 export time, inside the serving graph.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import keras
 import numpy as np
@@ -13,13 +13,13 @@ from keras import layers
 
 from isp_keras.errors import UserError
 
-
 WEIGHT_DECAY = 5e-4
 
 
 def _conv(filters, kernel, strides=1, name=None):
-    return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                         kernel_initializer="he_normal", name=name)
+    return layers.Conv2D(
+        filters, kernel, strides=strides, padding="same", use_bias=False, kernel_initializer="he_normal", name=name
+    )
 
 
 def _bn(name=None):
@@ -84,14 +84,28 @@ def _make_divisible(v, divisor=8):
 
 
 # (expansion, channels, repeats, stride) of MobileNetV2 (Sandler et al., 2018).
-_MBV2_CONFIG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+_MBV2_CONFIG = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 def mobilenet_v2(input_shape, num_classes, width=1.0, small_input=False, name="mobilenetv2"):
     """MobileNetV2. `small_input` (32 px): stem stride 1 and the second stage at stride 1 (total stride 8)."""
     inputs = keras.Input(input_shape, name="image")
-    x = layers.Conv2D(_make_divisible(32 * width), 3, strides=1 if small_input else 2, padding="same",
-                      use_bias=False, name="stem_conv")(inputs)
+    x = layers.Conv2D(
+        _make_divisible(32 * width),
+        3,
+        strides=1 if small_input else 2,
+        padding="same",
+        use_bias=False,
+        name="stem_conv",
+    )(inputs)
     x = _bn("stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     block = 0
@@ -101,8 +115,9 @@ def mobilenet_v2(input_shape, num_classes, width=1.0, small_input=False, name="m
         for i in range(n):
             block += 1
             x = _inverted_residual(x, t, _make_divisible(c * width), s if i == 0 else 1, name=f"block{block}")
-    x = layers.Conv2D(max(1280, _make_divisible(1280 * width)) if width > 1 else 1280, 1, use_bias=False,
-                      name="head_conv")(x)
+    x = layers.Conv2D(
+        max(1280, _make_divisible(1280 * width)) if width > 1 else 1280, 1, use_bias=False, name="head_conv"
+    )(x)
     x = _bn("head_bn")(x)
     x = layers.ReLU(6.0, name="head_relu")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
@@ -114,7 +129,9 @@ def mobilenet_v2(input_shape, num_classes, width=1.0, small_input=False, name="m
 ARCHITECTURES = {
     "resnet18": dict(size=224, build=lambda s, k: resnet(s, k, [2, 2, 2, 2], [64, 128, 256, 512], True, "resnet18")),
     "mobilenetv2": dict(size=224, build=lambda s, k: mobilenet_v2(s, k, name="mobilenetv2")),
-    "resnet18_32": dict(size=32, build=lambda s, k: resnet(s, k, [2, 2, 2, 2], [64, 128, 256, 512], False, "resnet18_32")),
+    "resnet18_32": dict(
+        size=32, build=lambda s, k: resnet(s, k, [2, 2, 2, 2], [64, 128, 256, 512], False, "resnet18_32")
+    ),
     "resnet20": dict(size=32, build=lambda s, k: resnet(s, k, [3, 3, 3], [16, 32, 64], False, "resnet20")),
     "mobilenetv2_32": dict(size=32, build=lambda s, k: mobilenet_v2(s, k, 0.5, True, "mobilenetv2_32")),
     "resnet_tiny": dict(size=32, build=lambda s, k: resnet(s, k, [1, 1], [8, 16], False, "resnet_tiny")),

@@ -1,13 +1,13 @@
 """Students: a trainable clone of the teacher with its weights (or of --student_init), and fine-tuning only the
 first k stages/blocks."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import keras
 from keras import layers
 
-from isp_keras.models import teachers
 from isp_keras.errors import UserError
+from isp_keras.models import teachers
 
 
 def load_student_init(path, teacher: keras.Model) -> keras.Model:
@@ -17,8 +17,10 @@ def load_student_init(path, teacher: keras.Model) -> keras.Model:
     if isinstance(model, keras.layers.TFSMLayer):
         raise UserError(f"--student_init={path}: must be a .keras file (a SavedModel has no architecture to clone)")
     if model.input_shape[1:] != teacher.input_shape[1:] or model.output_shape[-1] != teacher.output_shape[-1]:
-        raise UserError(f"--student_init={path}: takes {model.input_shape[1:]} -> {model.output_shape[-1]} classes "
-                        f"but the teacher takes {teacher.input_shape[1:]} -> {teacher.output_shape[-1]}")
+        raise UserError(
+            f"--student_init={path}: takes {model.input_shape[1:]} -> {model.output_shape[-1]} classes "
+            f"but the teacher takes {teacher.input_shape[1:]} -> {teacher.output_shape[-1]}"
+        )
     return model
 
 

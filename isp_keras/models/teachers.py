@@ -1,5 +1,6 @@
 """Teachers: keras.applications (ImageNet weights), `.keras` files with a sidecar JSON (their RGB statistics and
 classes), SavedModels; checks that a teacher fits the data; freezing."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,8 +78,10 @@ def _load_keras_applications(name: str) -> keras.Model:
     try:
         return app(weights="imagenet", classifier_activation=None)
     except Exception as exc:  # keras raises URL/OS errors of several kinds when offline
-        raise UserError(f"--teacher={name}: could not download the ImageNet weights ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:120]}); give a local .keras file instead") from None
+        raise UserError(
+            f"--teacher={name}: could not download the ImageNet weights ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120]}); give a local .keras file instead"
+        ) from None
 
 
 def load_model_file(path) -> keras.Model:
@@ -95,8 +98,10 @@ def load_model_file(path) -> keras.Model:
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
-        raise UserError(f"{path}: not a loadable Keras model ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        raise UserError(
+            f"{path}: not a loadable Keras model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})"
+        ) from None
     if not isinstance(model, keras.Model):
         raise UserError(f"{path}: holds a {type(model).__name__}, not a Keras model")
     return model
@@ -113,14 +118,20 @@ def load_teacher(name_or_path: str) -> tuple[keras.Model, TeacherSpec | None]:
     if name_or_path in KERAS_APPLICATIONS:
         model = _load_keras_applications(name_or_path)
         norm = KERAS_APPLICATIONS[name_or_path]
-        spec = TeacherSpec(image_size=int(model.input_shape[1]), num_classes=int(model.output_shape[-1]),
-                           arch=name_or_path, source=f"keras.applications.{name_or_path}(weights='imagenet')",
-                           **{k: list(v) if isinstance(v, list) else v for k, v in norm.items()})
+        spec = TeacherSpec(
+            image_size=int(model.input_shape[1]),
+            num_classes=int(model.output_shape[-1]),
+            arch=name_or_path,
+            source=f"keras.applications.{name_or_path}(weights='imagenet')",
+            **{k: list(v) if isinstance(v, list) else v for k, v in norm.items()},
+        )
         return model, spec
     path = Path(paths.teacher_path(name_or_path))
     if not path.exists():
-        raise UserError(f"--teacher: {name_or_path!r} is neither a file nor a known keras.applications name "
-                        f"({', '.join(KERAS_APPLICATIONS)})")
+        raise UserError(
+            f"--teacher: {name_or_path!r} is neither a file nor a known keras.applications name "
+            f"({', '.join(KERAS_APPLICATIONS)})"
+        )
     if path.suffix.lower() == ".tflite":  # a (quantised) TFLite classifier, rebuilt as a float Keras model
         from isp_keras.models import tflite_import
 
@@ -149,8 +160,10 @@ def _saved_model_teacher(path: Path, layer: keras.layers.TFSMLayer) -> keras.Mod
     inputs = signature.structured_input_signature[1]
     outputs = signature.structured_outputs
     if len(inputs) != 1 or len(outputs) != 1:
-        raise UserError(f"{path}: serving_default must take one image and return one logits tensor "
-                        f"(takes {sorted(inputs)}, returns {sorted(outputs)})")
+        raise UserError(
+            f"{path}: serving_default must take one image and return one logits tensor "
+            f"(takes {sorted(inputs)}, returns {sorted(outputs)})"
+        )
     spec = next(iter(inputs.values()))
     if spec.shape.rank != 4:
         raise UserError(f"{path}: serving_default takes shape {spec.shape}; expected [batch, H, W, 3]")
@@ -180,8 +193,10 @@ def check_teacher_matches(model: keras.Model, image_size: int, num_classes: int,
     if c != 3:
         raise UserError(f"{source}: the teacher takes {c} channels; it must take 3 (RGB)")
     if (h is not None and h != image_size) or (w is not None and w != image_size):
-        raise UserError(f"{source}: the teacher takes {h}x{w} images but the data is {image_size}x{image_size} "
-                        f"(set --image_size={h})")
+        raise UserError(
+            f"{source}: the teacher takes {h}x{w} images but the data is {image_size}x{image_size} "
+            f"(set --image_size={h})"
+        )
     if num_outputs(model) != num_classes:
         raise UserError(f"{source}: the teacher has {num_outputs(model)} classes but the data has {num_classes}")
 

@@ -10,6 +10,7 @@ The model takes the dequantised input (what the file's input quantisation maps R
 returns what the file computes before its final SOFTMAX. In float the QUANTIZE/DEQUANTIZE ops are identities and
 activations are not rounded to 8 bits; `simulate_rounding=True` adds that rounding back (see `FakeQuant`).
 """
+
 from __future__ import annotations
 
 import re
@@ -62,8 +63,13 @@ class FakeQuant(keras.layers.Layer):
         return x + ops.stop_gradient(rounded - x)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "scale": self.scale, "zero_point": self.zero_point, "qmin": self.qmin,
-                "qmax": self.qmax}
+        return {
+            **super().get_config(),
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+            "qmin": self.qmin,
+            "qmax": self.qmax,
+        }
 
 
 def _damaged(path: Path, exc: Exception) -> UserError:
@@ -124,12 +130,19 @@ class _Graph:
             return None
         dtype = _DTYPES.get(tensor.Type())
         if dtype is None:
-            raise UserError(f"{self.path}: constant {tensor.Name().decode(errors='replace')} has TFLite type "
-                            f"{tensor.Type()}, which is not supported")
+            raise UserError(
+                f"{self.path}: constant {tensor.Name().decode(errors='replace')} has TFLite type "
+                f"{tensor.Type()}, which is not supported"
+            )
         data = buffer.DataAsNumpy().tobytes()
         if len(data) != np.dtype(dtype).itemsize * int(np.prod(self.shape(i))):
-            raise _damaged(self.path, ValueError(f"constant {tensor.Name().decode(errors='replace')} holds "
-                                                 f"{len(data)} bytes for shape {list(self.shape(i))}"))
+            raise _damaged(
+                self.path,
+                ValueError(
+                    f"constant {tensor.Name().decode(errors='replace')} holds "
+                    f"{len(data)} bytes for shape {list(self.shape(i))}"
+                ),
+            )
         return np.frombuffer(data, dtype).reshape(self.shape(i))
 
     def constant(self, i: int) -> np.ndarray | None:
@@ -171,8 +184,12 @@ class _Builder:
         if t in self.after_softmax:
             raise self.fail(i, name, "reads the output of a SOFTMAX; only a final SOFTMAX can be dropped")
         if t in self.space_to_batch or t in self.batch_to_space:
-            raise self.fail(i, name, "reads a tensor inside SPACE_TO_BATCH_ND ... BATCH_TO_SPACE_ND; only a single "
-                                     "CONV_2D/DEPTHWISE_CONV_2D between them (a dilated convolution) is supported")
+            raise self.fail(
+                i,
+                name,
+                "reads a tensor inside SPACE_TO_BATCH_ND ... BATCH_TO_SPACE_ND; only a single "
+                "CONV_2D/DEPTHWISE_CONV_2D between them (a dilated convolution) is supported",
+            )
         if t not in self.values:
             raise self.fail(i, name, "takes a constant or missing tensor where an activation is expected")
         return self.values[t]
@@ -198,8 +215,9 @@ class _Builder:
         if fused == 0:
             return y
         if fused not in (1, 3):
-            raise self.fail(i, name, f"fused activation {_ACTIVATIONS.get(fused, fused)} is not supported "
-                                     "(only RELU, RELU6)")
+            raise self.fail(
+                i, name, f"fused activation {_ACTIVATIONS.get(fused, fused)} is not supported (only RELU, RELU6)"
+            )
         return keras.layers.ReLU(max_value=6.0 if fused == 3 else None, name=f"{prefix}_{_ACTIVATIONS[fused]}")(y)
 
     def rounded(self, y, t: int, prefix: str):
@@ -214,8 +232,10 @@ class _Builder:
     def build(self) -> tuple[keras.KerasTensor, keras.KerasTensor]:
         g = self.g
         if g.graph.InputsLength() != 1 or g.graph.OutputsLength() != 1:
-            raise UserError(f"{g.path}: takes {g.graph.InputsLength()} inputs and returns "
-                            f"{g.graph.OutputsLength()} outputs; an image classifier takes one and returns one")
+            raise UserError(
+                f"{g.path}: takes {g.graph.InputsLength()} inputs and returns "
+                f"{g.graph.OutputsLength()} outputs; an image classifier takes one and returns one"
+            )
         t_in = g.graph.Inputs(0)
         shape = g.shape(t_in)
         if len(shape) != 4:
@@ -227,8 +247,9 @@ class _Builder:
             name = g.op_name(op)
             handler = _HANDLERS.get(name)
             if handler is None:
-                raise UserError(f"{g.path}: unsupported TFLite op {name} (op #{i}); "
-                                f"supported: {', '.join(SUPPORTED_OPS)}")
+                raise UserError(
+                    f"{g.path}: unsupported TFLite op {name} (op #{i}); supported: {', '.join(SUPPORTED_OPS)}"
+                )
             handler(self, i, op, name, f"op{i:03d}_{name.lower()}")
         t_out = g.graph.Outputs(0)
         if t_out not in self.values:
@@ -258,8 +279,9 @@ class _Builder:
             raise self.fail(i, name, f"{w.shape[3]} filters for {channels} input channels")
         multiplier = w.shape[3] // channels
         bias = self.bias(i, op, name)
-        layer = keras.layers.DepthwiseConv2D(w.shape[1:3], **window, depth_multiplier=multiplier,
-                                             use_bias=bias is not None, name=prefix)
+        layer = keras.layers.DepthwiseConv2D(
+            w.shape[1:3], **window, depth_multiplier=multiplier, use_bias=bias is not None, name=prefix
+        )
         y = layer(x)
         layer.set_weights([w.reshape(*w.shape[1:3], channels, multiplier)] + ([bias] if bias is not None else []))
         self.conv_output(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
@@ -279,8 +301,11 @@ class _Builder:
     def batch_to_space_nd(self, i, op, name, prefix):
         t = op.Inputs(0)
         if t not in self.batch_to_space:
-            raise self.fail(i, name, "only after SPACE_TO_BATCH_ND -> CONV_2D/DEPTHWISE_CONV_2D (a dilated "
-                                     "convolution) is supported")
+            raise self.fail(
+                i,
+                name,
+                "only after SPACE_TO_BATCH_ND -> CONV_2D/DEPTHWISE_CONV_2D (a dilated convolution) is supported",
+            )
         y, block = self.batch_to_space.pop(t)
         crops = self.weight(i, op.Inputs(2), name).astype(int)
         if tuple(self.weight(i, op.Inputs(1), name).astype(int).reshape(-1).tolist()) != block:
@@ -309,8 +334,12 @@ class _Builder:
         x = self.value(i, op.Inputs(0), name)
         opts = self.options_of(i, op, name, tflite.Pool2DOptions)
         cls = keras.layers.AveragePooling2D if name == "AVERAGE_POOL_2D" else keras.layers.MaxPooling2D
-        y = cls((opts.FilterHeight(), opts.FilterWidth()), strides=(opts.StrideH(), opts.StrideW()),
-                padding=_PADDING[opts.Padding()], name=prefix)(x)
+        y = cls(
+            (opts.FilterHeight(), opts.FilterWidth()),
+            strides=(opts.StrideH(), opts.StrideW()),
+            padding=_PADDING[opts.Padding()],
+            name=prefix,
+        )(x)
         self.emit(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
 
     def mean(self, i, op, name, prefix):
@@ -318,8 +347,12 @@ class _Builder:
         axes = self.weight(i, op.Inputs(1), name).astype(int).reshape(-1)
         axes = sorted({int(a) % len(x.shape) for a in axes})
         if len(x.shape) != 4 or axes != [1, 2]:
-            raise self.fail(i, name, f"mean over axes {axes} of a rank-{len(x.shape)} tensor; only the spatial "
-                                     "mean (axes 1, 2 of NHWC) is supported")
+            raise self.fail(
+                i,
+                name,
+                f"mean over axes {axes} of a rank-{len(x.shape)} tensor; only the spatial "
+                "mean (axes 1, 2 of NHWC) is supported",
+            )
         opts = self.g.options(op, tflite.ReducerOptions)
         keepdims = bool(opts.KeepDims()) if opts is not None else False
         self.emit(op, keras.layers.GlobalAveragePooling2D(keepdims=keepdims, name=prefix)(x), prefix)
@@ -390,8 +423,9 @@ class _Builder:
             if max(strides) > 1 or max(dilation) > 1 or padding != "valid":
                 raise self.fail(i, name, "after SPACE_TO_BATCH_ND it must be VALID, stride 1 and undilated")
             if pads.any():
-                x = keras.layers.ZeroPadding2D((tuple(pads[0].tolist()), tuple(pads[1].tolist())),
-                                               name=f"{prefix}_pad")(x)
+                x = keras.layers.ZeroPadding2D(
+                    (tuple(pads[0].tolist()), tuple(pads[1].tolist())), name=f"{prefix}_pad"
+                )(x)
             self.dilated[op.Outputs(0)] = block
             return x, dict(strides=1, padding="valid", dilation_rate=block)
         if max(strides) > 1 and max(dilation) > 1:
@@ -413,11 +447,22 @@ class _Builder:
 
 _ACTIVATIONS = {1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit"}
 _HANDLERS = {
-    "ADD": _Builder.add, "AVERAGE_POOL_2D": _Builder.pool_2d, "BATCH_TO_SPACE_ND": _Builder.batch_to_space_nd,
-    "CONV_2D": _Builder.conv_2d, "DEPTHWISE_CONV_2D": _Builder.depthwise_conv_2d, "DEQUANTIZE": _Builder.identity,
-    "FULLY_CONNECTED": _Builder.fully_connected, "MAX_POOL_2D": _Builder.pool_2d, "MEAN": _Builder.mean,
-    "PAD": _Builder.pad, "QUANTIZE": _Builder.identity, "RELU": _Builder.relu, "RELU6": _Builder.relu,
-    "RESHAPE": _Builder.reshape, "SOFTMAX": _Builder.softmax, "SPACE_TO_BATCH_ND": _Builder.space_to_batch_nd,
+    "ADD": _Builder.add,
+    "AVERAGE_POOL_2D": _Builder.pool_2d,
+    "BATCH_TO_SPACE_ND": _Builder.batch_to_space_nd,
+    "CONV_2D": _Builder.conv_2d,
+    "DEPTHWISE_CONV_2D": _Builder.depthwise_conv_2d,
+    "DEQUANTIZE": _Builder.identity,
+    "FULLY_CONNECTED": _Builder.fully_connected,
+    "MAX_POOL_2D": _Builder.pool_2d,
+    "MEAN": _Builder.mean,
+    "PAD": _Builder.pad,
+    "QUANTIZE": _Builder.identity,
+    "RELU": _Builder.relu,
+    "RELU6": _Builder.relu,
+    "RESHAPE": _Builder.reshape,
+    "SOFTMAX": _Builder.softmax,
+    "SPACE_TO_BATCH_ND": _Builder.space_to_batch_nd,
 }
 SUPPORTED_OPS = tuple(sorted(_HANDLERS))
 
@@ -478,8 +523,16 @@ def import_tflite(path, simulate_rounding: bool = False) -> tuple[keras.Model, d
     num_classes = int(logits.shape[-1])
     classes, wnids = _names_beside(path, num_classes)
     rgb_mean, rgb_std = _input_statistics(g)
-    spec = dict(image_size=int(shape[1]), num_classes=num_classes, rgb_mean=rgb_mean, rgb_std=rgb_std,
-                channel_order="RGB", classes=classes, arch=f"tflite:{path.stem}", source=str(path))
+    spec = dict(
+        image_size=int(shape[1]),
+        num_classes=num_classes,
+        rgb_mean=rgb_mean,
+        rgb_std=rgb_std,
+        channel_order="RGB",
+        classes=classes,
+        arch=f"tflite:{path.stem}",
+        source=str(path),
+    )
     if wnids is not None:
         spec["wnids"] = wnids
     return model, spec
@@ -500,8 +553,14 @@ def save_imported(path, out, simulate_rounding: bool = False) -> dict:
     return spec
 
 
-def compare_with_litert(path, images: np.ndarray, labels: np.ndarray | None = None, model: keras.Model | None = None,
-                        spec: dict | None = None, batch_size: int = 50) -> dict:
+def compare_with_litert(
+    path,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    model: keras.Model | None = None,
+    spec: dict | None = None,
+    batch_size: int = 50,
+) -> dict:
     """Top-1 of LiteRT running the file vs the imported Keras model on uint8 RGB images [N, size, size, 3].
 
     Both see the same pixels: LiteRT as the file's input type (uint8 as is, int8 as pixel - 128, float as
@@ -533,13 +592,16 @@ def compare_with_litert(path, images: np.ndarray, labels: np.ndarray | None = No
     mean, std = np.float32(spec["rgb_mean"]), np.float32(spec["rgb_std"])
     ours = []
     for start in range(0, len(images), batch_size):
-        x = (images[start:start + batch_size].astype(np.float32) / 255 - mean) / std
+        x = (images[start : start + batch_size].astype(np.float32) / 255 - mean) / std
         ours.append(np.argmax(np.asarray(model(x, training=False)), axis=-1))
     outputs, ours = np.stack(litert), np.concatenate(ours)
     litert = np.argmax(outputs, axis=-1)
     tied = outputs[np.arange(len(ours)), ours] == outputs.max(axis=-1)
-    result = {"images": int(len(images)), "agreement": float(100 * np.mean(litert == ours)),
-              "agreement_up_to_ties": float(100 * np.mean(tied))}
+    result = {
+        "images": int(len(images)),
+        "agreement": float(100 * np.mean(litert == ours)),
+        "agreement_up_to_ties": float(100 * np.mean(tied)),
+    }
     if labels is not None:
         labels = np.asarray(labels)
         result["litert_top1"] = float(100 * np.mean(litert == labels))

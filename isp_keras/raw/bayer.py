@@ -67,7 +67,7 @@ def _border_weights(height: int, width: int, cfa: str) -> np.ndarray:
     It is 1 inside the image; at the borders it renormalises the kernel over the samples that exist."""
     masks = np.pad(cfa_masks(height, width, cfa), [(1, 1), (1, 1), (0, 0)])
     k = _kernel()
-    mass = sum(k[dy, dx] * masks[dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3))
+    mass = sum(k[dy, dx] * masks[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3))
     return (1.0 / mass).astype(np.float32)
 
 
@@ -86,7 +86,8 @@ def _tile_conv_weights(cfa: str, scale) -> np.ndarray:
                     i, j = (a + u) % 2, (b + v) % 2
                     c = site[i, j]
                     weights[(a + u) // 2 + 1, (b + v) // 2 + 1, i * 2 + j, (a * 2 + b) * 3 + c] += (
-                        kernel[u + 1, v + 1, c] * scale[c])
+                        kernel[u + 1, v + 1, c] * scale[c]
+                    )
     return weights.astype(np.float32)
 
 

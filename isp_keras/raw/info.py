@@ -17,8 +17,10 @@ def describe(img: rawio.RawImage) -> str:
     vh, vw = img.visible_shape
     black = ",".join(f"{b:g}" for b in img.black_level)
     wb = "none" if img.wb_gains is None else ",".join(f"{g:.3f}" for g in img.wb_gains)
-    return (f"{vw}x{vh} visible, CFA {img.file_cfa} -> {img.cfa} offset {img.offset[0]},{img.offset[1]} -> {w}x{h}; "
-            f"black {black}; white {img.white_level:g}; wb {wb}; range {img.mosaic.min():.4f}..{img.mosaic.max():.4f}")
+    return (
+        f"{vw}x{vh} visible, CFA {img.file_cfa} -> {img.cfa} offset {img.offset[0]},{img.offset[1]} -> {w}x{h}; "
+        f"black {black}; white {img.white_level:g}; wb {wb}; range {img.mosaic.min():.4f}..{img.mosaic.max():.4f}"
+    )
 
 
 def dump_name(path: Path, used: set) -> str:

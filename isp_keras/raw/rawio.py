@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from isp_keras import fsutil
+from isp_keras.errors import UserError
 from isp_keras.raw import bayer
 from isp_keras.raw.cfa import CFA_PATTERNS
-from isp_keras.errors import UserError
 
 # LibRaw refuses images smaller than this on either side (its identify() treats them as "not raw").
 MIN_SIDE = 22
@@ -31,9 +31,9 @@ _PHOTOMETRIC_CFA = 32803
 _PHOTOMETRIC_LINEAR_RAW = 34892
 # XYZ (D65) -> linear sRGB: the default DNG ColorMatrix1 (XYZ -> camera) of a camera whose primaries are sRGB's,
 # for which LibRaw's camera -> sRGB matrix is the identity.
-XYZ_TO_SRGB = np.array([[3.2404542, -1.5371385, -0.4985314],
-                        [-0.9692660, 1.8760108, 0.0415560],
-                        [0.0556434, -0.2040259, 1.0572252]])
+XYZ_TO_SRGB = np.array(
+    [[3.2404542, -1.5371385, -0.4985314], [-0.9692660, 1.8760108, 0.0415560], [0.0556434, -0.2040259, 1.0572252]]
+)
 
 
 @dataclasses.dataclass
@@ -111,8 +111,10 @@ def _tiff_problem(path: Path, size: int) -> str | None:
             page = raws[0]
             photometric = _tag(page, "PhotometricInterpretation", None)
             if photometric == _PHOTOMETRIC_LINEAR_RAW:
-                return (f"a LinearRaw DNG ({page.samplesperpixel} sample(s) per pixel: demosaiced or monochrome), "
-                        "not a Bayer mosaic")
+                return (
+                    f"a LinearRaw DNG ({page.samplesperpixel} sample(s) per pixel: demosaiced or monochrome), "
+                    "not a Bayer mosaic"
+                )
             if photometric != _PHOTOMETRIC_CFA:
                 return f"the DNG's raw image has photometric {photometric}, not a colour filter array (32803)"
             dim = tuple(_tag(page, "CFARepeatPatternDim", (2, 2)))
@@ -165,8 +167,10 @@ def read_raw(path, cfa: str = "RGGB") -> RawImage:
             if pattern is None or raw.num_colors == 1:
                 raise UserError(f"{path}: a monochrome sensor, not a Bayer mosaic")
             if pattern.shape != (2, 2):
-                raise UserError(f"{path}: CFA repeat pattern {pattern.shape[0]}x{pattern.shape[1]} (e.g. X-Trans), "
-                                "not a 2x2 Bayer mosaic")
+                raise UserError(
+                    f"{path}: CFA repeat pattern {pattern.shape[0]}x{pattern.shape[1]} (e.g. X-Trans), "
+                    "not a 2x2 Bayer mosaic"
+                )
             visible = np.array(raw.raw_image_visible, dtype=np.float64)
             colors = np.array(raw.raw_colors_visible)
             desc = bytes(raw.color_desc)
@@ -184,8 +188,9 @@ def read_raw(path, cfa: str = "RGGB") -> RawImage:
         raise UserError(f"{path}: LibRaw could not decode it ({type(exc).__name__}: {exc})") from None
     file_cfa = _pattern(colors, desc)
     if file_cfa not in CFA_PATTERNS:
-        raise UserError(f"{path}: CFA colours {file_cfa!r} ({desc.decode('ascii', 'replace')}), "
-                        "not an RGB Bayer mosaic")
+        raise UserError(
+            f"{path}: CFA colours {file_cfa!r} ({desc.decode('ascii', 'replace')}), not an RGB Bayer mosaic"
+        )
     height, width = visible.shape
     if height < 2 or width < 2:
         raise UserError(f"{path}: visible area {height}x{width} is too small for a 2x2 Bayer tile")
@@ -203,8 +208,18 @@ def read_raw(path, cfa: str = "RGGB") -> RawImage:
     if wb[1] > 0 and wb[0] > 0 and wb[2] > 0:
         gains = [float(wb[0] / wb[1]), 1.0, float(wb[2] / wb[1])]
     matrix = rgb_cam.tolist() if np.any(rgb_cam) else None
-    return RawImage(str(path), mosaic, cfa, file_cfa, offset, [float(b) for b in black[:2, :2].reshape(-1)], white,
-                    gains, matrix, (height, width))
+    return RawImage(
+        str(path),
+        mosaic,
+        cfa,
+        file_cfa,
+        offset,
+        [float(b) for b in black[:2, :2].reshape(-1)],
+        white,
+        gains,
+        matrix,
+        (height, width),
+    )
 
 
 def _rationals(values, denominator: int, signed: bool = False) -> tuple:
@@ -216,8 +231,9 @@ def _rationals(values, denominator: int, signed: bool = False) -> tuple:
     return tuple(out)
 
 
-def write_dng(path, mosaic: np.ndarray, cfa: str, black_level=0, white_level=4095, wb_gains=None,
-              color_matrix=None) -> None:
+def write_dng(
+    path, mosaic: np.ndarray, cfa: str, black_level=0, white_level=4095, wb_gains=None, color_matrix=None
+) -> None:
     """Write a uint16 [H, W] Bayer mosaic as a minimal DNG 1.4 (uncompressed CFA), atomically.
 
     `black_level`: one value or four (per site of the `cfa` tile, row-major). `wb_gains`: as-shot (R, G, B)
@@ -232,8 +248,11 @@ def write_dng(path, mosaic: np.ndarray, cfa: str, black_level=0, white_level=409
         raise ValueError(f"write_dng needs a uint16 [H, W] mosaic, got {mosaic.dtype} {mosaic.shape}")
     if min(mosaic.shape) < MIN_SIDE:
         raise ValueError(f"mosaic {mosaic.shape[0]}x{mosaic.shape[1]}: LibRaw cannot read sides below {MIN_SIDE} px")
-    black = np.broadcast_to(np.asarray(black_level, np.float64), (4,)) if np.ndim(black_level) == 0 else \
-        np.asarray(black_level, np.float64).reshape(-1)
+    black = (
+        np.broadcast_to(np.asarray(black_level, np.float64), (4,))
+        if np.ndim(black_level) == 0
+        else np.asarray(black_level, np.float64).reshape(-1)
+    )
     if black.shape != (4,):
         raise ValueError(f"black_level must be one value or four (one per CFA site), got {black_level}")
     if not 0 < white_level <= 65535 or np.any(black >= white_level) or np.any(black < 0):
@@ -253,8 +272,9 @@ def write_dng(path, mosaic: np.ndarray, cfa: str, black_level=0, white_level=409
         (50710, 1, 3, (0, 1, 2), True),  # CFAPlaneColor
         (50711, 3, 1, 1, True),  # CFALayout: rectangular
         (50713, 3, 2, (2, 2), True),  # BlackLevelRepeatDim
-        (50714, 4, 4, tuple(int(b) for b in black), True) if integer_black else
-        (50714, 5, 4, _rationals(black, 1000), True),  # BlackLevel
+        (50714, 4, 4, tuple(int(b) for b in black), True)
+        if integer_black
+        else (50714, 5, 4, _rationals(black, 1000), True),  # BlackLevel
         (50717, 4, 1, int(white_level), True),  # WhiteLevel
         (50721, 10, 9, _rationals(color_matrix, 10000, signed=True), True),  # ColorMatrix1
         (50778, 3, 1, 21, True),  # CalibrationIlluminant1: D65
@@ -265,6 +285,7 @@ def write_dng(path, mosaic: np.ndarray, cfa: str, black_level=0, white_level=409
             raise ValueError(f"wb_gains must be three positive (R, G, B) multipliers, got {wb_gains}")
         tags.append((50728, 5, 3, _rationals(gains[1] / gains, 1000000), True))  # AsShotNeutral
     buf = io.BytesIO()
-    tifffile.imwrite(buf, mosaic, photometric=_PHOTOMETRIC_CFA, subfiletype=0, extratags=tags,
-                     software="isp_keras", metadata=None)
+    tifffile.imwrite(
+        buf, mosaic, photometric=_PHOTOMETRIC_CFA, subfiletype=0, extratags=tags, software="isp_keras", metadata=None
+    )
     fsutil.write_bytes_atomic(path, buf.getvalue())

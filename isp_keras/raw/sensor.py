@@ -18,16 +18,20 @@ import tensorflow as tf
 from isp_keras.raw import bayer
 
 # XYZ -> camera matrices of four real cameras (Adobe DNG ColorMatrix values, as used by Brooks et al.).
-XYZ_TO_CAMS = np.array([
-    [[1.0234, -0.2969, -0.2266], [-0.5625, 1.6328, -0.0469], [-0.0703, 0.2188, 0.6406]],
-    [[0.4913, -0.0541, -0.0202], [-0.6130, 1.3513, 0.2906], [-0.1564, 0.2151, 0.7183]],
-    [[0.8380, -0.2630, -0.0639], [-0.2887, 1.0725, 0.2496], [-0.0627, 0.1427, 0.5438]],
-    [[0.6596, -0.2079, -0.0562], [-0.4782, 1.3016, 0.1933], [-0.0970, 0.1581, 0.5181]],
-], np.float32)
+XYZ_TO_CAMS = np.array(
+    [
+        [[1.0234, -0.2969, -0.2266], [-0.5625, 1.6328, -0.0469], [-0.0703, 0.2188, 0.6406]],
+        [[0.4913, -0.0541, -0.0202], [-0.6130, 1.3513, 0.2906], [-0.1564, 0.2151, 0.7183]],
+        [[0.8380, -0.2630, -0.0639], [-0.2887, 1.0725, 0.2496], [-0.0627, 0.1427, 0.5438]],
+        [[0.6596, -0.2079, -0.0562], [-0.4782, 1.3016, 0.1933], [-0.0970, 0.1581, 0.5181]],
+    ],
+    np.float32,
+)
 # Linear sRGB (D65) -> XYZ.
-RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                       [0.2126729, 0.7151522, 0.0721750],
-                       [0.0193339, 0.1191920, 0.9503041]], np.float32)
+RGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]],
+    np.float32,
+)
 
 # Noise levels are variances in units of the white level (Brooks et al.'s ranges for real phone/DSLR sensors).
 SHOT_RANGE = (1e-4, 1.2e-2)
@@ -115,7 +119,7 @@ def expose(cam, seed, *, cfa: str, exposure: float = 1.0, noise_levels=None, noi
     level_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     shot, read = noise_levels if noise_levels is not None else random_noise_levels(level_seed)
     raw = bayer.mosaic(cam, cfa) * exposure
-    noisy = add_sensor_noise(raw, noise_seed, shot * noise_scale ** 2, read * noise_scale ** 2)
+    noisy = add_sensor_noise(raw, noise_seed, shot * noise_scale**2, read * noise_scale**2)
     return tf.minimum(noisy, 1.0)
 
 

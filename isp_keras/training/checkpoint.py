@@ -14,7 +14,6 @@ import keras
 from isp_keras import fsutil
 from isp_keras.errors import UserError
 
-
 CKPT_DIR = "checkpoint"
 
 
@@ -53,8 +52,9 @@ def save_checkpoint(run_dir, save_fn, state: dict) -> Path:
 def _remove_stale(run_dir: Path, keep: str) -> None:
     """Older checkpoints and leftovers of killed saves: everything checkpoint-like except the committed one."""
     for path in run_dir.iterdir():
-        stale = path.name.startswith(f"{CKPT_DIR}-") or (path.name.startswith(f".{CKPT_DIR}-")
-                                                         and path.name.endswith(".partial"))
+        stale = path.name.startswith(f"{CKPT_DIR}-") or (
+            path.name.startswith(f".{CKPT_DIR}-") and path.name.endswith(".partial")
+        )
         if stale and path.is_dir() and path.name != keep:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -102,8 +102,15 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     interrupts at once. Nothing is saved once the loss is NaN/Inf (see StopOnNaN): the last good one stays.
     """
 
-    def __init__(self, run_dir, save_fn, extra_state=None, steps_per_epoch: int | None = None,
-                 every_steps: int = 0, every_epochs: int = 1):
+    def __init__(
+        self,
+        run_dir,
+        save_fn,
+        extra_state=None,
+        steps_per_epoch: int | None = None,
+        every_steps: int = 0,
+        every_epochs: int = 1,
+    ):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.save_fn = save_fn

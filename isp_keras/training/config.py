@@ -17,18 +17,27 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 @dataclasses.dataclass
 class TrainConfig:
     dataset: str = option("embedded", "embedded | folder:PATH | tfds:NAME | records:PATH")
-    teacher: str = option("embedded", "embedded (the ResNet-20 CIFAR-10 teacher in data/teacher), a "
-                          "keras.applications name (ImageNet weights), a .keras file (+ sidecar JSON) or a SavedModel.")
-    student_init: str = option("", "A .keras model the student starts from (architecture and weights); needed when "
-                               "--teacher is a SavedModel, which cannot be cloned. Default: the teacher itself.")
+    teacher: str = option(
+        "embedded",
+        "embedded (the ResNet-20 CIFAR-10 teacher in data/teacher), a "
+        "keras.applications name (ImageNet weights), a .keras file (+ sidecar JSON) or a SavedModel.",
+    )
+    student_init: str = option(
+        "",
+        "A .keras model the student starts from (architecture and weights); needed when "
+        "--teacher is a SavedModel, which cannot be cloned. Default: the teacher itself.",
+    )
     model_dir: str = option("", "Run directory (default: runs/<command>).")
     alpha: float = option(0.9, "Weight of the hard-label cross-entropy, in [0, 1].")
     temperature: float = option(4.0, "Distillation temperature T > 0.")
     hard_labels: str = option("gt", "Hard labels: ground truth or teacher argmax.", choices=("gt", "teacher"))
     noise_std: float = option(0.1, "Gaussian noise std added to the [0,1] mosaic.")
     cfa: str = option("RGGB", "Bayer CFA pattern.", choices=CFA_PATTERNS)
-    sensor: str = option("gaussian", "RAW simulator: gaussian (--noise_std) or realistic (unprocessing + shot/read "
-                         "noise).", choices=("gaussian", "realistic"))
+    sensor: str = option(
+        "gaussian",
+        "RAW simulator: gaussian (--noise_std) or realistic (unprocessing + shot/read noise).",
+        choices=("gaussian", "realistic"),
+    )
     seed: int = option(0, "Seed (data order, augmentation, noise, initialisation).")
     epochs: int = option(3, "Training epochs per student row.")
     batch_size: int = option(128, "Global batch size.")
@@ -42,20 +51,23 @@ class TrainConfig:
     strategy: str = option("default", "tf.distribute strategy.", choices=STRATEGIES)
     cpu_replicas: int = option(2, "Logical CPU devices for --strategy=mirrored without GPUs.")
     tpu: str = option("", "--strategy=tpu: TPU name or grpc:// address ('' or 'local': this TPU VM).")
-    data_service: str = option("", "grpc://HOST:PORT of a tf.data service dispatcher that runs the training "
-                               "pipeline.")
+    data_service: str = option("", "grpc://HOST:PORT of a tf.data service dispatcher that runs the training pipeline.")
     cached_logits: bool = option(False, "Compute the teacher's logits once and train from them (needs --noaugment).")
     augment: bool = option(True, "Random crop + flip of the training RGB (off: deterministic teacher input).")
     overwrite: bool = option(False, "Replace a finished run in --model_dir.")
     strict: bool = option(False, "Stop at the first unreadable input instead of skipping it.")
-    checkpoint_steps: int = option(0, "Also checkpoint every N optimizer steps (0: only at epoch ends and on "
-                                   "SIGTERM/Ctrl-C).")
+    checkpoint_steps: int = option(
+        0, "Also checkpoint every N optimizer steps (0: only at epoch ends and on SIGTERM/Ctrl-C)."
+    )
     checkpoint_epochs: int = option(1, "Checkpoint every N epochs (and after the last).")
     log_steps: int = option(20, "Write training scalars to TensorBoard every N optimizer steps.")
-    qat_epochs: int = option(1, "Quantisation-aware fine-tuning epochs after distillation (the distilled_qat row: "
-                             "int8 rounding simulated, BN frozen, weights snapped to the int8 grid), so that the int8 "
-                             "export agrees with the saved student. 0: no such row. Skipped, with a note, under a "
-                             "multi-replica strategy (its moving activation ranges are per replica).")
+    qat_epochs: int = option(
+        1,
+        "Quantisation-aware fine-tuning epochs after distillation (the distilled_qat row: "
+        "int8 rounding simulated, BN frozen, weights snapped to the int8 grid), so that the int8 "
+        "export agrees with the saved student. 0: no such row. Skipped, with a note, under a "
+        "multi-replica strategy (its moving activation ranges are per replica).",
+    )
     qat_lr: float = option(0.002, "Peak learning rate of quantisation-aware fine-tuning (cosine, no warmup).")
 
     def validate(self) -> TrainConfig:
@@ -63,13 +75,17 @@ class TrainConfig:
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"--{name}={getattr(self, name)}: must be a finite number")
         if self.cached_logits and self.augment:
-            raise UserError("--cached_logits: the teacher input must be deterministic, but random RGB augmentation "
-                            "is on; pass --noaugment")
+            raise UserError(
+                "--cached_logits: the teacher input must be deterministic, but random RGB augmentation "
+                "is on; pass --noaugment"
+            )
         if self.data_service and not self.data_service.startswith("grpc://"):
             raise UserError(f"--data_service={self.data_service}: expected grpc://HOST:PORT (the dispatcher's address)")
         if self.cached_logits and self.data_service:
-            raise UserError("--cached_logits with --data_service: not supported (the service would split the image "
-                            "and logit sources independently); use one of them")
+            raise UserError(
+                "--cached_logits with --data_service: not supported (the service would split the image "
+                "and logit sources independently); use one of them"
+            )
         if self.checkpoint_steps < 0 or self.checkpoint_epochs < 1:
             raise UserError("--checkpoint_steps must be >= 0 and --checkpoint_epochs >= 1")
         if self.log_steps < 1:
@@ -92,8 +108,9 @@ class TrainConfig:
         if self.strategy not in STRATEGIES:
             raise UserError(f"--strategy={self.strategy}: must be one of {', '.join(STRATEGIES)}")
         if self.qat_epochs < 0 or not self.qat_lr > 0:
-            raise UserError(f"--qat_epochs={self.qat_epochs}, --qat_lr={self.qat_lr}: need qat_epochs >= 0 and "
-                            "qat_lr > 0")
+            raise UserError(
+                f"--qat_epochs={self.qat_epochs}, --qat_lr={self.qat_lr}: need qat_epochs >= 0 and qat_lr > 0"
+            )
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("--epochs and --batch_size must be >= 1")
         if self.image_size is not None and (self.image_size < 2 or self.image_size % 2):
@@ -149,8 +166,11 @@ class SweepConfig(TableConfig):
 
 @dataclasses.dataclass
 class AblationConfig(TrainConfig):
-    finetune_ks: list[int] = option([1, 2, 3], "k values: rows finetune_first_k train only the stem and the first k "
-                                    "stages/blocks (classifier frozen); a finetune_all row is always added.")
+    finetune_ks: list[int] = option(
+        [1, 2, 3],
+        "k values: rows finetune_first_k train only the stem and the first k "
+        "stages/blocks (classifier frozen); a finetune_all row is always added.",
+    )
     dry_run: bool = option(False, "Validate the flags and print the plan; read no data, train nothing.")
 
     def validate(self) -> AblationConfig:
@@ -167,11 +187,17 @@ class Table2Config(TrainConfig):
     patch_size: int = option(256, "Side of the aligned non-overlapping patches (even).")
     min_teacher_prob: float = option(0.8, "Test patches kept only if the teacher's top probability exceeds this.")
     test_fraction: float = option(0.2, "Fraction of groups (bursts) in the test split.")
-    max_patches_per_pair: int = option(0, "0: every patch; else a seeded sample of this many per pair (keeps a "
-                                       "full-resolution HDR+ cache to a manageable size).")
+    max_patches_per_pair: int = option(
+        0,
+        "0: every patch; else a seeded sample of this many per pair (keeps a "
+        "full-resolution HDR+ cache to a manageable size).",
+    )
     cache_dir: str = option("", "Patch caches (default: <model_dir>/cache/<mode>).")
-    synthesize_bursts: int = option(0, "If > 0 and hdrplus:DIR is missing, write this many synthetic bursts there "
-                                    "first (from the embedded test images, unseen by the teacher).")
+    synthesize_bursts: int = option(
+        0,
+        "If > 0 and hdrplus:DIR is missing, write this many synthetic bursts there "
+        "first (from the embedded test images, unseen by the teacher).",
+    )
     burst_tiles: int = option(2, "Synthetic bursts: images per frame side (frame = tiles x image size).")
     burst_frames: int = option(3, "Synthetic bursts: payload frames (merged noise = 1/frames).")
     short_exposure: float = option(0.25, "Synthetic bursts: exposure of the payload frames.")

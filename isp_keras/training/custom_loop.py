@@ -18,8 +18,17 @@ def _global_logs(model: keras.Model) -> dict:
     return {m.name: float(m.result()) for m in model.metrics}
 
 
-def fit(model: keras.Model, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, *, epochs: int,
-        steps_per_epoch: int, initial_epoch: int = 0, callbacks=(), verbose="auto") -> keras.callbacks.History:
+def fit(
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    strategy: tf.distribute.Strategy,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    initial_epoch: int = 0,
+    callbacks=(),
+    verbose="auto",
+) -> keras.callbacks.History:
     """Like `model.fit(dataset, epochs, initial_epoch, steps_per_epoch, callbacks)` for a compiled model built
     under `strategy.scope()`. `dataset` yields global batches; it is repeated so epochs are `steps_per_epoch`
     steps and each pass reshuffles."""
@@ -34,8 +43,14 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, strategy: tf.distribute.St
 
     history = keras.callbacks.History()
     show = 0 if verbose == 0 else (2 if verbose == 2 else 1)
-    callback_list = keras.callbacks.CallbackList(list(callbacks) + [history], add_progbar=show != 0, model=model,
-                                                 verbose=show, epochs=epochs, steps=steps_per_epoch)
+    callback_list = keras.callbacks.CallbackList(
+        list(callbacks) + [history],
+        add_progbar=show != 0,
+        model=model,
+        verbose=show,
+        epochs=epochs,
+        steps=steps_per_epoch,
+    )
     model.stop_training = False
     logs = {}
     callback_list.on_train_begin()

@@ -19,20 +19,30 @@ def distillation_losses(student_logits, teacher_logits, labels, alpha: float, te
     """Per-batch means (unscaled for replicas): (total, ce, kd). `labels` are the hard targets (int)."""
     student_logits = tf.cast(student_logits, tf.float32)
     teacher_logits = tf.cast(teacher_logits, tf.float32)
-    ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
-                                                                       logits=student_logits))
+    ce = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=student_logits)
+    )
     t = temperature
     p_teacher = tf.nn.softmax(teacher_logits / t)
-    kl = tf.reduce_sum(p_teacher * (tf.nn.log_softmax(teacher_logits / t) - tf.nn.log_softmax(student_logits / t)),
-                       axis=-1)
+    kl = tf.reduce_sum(
+        p_teacher * (tf.nn.log_softmax(teacher_logits / t) - tf.nn.log_softmax(student_logits / t)), axis=-1
+    )
     kd = tf.reduce_mean(kl)
     total = alpha * ce + (1.0 - alpha) * t * t * kd
     return total, ce, kd
 
 
 class Distiller(keras.Model):
-    def __init__(self, student: keras.Model, teacher: keras.Model, alpha: float = 0.9, temperature: float = 4.0,
-                 hard_labels: str = "gt", cached_logits: bool = False, **kwargs):
+    def __init__(
+        self,
+        student: keras.Model,
+        teacher: keras.Model,
+        alpha: float = 0.9,
+        temperature: float = 4.0,
+        hard_labels: str = "gt",
+        cached_logits: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -124,7 +134,9 @@ def load_optimizer_state(optimizer: keras.optimizers.Optimizer, variables, path)
     with np.load(path, allow_pickle=False) as data:
         values = [data[k] for k in sorted(data.files)]
     if len(values) != len(optimizer.variables):
-        raise ValueError(f"{path}: holds {len(values)} optimizer variables, the optimizer has {len(optimizer.variables)}")
+        raise ValueError(
+            f"{path}: holds {len(values)} optimizer variables, the optimizer has {len(optimizer.variables)}"
+        )
     for var, value in zip(optimizer.variables, values):
         var.assign(value)
 
@@ -155,5 +167,9 @@ def evaluate(ds: tf.data.Dataset, teacher: keras.Model, model: keras.Model | Non
     for (student_x, teacher_x), labels in ds:
         totals += step(student_x, teacher_x, labels).numpy()
     n = max(totals[3], 1.0)
-    return {"top1": 100 * totals[0] / n, "top5": 100 * totals[1] / n, "agreement": 100 * totals[2] / n,
-            "count": int(totals[3])}
+    return {
+        "top1": 100 * totals[0] / n,
+        "top5": 100 * totals[1] / n,
+        "agreement": 100 * totals[2] / n,
+        "count": int(totals[3]),
+    }

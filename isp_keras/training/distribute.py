@@ -67,16 +67,21 @@ def _multi_worker() -> tf.distribute.Strategy:
     except ValueError as exc:
         raise UserError(f"--strategy=multi_worker: TF_CONFIG is not valid JSON ({exc})") from None
     if not tf_config.get("cluster") or not tf_config.get("task"):
-        raise UserError("--strategy=multi_worker: set TF_CONFIG with 'cluster' and 'task' on every worker "
-                        "(see notes: laptop -> 8 GPUs -> TPU pod)")
+        raise UserError(
+            "--strategy=multi_worker: set TF_CONFIG with 'cluster' and 'task' on every worker "
+            "(see notes: laptop -> 8 GPUs -> TPU pod)"
+        )
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(
             communication_options=tf.distribute.experimental.CommunicationOptions(
-                implementation=tf.distribute.experimental.CommunicationImplementation.AUTO))
+                implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+            )
+        )
     except (RuntimeError, ValueError) as exc:
-        raise UserError(f"--strategy=multi_worker: could not join the cluster in TF_CONFIG "
-                        f"({str(exc).splitlines()[0][:200]}); create the strategy before other TensorFlow work"
-                        ) from None
+        raise UserError(
+            f"--strategy=multi_worker: could not join the cluster in TF_CONFIG "
+            f"({str(exc).splitlines()[0][:200]}); create the strategy before other TensorFlow work"
+        ) from None
 
 
 def _tpu(address: str) -> tf.distribute.Strategy:

@@ -14,18 +14,11 @@ import tensorflow as tf
 from absl import logging
 
 from isp_keras import fsutil
-from isp_keras.data import normalisation
-from isp_keras.data import pipeline
-from isp_keras.data import sources
-from isp_keras.training import distiller
-from isp_keras.models import students
-from isp_keras.models import teachers
-from isp_keras.training import quantise
-from isp_keras.training import checkpoint
-from isp_keras.training import schedule
-from isp_keras.training.config import TrainConfig
+from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.errors import UserError
-
+from isp_keras.models import students, teachers
+from isp_keras.training import checkpoint, distiller, quantise, schedule
+from isp_keras.training.config import TrainConfig
 
 
 @dataclasses.dataclass
@@ -48,9 +41,17 @@ class Setup:
         --cached_logits: the teacher input is replaced by stored teacher logits (computed once, see logit_cache);
         --data_service: the pipeline runs on tf.data service workers (see data_service)."""
         logits = self.cached_teacher_logits() if self.cfg.cached_logits else None
-        ds = pipeline.build(self.source, self.source.train_split, self.pipeline, training=True, norm=self.norm,
-                            steps_per_epoch=self.steps_per_epoch(), start_step=start_step, epochs=epochs or self.cfg.epochs,
-                            teacher_logits=logits)
+        ds = pipeline.build(
+            self.source,
+            self.source.train_split,
+            self.pipeline,
+            training=True,
+            norm=self.norm,
+            steps_per_epoch=self.steps_per_epoch(),
+            start_step=start_step,
+            epochs=epochs or self.cfg.epochs,
+            teacher_logits=logits,
+        )
         if self.cfg.data_service:
             from isp_keras.data import service
 
@@ -60,8 +61,15 @@ class Setup:
     def cached_teacher_logits(self):
         from isp_keras.data import logit_cache
 
-        return logit_cache.load_or_compute(self.teacher, self.cfg.teacher, self.source, self.source.train_split,
-                                           self.pipeline, self.norm, Path(self.cfg.model_dir) / "teacher_logits")
+        return logit_cache.load_or_compute(
+            self.teacher,
+            self.cfg.teacher,
+            self.source,
+            self.source.train_split,
+            self.pipeline,
+            self.norm,
+            Path(self.cfg.model_dir) / "teacher_logits",
+        )
 
     def test_ds(self):
         cfg = dataclasses.replace(self.pipeline, take=self.cfg.test_take, batch_size=max(self.pipeline.batch_size, 256))
@@ -73,7 +81,9 @@ class Setup:
             n = min(n, self.cfg.train_take)
         steps = n // self.pipeline.batch_size
         if steps < 1:
-            raise UserError(f"{self.source.name}: {n} training images, fewer than one batch of {self.pipeline.batch_size}")
+            raise UserError(
+                f"{self.source.name}: {n} training images, fewer than one batch of {self.pipeline.batch_size}"
+            )
         return steps
 
 
@@ -88,25 +98,41 @@ def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> 
         raise UserError(f"--image_size={image_size}: must be even (the Bayer pattern tiles 2x2)")
     teachers.check_teacher_matches(teacher, image_size, len(source.classes), cfg.teacher)
     if spec and spec.classes and list(spec.classes) != list(source.classes):
-        logging.warning("teacher classes %s differ in name from the data's %s; matching by index",
-                        spec.classes, source.classes)
+        logging.warning(
+            "teacher classes %s differ in name from the data's %s; matching by index", spec.classes, source.classes
+        )
     student_init = students.load_student_init(cfg.student_init, teacher) if cfg.student_init else None
     if student_init is None and not teachers.is_cloneable(teacher):
-        raise UserError(f"--teacher={cfg.teacher}: a SavedModel teacher cannot be cloned into a student; give "
-                        f"--student_init=MODEL.keras (same architecture, the weights the student starts from)")
+        raise UserError(
+            f"--teacher={cfg.teacher}: a SavedModel teacher cannot be cloned into a student; give "
+            f"--student_init=MODEL.keras (same architecture, the weights the student starts from)"
+        )
     teachers.freeze(teacher)
-    pcfg = pipeline.PipelineConfig(image_size=image_size, batch_size=cfg.batch_size, cfa=cfg.cfa,
-                                   noise_std=cfg.noise_std, seed=cfg.seed, take=cfg.train_take, sensor=cfg.sensor,
-                                   augment=cfg.augment)
+    pcfg = pipeline.PipelineConfig(
+        image_size=image_size,
+        batch_size=cfg.batch_size,
+        cfa=cfg.cfa,
+        noise_std=cfg.noise_std,
+        seed=cfg.seed,
+        take=cfg.train_take,
+        sensor=cfg.sensor,
+        augment=cfg.augment,
+    )
     if norm is None:
         if spec is None:
             logging.warning("%s has no sidecar JSON; teacher RGB statistics are computed from the data", cfg.teacher)
         norm = pipeline.compute_normalisation(
-            source, pcfg, cfg.stats_images, rgb_mean=spec.rgb_mean if spec else None,
-            rgb_std=spec.rgb_std if spec else None, channel_order=spec.channel_order if spec else "RGB")
+            source,
+            pcfg,
+            cfg.stats_images,
+            rgb_mean=spec.rgb_mean if spec else None,
+            rgb_std=spec.rgb_std if spec else None,
+            channel_order=spec.channel_order if spec else "RGB",
+        )
     if spec is None:
-        spec = teachers.TeacherSpec(image_size, len(source.classes), norm.rgb_mean, norm.rgb_std, classes=source.classes,
-                                  source=cfg.teacher)
+        spec = teachers.TeacherSpec(
+            image_size, len(source.classes), norm.rgb_mean, norm.rgb_std, classes=source.classes, source=cfg.teacher
+        )
     return Setup(cfg, source, teacher, spec, norm, pcfg, student_init)
 
 
@@ -118,8 +144,12 @@ def baseline_rows(s: Setup) -> list[dict]:
 
 
 def metric_row(name, metrics) -> dict:
-    return {"name": name, "top1": round(float(metrics["top1"]), 3), "top5": round(float(metrics["top5"]), 3),
-            "agreement": round(float(metrics["agreement"]), 3)}
+    return {
+        "name": name,
+        "top1": round(float(metrics["top1"]), 3),
+        "top5": round(float(metrics["top5"]), 3),
+        "agreement": round(float(metrics["agreement"]), 3),
+    }
 
 
 class ScalarLog(keras.callbacks.Callback):
@@ -163,12 +193,12 @@ class ScalarLog(keras.callbacks.Callback):
 
 
 def build_student(s: Setup, start_from: keras.Model | None, sync_bn: bool) -> keras.Model:
-    return students.student_from_teacher(start_from if start_from is not None else s.student_source(),
-                                         sync_bn=sync_bn)
+    return students.student_from_teacher(start_from if start_from is not None else s.student_source(), sync_bn=sync_bn)
 
 
-def train_student(s: Setup, row, row_dir, start_from: keras.Model | None = None, step_offset: int = 0,
-                  verbose: int | str = "auto") -> tuple[dict, keras.Model]:
+def train_student(
+    s: Setup, row, row_dir, start_from: keras.Model | None = None, step_offset: int = 0, verbose: int | str = "auto"
+) -> tuple[dict, keras.Model]:
     """Train one student row (`runner.Row`: its loss, epochs, learning rate, fine-tuned prefix and whether it is
     quantisation-aware), resumably in `row_dir`; returns (metrics row, student).
 
@@ -185,20 +215,34 @@ def train_student(s: Setup, row, row_dir, start_from: keras.Model | None = None,
         student = build_student(s, start_from, sync_bn=strategy.num_replicas_in_sync > 1)
         trainable = students.set_trainable_prefix(student, row.finetune_first)
         trained = quantise.quantisation_aware(student) if row.quantisation_aware else student
-        optimizer = schedule.sgd(row.epochs * steps, row.lr, cfg.weight_decay,
-                                 warmup_steps=int(row.warmup_epochs * steps))
-        model = distiller.Distiller(trained, s.teacher, alpha=row.alpha, temperature=cfg.temperature,
-                                    hard_labels=row.hard_labels, cached_logits=cfg.cached_logits)
+        optimizer = schedule.sgd(
+            row.epochs * steps, row.lr, cfg.weight_decay, warmup_steps=int(row.warmup_epochs * steps)
+        )
+        model = distiller.Distiller(
+            trained,
+            s.teacher,
+            alpha=row.alpha,
+            temperature=cfg.temperature,
+            hard_labels=row.hard_labels,
+            cached_logits=cfg.cached_logits,
+        )
         model.compile(optimizer=optimizer)
         state = checkpoint.read_checkpoint_state(row_dir)
         if state:
             trained.load_weights(Path(state["path"]) / "student.weights.h5")
-            distiller.load_optimizer_state(optimizer, trained.trainable_variables,
-                                           Path(state["path"]) / "optimizer.npz")
+            distiller.load_optimizer_state(
+                optimizer, trained.trainable_variables, Path(state["path"]) / "optimizer.npz"
+            )
             logging.info("resuming %s after epoch %d from %s", row.name, state["epochs_done"], state["path"])
     start_step = int(state.get("step", state["epochs_done"] * steps)) if state else 0
-    logging.info("%s: training %d layers of %d for %d epochs x %d steps", row.name, len(trainable),
-                 len(student.layers), row.epochs, steps)
+    logging.info(
+        "%s: training %d layers of %d for %d epochs x %d steps",
+        row.name,
+        len(trainable),
+        len(student.layers),
+        row.epochs,
+        steps,
+    )
 
     def save(folder):
         trained.save_weights(folder / "student.weights.h5")
@@ -208,8 +252,9 @@ def train_student(s: Setup, row, row_dir, start_from: keras.Model | None = None,
         return distiller.evaluate(s.test_ds(), s.teacher, trained, on="student")
 
     nan_guard = checkpoint.StopOnNaN()
-    saver = checkpoint.AtomicCheckpoint(row_dir, save, steps_per_epoch=steps, every_steps=cfg.checkpoint_steps,
-                                        every_epochs=cfg.checkpoint_epochs)
+    saver = checkpoint.AtomicCheckpoint(
+        row_dir, save, steps_per_epoch=steps, every_steps=cfg.checkpoint_steps, every_epochs=cfg.checkpoint_epochs
+    )
     scalars = ScalarLog(row_dir / "logs", cfg.log_steps, steps, step_offset, validate)
     callbacks = [saver, nan_guard, scalars]
     fit = model.fit
@@ -219,20 +264,37 @@ def train_student(s: Setup, row, row_dir, start_from: keras.Model | None = None,
         fit = functools.partial(custom_loop.fit, model, strategy=strategy)
     epoch, done_in_epoch = divmod(start_step, steps)
     if done_in_epoch and epoch < row.epochs:  # resumed mid-epoch: finish that epoch, then whole ones
-        fit(s.train_ds(start_step, row.epochs), epochs=epoch + 1, initial_epoch=epoch,
-            steps_per_epoch=steps - done_in_epoch, verbose=verbose, callbacks=callbacks)
+        fit(
+            s.train_ds(start_step, row.epochs),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            steps_per_epoch=steps - done_in_epoch,
+            verbose=verbose,
+            callbacks=callbacks,
+        )
         epoch += 1
     if epoch < row.epochs and nan_guard.bad_step is None and not saver.terminated:
-        fit(s.train_ds(epoch * steps, row.epochs), epochs=row.epochs, initial_epoch=epoch, steps_per_epoch=steps,
-            verbose=verbose, callbacks=callbacks)
+        fit(
+            s.train_ds(epoch * steps, row.epochs),
+            epochs=row.epochs,
+            initial_epoch=epoch,
+            steps_per_epoch=steps,
+            verbose=verbose,
+            callbacks=callbacks,
+        )
     if nan_guard.bad_step is not None:
         kept = checkpoint.read_checkpoint_state(row_dir)
         kept = f"the last good checkpoint ({kept['folder']}) is kept" if kept else "no checkpoint had been saved yet"
-        raise UserError(f"{row.name}: the loss became NaN/Inf at step {nan_guard.bad_step}; training stopped and "
-                        f"{kept} in {row_dir} (lower --lr?)")
+        raise UserError(
+            f"{row.name}: the loss became NaN/Inf at step {nan_guard.bad_step}; training stopped and "
+            f"{kept} in {row_dir} (lower --lr?)"
+        )
     if saver.terminated:
-        raise checkpoint.Stopped(f"{row.name}: stopped by signal {saver.signal} at step {saver.saved_step}, "
-                                 f"checkpoint saved in {row_dir}; rerun the same command to resume", saver.signal)
+        raise checkpoint.Stopped(
+            f"{row.name}: stopped by signal {saver.signal} at step {saver.saved_step}, "
+            f"checkpoint saved in {row_dir}; rerun the same command to resume",
+            saver.signal,
+        )
     if row.quantisation_aware:
         quantise.snap_weights(student)
         quantise.unfreeze_batchnorm(student)
@@ -257,9 +319,17 @@ def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise fsutil.write_error(path, exc) from exc
-    fsutil.write_json_atomic(run_dir / "student.json", {
-        "cfa": s.cfg.cfa, "noise_std": s.cfg.noise_std, "image_size": s.pipeline.image_size,
-        "classes": list(s.source.classes), "normalisation": s.norm.to_json(), "teacher": s.cfg.teacher})
+    fsutil.write_json_atomic(
+        run_dir / "student.json",
+        {
+            "cfa": s.cfg.cfa,
+            "noise_std": s.cfg.noise_std,
+            "image_size": s.pipeline.image_size,
+            "classes": list(s.source.classes),
+            "normalisation": s.norm.to_json(),
+            "teacher": s.cfg.teacher,
+        },
+    )
     return path
 
 
@@ -268,8 +338,9 @@ def log_image_panel(run_dir, s: Setup, count: int = 4) -> None:
     from isp_keras.raw import bayer
 
     cfg = dataclasses.replace(s.pipeline, take=count, batch_size=count, cache=False)
-    raw, rgb, _ = next(iter(pipeline.build(s.source, s.source.test_split, cfg, training=False, norm=None,
-                                          mode="mosaic")))
+    raw, rgb, _ = next(
+        iter(pipeline.build(s.source, s.source.test_split, cfg, training=False, norm=None, mode="mosaic"))
+    )
     mosaic_rgb = tf.repeat(raw, 3, axis=-1)
     panel = tf.concat([rgb, mosaic_rgb, bayer.infill(raw, s.cfg.cfa)], axis=2)
     writer = tf.summary.create_file_writer(str(Path(run_dir) / "logs" / "images"))

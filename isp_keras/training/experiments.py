@@ -1,10 +1,10 @@
 """The paper's experiments and the main training command as plans of rows, run by `runner`.
 
-  train     teacher_clean, teacher_raw, distilled, distilled_qat (--qat_epochs); saves the final student
-  table     Table 1: the teacher baselines and students trained with GT labels, teacher labels, distillation
-  sweep     Fig. 2: the Table 1 rows at each noise std, and a plot of top-1 vs noise std
-  ablation  Table 3: distil into only the first k stages/blocks, the rest frozen
-  table2    Table 2: real (or synthetic) RAW/RGB pairs, agreement with the teacher (see pairs_setup)
+train     teacher_clean, teacher_raw, distilled, distilled_qat (--qat_epochs); saves the final student
+table     Table 1: the teacher baselines and students trained with GT labels, teacher labels, distillation
+sweep     Fig. 2: the Table 1 rows at each noise std, and a plot of top-1 vs noise std
+ablation  Table 3: distil into only the first k stages/blocks, the rest frozen
+table2    Table 2: real (or synthetic) RAW/RGB pairs, agreement with the teacher (see pairs_setup)
 """
 
 from __future__ import annotations
@@ -18,9 +18,13 @@ from isp_keras.errors import UserError
 from isp_keras.training import runner
 from isp_keras.training.config import AblationConfig, SweepConfig, Table2Config, TableConfig, TrainConfig
 
-TITLES = {"train": "ISP distillation of one student", "table": "Table 1: teacher baselines and RAW students",
-          "sweep": "Noise sweep: top-1 vs noise std", "ablation": "Ablation: fine-tune only the first k stages/blocks",
-          "table2": "Table 2: agreement with the teacher on the processed RGB"}
+TITLES = {
+    "train": "ISP distillation of one student",
+    "table": "Table 1: teacher baselines and RAW students",
+    "sweep": "Noise sweep: top-1 vs noise std",
+    "ablation": "Ablation: fine-tune only the first k stages/blocks",
+    "table2": "Table 2: agreement with the teacher on the processed RGB",
+}
 
 
 def with_run_dir(cfg, kind: str):
@@ -107,15 +111,17 @@ def table2(cfg: Table2Config, command: str = "") -> dict:
     start = time.time()
     teacher, spec = teachers.load_teacher(cfg.teacher)
     if spec is None:
-        raise UserError(f"--teacher={cfg.teacher}: needs its sidecar JSON (RGB normalisation) to label the RGB "
-                        "patches")
+        raise UserError(f"--teacher={cfg.teacher}: needs its sidecar JSON (RGB normalisation) to label the RGB patches")
     from isp_keras.data import pairs
 
     pairs.check_patch_size(teacher, cfg.patch_size, cfg.teacher)
     teachers.freeze(teacher)
     maybe_synthesize(cfg)
-    rows = [runner.Row("teacher_raw"), runner.student_row("teacher_labels", cfg, 1.0, "teacher"),
-            runner.student_row("distilled", cfg, cfg.alpha, "teacher")]
+    rows = [
+        runner.Row("teacher_raw"),
+        runner.student_row("teacher_labels", cfg, 1.0, "teacher"),
+        runner.student_row("distilled", cfg, cfg.alpha, "teacher"),
+    ]
     out = Path(cfg.model_dir)
     levels = [runner.Level(cfg, out / mode, {"raw": mode}) for mode in cfg.modes]
     caches = {}
@@ -149,11 +155,19 @@ def maybe_synthesize(cfg: Table2Config) -> None:
         return
     if cfg.dataset != "embedded":
         raise UserError(f"--synthesize_bursts: only from --dataset=embedded (got {cfg.dataset})")
-    per = cfg.burst_tiles ** 2
+    per = cfg.burst_tiles**2
     # The test images: like HDR+ scenes for an ImageNet teacher, none was seen while training the teacher.
     images, labels = pairs.embedded_images("test", cfg.synthesize_bursts * per)
-    n = pairs.synthesize_bursts(root, images, labels, tiles=cfg.burst_tiles, frames=cfg.burst_frames,
-                                short_exposure=cfg.short_exposure, cfa=cfg.cfa, seed=cfg.seed)
+    n = pairs.synthesize_bursts(
+        root,
+        images,
+        labels,
+        tiles=cfg.burst_tiles,
+        frames=cfg.burst_frames,
+        short_exposure=cfg.short_exposure,
+        cfa=cfg.cfa,
+        seed=cfg.seed,
+    )
     logging.info("wrote %d synthetic bursts to %s", n, root)
 
 
@@ -162,27 +176,52 @@ def pairs_setup(cfg: Table2Config, teacher, spec, mode: str):
     from isp_keras.data import normalisation, pairs, pipeline, sources
     from isp_keras.training import experiment
 
-    build = pairs.BuildConfig(pairs=cfg.pairs, out=str(Path(cfg.cache_dir) / mode), mode=mode, cfa=cfg.cfa,
-                              patch_size=cfg.patch_size, test_fraction=cfg.test_fraction, seed=cfg.seed,
-                              min_teacher_prob=cfg.min_teacher_prob, strict=cfg.strict,
-                              max_patches_per_pair=cfg.max_patches_per_pair)
+    build = pairs.BuildConfig(
+        pairs=cfg.pairs,
+        out=str(Path(cfg.cache_dir) / mode),
+        mode=mode,
+        cfa=cfg.cfa,
+        patch_size=cfg.patch_size,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        min_teacher_prob=cfg.min_teacher_prob,
+        strict=cfg.strict,
+        max_patches_per_pair=cfg.max_patches_per_pair,
+    )
     index = pairs.build_cache(build, teacher, spec, cfg.teacher)
     stats = index["raw_stats"]
-    norm = normalisation.Normalisation(stats["mean"], stats["std"], list(spec.rgb_mean), list(spec.rgb_std),
-                                       spec.channel_order)
+    norm = normalisation.Normalisation(
+        stats["mean"], stats["std"], list(spec.rgb_mean), list(spec.rgb_std), spec.channel_order
+    )
     counts = {s: v["count"] for s, v in index["splits"].items()}
-    source = sources.Source(f"pairs:{build.out}", index["classes"], counts, cfg.patch_size,
-                            lambda split: pairs.dataset(build.out, split), "train", "test")
-    pcfg = pipeline.PipelineConfig(image_size=cfg.patch_size, batch_size=cfg.batch_size, cfa=cfg.cfa,
-                                   noise_std=0.0, seed=cfg.seed)
+    source = sources.Source(
+        f"pairs:{build.out}",
+        index["classes"],
+        counts,
+        cfg.patch_size,
+        lambda split: pairs.dataset(build.out, split),
+        "train",
+        "test",
+    )
+    pcfg = pipeline.PipelineConfig(
+        image_size=cfg.patch_size, batch_size=cfg.batch_size, cfa=cfg.cfa, noise_std=0.0, seed=cfg.seed
+    )
 
     @dataclasses.dataclass
     class PairsSetup(experiment.Setup):
         cache: str = ""
 
         def batches(self, split, batch_size, training, start_step=0):
-            return pairs.batches(self.cache, split, batch_size=batch_size, cfa=self.cfg.cfa, norm=self.norm,
-                                 training=training, seed=self.cfg.seed, start_step=start_step)
+            return pairs.batches(
+                self.cache,
+                split,
+                batch_size=batch_size,
+                cfa=self.cfg.cfa,
+                norm=self.norm,
+                training=training,
+                seed=self.cfg.seed,
+                start_step=start_step,
+            )
 
         def train_ds(self, start_step: int = 0, epochs: int | None = None):
             return self.batches("train", self.pipeline.batch_size, True, start_step)
@@ -193,8 +232,9 @@ def pairs_setup(cfg: Table2Config, teacher, spec, mode: str):
         def steps_per_epoch(self) -> int:
             n = self.source.counts["train"]
             if n < self.pipeline.batch_size:
-                raise UserError(f"{self.cache}: {n} training patches, fewer than one batch of "
-                                f"{self.pipeline.batch_size}")
+                raise UserError(
+                    f"{self.cache}: {n} training patches, fewer than one batch of {self.pipeline.batch_size}"
+                )
             return n // self.pipeline.batch_size
 
     return PairsSetup(cfg, source, teacher, spec, norm, pcfg, cache=build.out)

@@ -52,8 +52,9 @@ def _consumers(model: keras.Model) -> dict:
     """Layer name -> names of the layers that take its output, read from the functional config."""
     config = model.get_config()
     graph = config.get("layers") if isinstance(config, dict) else None
-    if not graph or not all(isinstance(layer, dict) and "name" in layer and "inbound_nodes" in layer
-                            for layer in graph):
+    if not graph or not all(
+        isinstance(layer, dict) and "name" in layer and "inbound_nodes" in layer for layer in graph
+    ):
         raise ValueError(f"{type(model).__name__} is not a functional model (no layer graph in its config)")
     consumers = {layer["name"]: [] for layer in config["layers"]}
 
@@ -120,7 +121,6 @@ def with_ranges(model: keras.Model, ranges: dict) -> keras.Model:
     return keras.Model(inputs, body(x), name=f"{model.name}_int8_ranges")
 
 
-
 # Quantisation-aware fine-tuning (QAT). The student is trained through a copy of its graph that rounds weights
 # (per output channel, symmetric, as TFLite's int8 kernels do) and activations (to moving-average ranges) in the
 # forward pass, with straight-through gradients; BatchNormalization is frozen so that TFLite's folding of it into
@@ -156,8 +156,9 @@ class _QuantisedWeights(layers.Layer):
         inner = self.inner
         kernel = fake_quant_weight(inner.kernel, _weight_axes(inner))
         if isinstance(inner, layers.DepthwiseConv2D):
-            y = keras.ops.depthwise_conv(x, kernel, inner.strides, inner.padding, inner.data_format,
-                                         inner.dilation_rate)
+            y = keras.ops.depthwise_conv(
+                x, kernel, inner.strides, inner.padding, inner.data_format, inner.dilation_rate
+            )
         elif isinstance(inner, layers.Conv2D):
             y = inner.convolution_op(x, kernel)
         else:
@@ -185,8 +186,7 @@ class _MovingRange(layers.Layer):
             self.lo.assign(m * self.lo + (1.0 - m) * tf.minimum(tf.reduce_min(x), 0.0))
             self.hi.assign(m * self.hi + (1.0 - m) * tf.maximum(tf.reduce_max(x), 0.0))
             self.seen.assign_add(1.0)
-        return tf.quantization.fake_quant_with_min_max_vars(x, self.lo, tf.maximum(self.hi, self.lo + 1e-6),
-                                                            num_bits=8)
+        return tf.quantization.fake_quant_with_min_max_vars(x, self.lo, tf.maximum(self.hi, self.lo + 1e-6), num_bits=8)
 
 
 def quantisation_aware(model: keras.Model) -> keras.Model:

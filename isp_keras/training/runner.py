@@ -39,9 +39,25 @@ STUDENT_WEIGHTS = "student.weights.h5"
 # Settings that may differ between a run and its resumption without changing any row's numbers. The last four only
 # say which rows and levels to run: adding rows, noise levels, k values or RAW inputs to a run computes only the new
 # ones.
-RESUMABLE = ("model_dir", "overwrite", "strict", "strategy", "cpu_replicas", "tpu", "checkpoint_steps",
-             "checkpoint_epochs", "data_service", "cached_logits", "log_steps", "dry_run", "verbose",
-             "rows", "noise_stds", "finetune_ks", "modes")
+RESUMABLE = (
+    "model_dir",
+    "overwrite",
+    "strict",
+    "strategy",
+    "cpu_replicas",
+    "tpu",
+    "checkpoint_steps",
+    "checkpoint_epochs",
+    "data_service",
+    "cached_logits",
+    "log_steps",
+    "dry_run",
+    "verbose",
+    "rows",
+    "noise_stds",
+    "finetune_ks",
+    "modes",
+)
 TABLE_ROWS = ("teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled")
 BASELINES = ("teacher_clean", "teacher_raw")
 
@@ -73,8 +89,10 @@ class Row:
         scope = "all layers" if self.finetune_first is None else f"first {self.finetune_first} stage(s), rest frozen"
         start = f"row {self.start_from}'s student" if self.start_from else "the teacher's weights"
         qat = ", quantisation-aware (int8 simulated, BN frozen)" if self.quantisation_aware else ""
-        return (f"student from {start}: {loss}, hard labels {self.hard_labels}, {scope}, {self.epochs} epochs at lr "
-                f"{self.lr:g}{qat}")
+        return (
+            f"student from {start}: {loss}, hard labels {self.hard_labels}, {scope}, {self.epochs} epochs at lr "
+            f"{self.lr:g}{qat}"
+        )
 
 
 def student_row(name: str, cfg: TrainConfig, alpha: float, hard_labels: str, finetune_first: int | None = None) -> Row:
@@ -84,15 +102,27 @@ def student_row(name: str, cfg: TrainConfig, alpha: float, hard_labels: str, fin
 
 def qat_row(cfg: TrainConfig, start_from: str = "distilled") -> Row:
     """Quantisation-aware fine-tuning of `start_from`'s student (same loss), so its int8 export agrees with it."""
-    return Row(f"{start_from}_qat", cfg.alpha, cfg.hard_labels, None, cfg.qat_epochs, cfg.qat_lr, 0.0, start_from,
-               quantisation_aware=True)
+    return Row(
+        f"{start_from}_qat",
+        cfg.alpha,
+        cfg.hard_labels,
+        None,
+        cfg.qat_epochs,
+        cfg.qat_lr,
+        0.0,
+        start_from,
+        quantisation_aware=True,
+    )
 
 
 def table_rows(cfg: TrainConfig, names) -> list[Row]:
-    spec = {"teacher_clean": Row("teacher_clean"), "teacher_raw": Row("teacher_raw"),
-            "gt_labels": student_row("gt_labels", cfg, 1.0, "gt"),
-            "teacher_labels": student_row("teacher_labels", cfg, 1.0, "teacher"),
-            "distilled": student_row("distilled", cfg, cfg.alpha, cfg.hard_labels)}
+    spec = {
+        "teacher_clean": Row("teacher_clean"),
+        "teacher_raw": Row("teacher_raw"),
+        "gt_labels": student_row("gt_labels", cfg, 1.0, "gt"),
+        "teacher_labels": student_row("teacher_labels", cfg, 1.0, "teacher"),
+        "distilled": student_row("distilled", cfg, cfg.alpha, cfg.hard_labels),
+    }
     return [spec[n] for n in names]
 
 
@@ -144,7 +174,7 @@ def noise_levels(cfg: TrainConfig, noise_stds) -> list[Level]:
 def check_rows(rows: list[Row]) -> None:
     names = [r.name for r in rows]
     for row in rows:
-        if row.start_from and row.start_from not in names[:names.index(row.name)]:
+        if row.start_from and row.start_from not in names[: names.index(row.name)]:
             raise ValueError(f"row {row.name} starts from {row.start_from!r}, which is not an earlier row")
 
 
@@ -175,8 +205,10 @@ def runnable_rows(plan: Plan, level: Level, log) -> list[Row]:
     rows = plan.rows
     if any(r.quantisation_aware for r in rows) and multi_replica(level.cfg):
         skipped = [r.name for r in rows if r.quantisation_aware]
-        log(f"note: {', '.join(skipped)} skipped under --strategy={level.cfg.strategy} (quantisation-aware "
-            f"fine-tuning runs on one device: its activation ranges are not synchronised across replicas)")
+        log(
+            f"note: {', '.join(skipped)} skipped under --strategy={level.cfg.strategy} (quantisation-aware "
+            f"fine-tuning runs on one device: its activation ranges are not synchronised across replicas)"
+        )
         rows = [r for r in rows if not r.quantisation_aware]
     return rows
 
@@ -235,8 +267,9 @@ def run_level(plan: Plan, level: Level, log) -> tuple[list[dict], dict]:
         steps = s.steps_per_epoch()
         if row.trains:
             start_model = student_of(s, level, row.start_from, state.students) if row.start_from else None
-            result, student = experiment.train_student(s, row, row_dir, start_from=start_model,
-                                                       step_offset=first_step(row, steps), verbose=plan.verbose)
+            result, student = experiment.train_student(
+                s, row, row_dir, start_from=start_model, step_offset=first_step(row, steps), verbose=plan.verbose
+            )
             student.save_weights(row_dir / STUDENT_WEIGHTS)
             state.students[row.name] = student
         else:
@@ -246,12 +279,13 @@ def run_level(plan: Plan, level: Level, log) -> tuple[list[dict], dict]:
         result = {**result, **level.tag}
         spent = round(time.time() - start, 1)
         last_step = max((first_step(r, steps) + r.epochs * steps for r in rows if r.trains), default=1)
-        log_test_scalars(row_dir, result, row, first_step(row, steps) + row.epochs * steps if row.trains else
-                         last_step)
+        log_test_scalars(row_dir, result, row, first_step(row, steps) + row.epochs * steps if row.trains else last_step)
         finished[row.name] = {"row": result, "seconds": spent}
         fsutil.write_json_atomic(row_dir / ROW_FILE, finished[row.name])
-        log(f"{row_dir}: top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, "
-            f"agreement {result['agreement']:.2f}% ({spent:.0f} s)")
+        log(
+            f"{row_dir}: top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, "
+            f"agreement {result['agreement']:.2f}% ({spent:.0f} s)"
+        )
     return [finished[r.name]["row"] for r in rows], {r.name: finished[r.name]["seconds"] for r in rows}
 
 
@@ -263,8 +297,9 @@ def student_of(s, level: Level, name: str, trained: dict):
 
     path = level.dir / name / STUDENT_WEIGHTS
     if not path.exists():
-        raise UserError(f"{level.dir / name}: finished, but {STUDENT_WEIGHTS} is missing; pass --overwrite to redo "
-                        "the rows")
+        raise UserError(
+            f"{level.dir / name}: finished, but {STUDENT_WEIGHTS} is missing; pass --overwrite to redo the rows"
+        )
     student = experiment.build_student(s, None, sync_bn=False)
     student.load_weights(path)
     trained[name] = student
@@ -287,7 +322,7 @@ def log_test_scalars(row_dir: Path, row: dict, row_spec: Row, last_step: int) ->
 
     writer = tf.summary.create_file_writer(str(row_dir / "logs" / "test"))
     with writer.as_default():
-        for step in ((last_step,) if row_spec.trains else (0, last_step)):
+        for step in (last_step,) if row_spec.trains else (0, last_step):
             for key in ("top1", "top5", "agreement"):
                 tf.summary.scalar(f"test/{key}", row[key], step=step)
     writer.close()
@@ -333,17 +368,20 @@ def plan_text(plan: Plan) -> str:
         n = min(train_count, cfg.train_take or train_count)
         steps = f"{n // cfg.batch_size} steps ({n} images)"
     noise = ", ".join(f"{lvl.cfg.noise_std:g}" for lvl in plan.levels)
-    lines = [f"{plan.kind} (dry run: no data read, nothing trained) -> {plan.out}",
-             f"  data:     {data_desc}; test {cfg.test_take or 'all'} images",
-             f"  teacher:  {teacher_desc}",
-             f"  raw:      {image_size or '? (from the teacher)'} px, CFA {cfg.cfa}, noise std {noise}, "
-             f"seed {cfg.seed}",
-             f"  budget:   per student row {cfg.epochs} epochs x {steps}, batch {cfg.batch_size}; Nesterov SGD lr "
-             f"{cfg.lr:g} (warmup {cfg.warmup_epochs:g} epochs, cosine), weight decay {cfg.weight_decay:g}"]
+    lines = [
+        f"{plan.kind} (dry run: no data read, nothing trained) -> {plan.out}",
+        f"  data:     {data_desc}; test {cfg.test_take or 'all'} images",
+        f"  teacher:  {teacher_desc}",
+        f"  raw:      {image_size or '? (from the teacher)'} px, CFA {cfg.cfa}, noise std {noise}, seed {cfg.seed}",
+        f"  budget:   per student row {cfg.epochs} epochs x {steps}, batch {cfg.batch_size}; Nesterov SGD lr "
+        f"{cfg.lr:g} (warmup {cfg.warmup_epochs:g} epochs, cosine), weight decay {cfg.weight_decay:g}",
+    ]
     if image_size:
         student_spec, teacher_spec = _pipeline_spec(cfg, image_size)[0]
-        lines.append(f"  pipeline: student input {student_spec.shape} {student_spec.dtype.name}, "
-                     f"teacher input {teacher_spec.shape} {teacher_spec.dtype.name}")
+        lines.append(
+            f"  pipeline: student input {student_spec.shape} {student_spec.dtype.name}, "
+            f"teacher input {teacher_spec.shape} {teacher_spec.dtype.name}"
+        )
     if ks and teacher is None:
         lines.append("  k values are checked against the model when the teacher loads")
     lines.append("  rows:")
@@ -362,7 +400,7 @@ def _describe_teacher(name: str):
         return f"keras.applications.{name} (ImageNet weights, downloaded on the first real run)", model, None
     if Path(paths.teacher_path(name)).exists():
         model, spec = teachers.load_teacher(name)
-        arch = (spec.arch if spec and spec.arch else model.name)
+        arch = spec.arch if spec and spec.arch else model.name
         return f"{name} ({arch}, {teachers.num_outputs(model)} classes)", model, spec
     return f"{name} (not present here; a real run needs it)", None, None
 
@@ -388,11 +426,22 @@ def _pipeline_spec(cfg: TrainConfig, image_size: int):
     import tensorflow as tf
 
     signature = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32))
-    stub = sources.Source("dry-run", [], {}, None,
-                           lambda split: tf.data.Dataset.from_generator(lambda: iter(()), output_signature=signature))
+    stub = sources.Source(
+        "dry-run",
+        [],
+        {},
+        None,
+        lambda split: tf.data.Dataset.from_generator(lambda: iter(()), output_signature=signature),
+    )
     norm = normalisation.Normalisation([0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3)
-    pcfg = pipeline.PipelineConfig(image_size=image_size, batch_size=cfg.batch_size, cfa=cfg.cfa,
-                                   noise_std=cfg.noise_std, seed=cfg.seed, take=cfg.train_take)
+    pcfg = pipeline.PipelineConfig(
+        image_size=image_size,
+        batch_size=cfg.batch_size,
+        cfa=cfg.cfa,
+        noise_std=cfg.noise_std,
+        seed=cfg.seed,
+        take=cfg.train_take,
+    )
     return pipeline.build(stub, "train", pcfg, training=True, norm=norm).element_spec
 
 
@@ -427,17 +476,20 @@ def prepare_out(plan: Plan) -> None:
         except ValueError as exc:
             raise UserError(f"{path}: unreadable ({exc}); pass --overwrite to start afresh") from None
         if old.get("command") != plan.kind:
-            raise UserError(f"{out}: holds a {old.get('command')} run, not a {plan.kind} run; "
-                            f"choose another --model_dir")
+            raise UserError(
+                f"{out}: holds a {old.get('command')} run, not a {plan.kind} run; choose another --model_dir"
+            )
         new = guarded_config(plan)
         skip = set(RESUMABLE) | level_fields(plan)
         before = {k: v for k, v in old.get("config", {}).items() if k not in skip}
         changed = [k for k in sorted(set(new) | set(before)) if new.get(k) != before.get(k)]
         if changed:
             k = changed[0]
-            raise UserError(f"{out}: its rows were made with --{k}={before.get(k)} (now {new.get(k)}); "
-                            f"rerun with the same flags to resume, pass --overwrite to redo them, or choose another "
-                            f"--model_dir")
+            raise UserError(
+                f"{out}: its rows were made with --{k}={before.get(k)} (now {new.get(k)}); "
+                f"rerun with the same flags to resume, pass --overwrite to redo them, or choose another "
+                f"--model_dir"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         fsutil.write_json_atomic(path, record)
@@ -476,8 +528,14 @@ def write_results(plan: Plan, levels: list[dict], wall_seconds: float, extra: di
         body = {"sweep": levels}
     else:
         body = {"rows": [row for level in levels for row in level["rows"]]}
-    results = {**body, "config": config, "wall_seconds": round(float(wall_seconds), 2), "experiment": plan.kind,
-               "command": plan.command, **(extra or {})}
+    results = {
+        **body,
+        "config": config,
+        "wall_seconds": round(float(wall_seconds), 2),
+        "experiment": plan.kind,
+        "command": plan.command,
+        **(extra or {}),
+    }
     fsutil.write_json_atomic(plan.out / RESULTS, results)
     return results
 
@@ -495,8 +553,10 @@ def format_table(rows: list[dict]) -> str:
 def format_sweep(levels: list[dict]) -> str:
     """Top-1 per row (lines) and noise std (columns)."""
     names = [r["name"] for r in levels[0]["rows"]]
-    lines = ["| row | " + " | ".join(f"std {lvl['noise_std']:g}" for lvl in levels) + " |",
-             "|---|" + "---:|" * len(levels)]
+    lines = [
+        "| row | " + " | ".join(f"std {lvl['noise_std']:g}" for lvl in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
     for name in names:
         cells = [f"{_top1(lvl, name):.2f}" for lvl in levels]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -509,14 +569,17 @@ def _top1(level: dict, name: str) -> float:
 
 def summary(plan: Plan) -> str:
     cfg = plan.cfg
-    noise = ", ".join(f"{lvl.tag['noise_std']:g}" for lvl in plan.levels) if plan.kind == "sweep" else \
-        f"{cfg.noise_std:g}"
+    noise = (
+        ", ".join(f"{lvl.tag['noise_std']:g}" for lvl in plan.levels) if plan.kind == "sweep" else f"{cfg.noise_std:g}"
+    )
     take = f", first {cfg.train_take} training images" if cfg.train_take else ""
-    return (f"Data {cfg.dataset} (test: {cfg.test_take or 'all'} images), CFA {cfg.cfa}, noise std {noise}, "
-            f"seed {cfg.seed}. Every student row starts from the teacher `{cfg.teacher}` and trains {cfg.epochs} "
-            f"epochs{take}, batch {cfg.batch_size}, Nesterov SGD lr {cfg.lr:g} (warmup {cfg.warmup_epochs:g} "
-            f"epochs, cosine), weight decay {cfg.weight_decay:g}; distillation alpha {cfg.alpha:g}, "
-            f"T {cfg.temperature:g}.")
+    return (
+        f"Data {cfg.dataset} (test: {cfg.test_take or 'all'} images), CFA {cfg.cfa}, noise std {noise}, "
+        f"seed {cfg.seed}. Every student row starts from the teacher `{cfg.teacher}` and trains {cfg.epochs} "
+        f"epochs{take}, batch {cfg.batch_size}, Nesterov SGD lr {cfg.lr:g} (warmup {cfg.warmup_epochs:g} "
+        f"epochs, cosine), weight decay {cfg.weight_decay:g}; distillation alpha {cfg.alpha:g}, "
+        f"T {cfg.temperature:g}."
+    )
 
 
 def write_markdown(plan: Plan, title: str, body: str) -> str:
@@ -547,4 +610,3 @@ def plot_sweep(levels: list[dict], path, title: str) -> Path:
     fig.savefig(buf, format="png", dpi=100)
     fsutil.write_bytes_atomic(path, buf.getvalue())
     return Path(path)
-

@@ -14,9 +14,11 @@ from isp_keras.bench import deploy as bench_deploy
 from isp_keras.bench import train as bench_train
 from isp_keras.errors import UserError
 
-RATIOS = (("int8_over_float32_latency", "int8_latency_ms", "float32_latency_ms"),
-          ("dynamic_over_float32_latency", "dynamic_latency_ms", "float32_latency_ms"),
-          ("raw_path_speedup_over_isp_path", "isp_path_latency_ms", "raw_path_latency_ms"))
+RATIOS = (
+    ("int8_over_float32_latency", "int8_latency_ms", "float32_latency_ms"),
+    ("dynamic_over_float32_latency", "dynamic_latency_ms", "float32_latency_ms"),
+    ("raw_path_speedup_over_isp_path", "isp_path_latency_ms", "raw_path_latency_ms"),
+)
 
 
 def parse(argv, cls=bench_deploy.DeployBenchConfig):
@@ -27,8 +29,16 @@ def parse(argv, cls=bench_deploy.DeployBenchConfig):
 
 
 def test_smoke(tiny_student):
-    cfg = bench_deploy.DeployBenchConfig(student=str(tiny_student), runs=3, warmup=1, latency_block=1,
-                                         agreement_take=32, calibration_samples=16, e2e_images=2, mobilenet=False)
+    cfg = bench_deploy.DeployBenchConfig(
+        student=str(tiny_student),
+        runs=3,
+        warmup=1,
+        latency_block=1,
+        agreement_take=32,
+        calibration_samples=16,
+        e2e_images=2,
+        mobilenet=False,
+    )
     fig = bench_deploy.run(cfg)
     for name in ("keras", "float32", "dynamic", "int8", "raw_path", "isp_path", "isp_only"):
         assert fig[f"{name}_latency_ms"] > 0

@@ -47,8 +47,9 @@ def test_interleaved_ratios_median_of_pairs():
 
         return call
 
-    t = timing.interleaved_ratios({"a": variant("a", 1.0), "b": variant("b", 1.3)}, rounds, block=block,
-                                  warmup=warmup, clock=clock)
+    t = timing.interleaved_ratios(
+        {"a": variant("a", 1.0), "b": variant("b", 1.3)}, rounds, block=block, warmup=warmup, clock=clock
+    )
     assert t.rounds == rounds
     assert t.times["a"] == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])
     assert t.ratios("b", "a") == pytest.approx([1.3, 6.5, 1.3, 1.3, 1.3])
@@ -86,9 +87,16 @@ def test_interleaved_ratios_min_seconds_and_hooks():
         return f
 
     names = ("rgb", "raw")
-    t = timing.interleaved_ratios({"rgb": call(0.3), "raw": call(0.4)}, 3, block=1, warmup=1, min_seconds=1.0,
-                                  before={n: hook("before", n) for n in names},
-                                  after={n: hook("after", n) for n in names}, clock=clock)
+    t = timing.interleaved_ratios(
+        {"rgb": call(0.3), "raw": call(0.4)},
+        3,
+        block=1,
+        warmup=1,
+        min_seconds=1.0,
+        before={n: hook("before", n) for n in names},
+        after={n: hook("after", n) for n in names},
+        clock=clock,
+    )
     assert t.times["rgb"] == pytest.approx([0.3] * 3) and t.times["raw"] == pytest.approx([0.4] * 3)
     assert t.ratio_figures("raw_ops_overhead", "raw", "rgb", offset=-1.0)["raw_ops_overhead"] == pytest.approx(1 / 3)
     assert len(events) == 2 * 2 * (3 + 1)
@@ -122,9 +130,20 @@ def test_config_flags_and_validation():
 def test_train_suite_smoke(tiny_teacher):
     # MirroredStrategy equality is tested in tests/test_distribute.py; here the child process would only add time.
     cfg = bench_train.TrainBenchConfig(
-        train_models=["embedded"], train_steps=3, train_block=1, train_warmup=1, train_batch_32=8,
-        train_pipeline_images=32, train_pipeline_seconds=0.1, train_pipeline_repeats=2, train_stall_steps=2,
-        train_stall_shuffle_32=64, train_teacher=str(tiny_teacher), train_progress=False, train_mirrored=False)
+        train_models=["embedded"],
+        train_steps=3,
+        train_block=1,
+        train_warmup=1,
+        train_batch_32=8,
+        train_pipeline_images=32,
+        train_pipeline_seconds=0.1,
+        train_pipeline_repeats=2,
+        train_stall_steps=2,
+        train_stall_shuffle_32=64,
+        train_teacher=str(tiny_teacher),
+        train_progress=False,
+        train_mirrored=False,
+    )
     figures = bench_train.run(cfg)
     for name in NAMES:
         assert name in figures and math.isfinite(figures[name]), (name, figures)
@@ -138,8 +157,10 @@ def test_train_suite_smoke(tiny_teacher):
         assert lo <= q1 <= figures[name] <= q3 <= hi, (name, figures)
     # The ratio of the variants' median times is within the per-round ratios' range too (same timings).
     tol = 1e-4
-    for name, num, den in (("distill_over_plain", "distill_step_ms", "plain_step_ms"),
-                           ("cached_over_plain", "cached_step_ms", "plain_step_ms")):
+    for name, num, den in (
+        ("distill_over_plain", "distill_step_ms", "plain_step_ms"),
+        ("cached_over_plain", "cached_step_ms", "plain_step_ms"),
+    ):
         assert figures[f"{name}_min"] - tol <= figures[num] / figures[den] <= figures[f"{name}_max"] + tol
     overhead = figures["raw_pipeline_us_per_image"] / figures["rgb_pipeline_us_per_image"] - 1
     assert figures["raw_ops_overhead_min"] - tol <= overhead <= figures["raw_ops_overhead_max"] + tol

@@ -9,16 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from isp_keras.data import normalisation
-from isp_keras.data import pipeline
-from isp_keras.data import sources
-from isp_keras.training import distiller
-from isp_keras.data import logit_cache
-from isp_keras.models import architectures
-from isp_keras.models import students
-from isp_keras.models import teachers
-from isp_keras.training import schedule
+from isp_keras.data import logit_cache, normalisation, pipeline, sources
 from isp_keras.errors import UserError
+from isp_keras.models import architectures, students, teachers
+from isp_keras.training import distiller, schedule
 
 STEPS, EPOCHS = 4, 2
 
@@ -35,14 +29,14 @@ def parts(tiny_teacher):
 
 def _train_ds(parts, logits):
     _, _, source, pcfg, norm = parts
-    return pipeline.build(source, "train", pcfg, training=True, norm=norm, steps_per_epoch=STEPS, epochs=EPOCHS,
-                          teacher_logits=logits)
+    return pipeline.build(
+        source, "train", pcfg, training=True, norm=norm, steps_per_epoch=STEPS, epochs=EPOCHS, teacher_logits=logits
+    )
 
 
 def _logits(parts, cache_dir):
     teacher, teacher_path, source, pcfg, norm = parts
-    return logit_cache.load_or_compute(teacher, teacher_path, source, "train", pcfg, norm, cache_dir,
-                                       progress=False)
+    return logit_cache.load_or_compute(teacher, teacher_path, source, "train", pcfg, norm, cache_dir, progress=False)
 
 
 def test_cached_batches_hold_the_teachers_logits(parts, tmp_path):
@@ -83,8 +77,9 @@ def test_cache_is_computed_once_and_keyed(parts, tmp_path, monkeypatch):
     _logits(parts, tmp_path)
     teacher, path, source, pcfg, norm = parts
     other = dataclasses.replace(pcfg, take=32)
-    assert (logit_cache.cache_key(path, source, "train", other, norm)
-            != logit_cache.cache_key(path, source, "train", pcfg, norm))
+    assert logit_cache.cache_key(path, source, "train", other, norm) != logit_cache.cache_key(
+        path, source, "train", pcfg, norm
+    )
 
 
 def test_truncated_cache_is_recomputed(parts, tmp_path):

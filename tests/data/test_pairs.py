@@ -12,10 +12,9 @@ import tensorflow as tf
 from PIL import Image
 
 from isp_keras.data import pairs
-from isp_keras.models import architectures
-from isp_keras.models import teachers
-from isp_keras.raw import rawio
 from isp_keras.errors import UserError
+from isp_keras.models import architectures, teachers
+from isp_keras.raw import rawio
 
 
 def _position_pair(tmp_path, h=30, w=40, file_cfa="GRBG"):
@@ -96,8 +95,13 @@ def bursts(tmp_path_factory):
 
 def test_synthetic_bursts_have_real_headers(bursts):
     burst = bursts / "burst_00000"
-    assert sorted(p.name for p in burst.iterdir()) == ["final.jpg", "merged.dng", "payload_N000.dng",
-                                                       "payload_N001.dng", "reference_frame.txt"]
+    assert sorted(p.name for p in burst.iterdir()) == [
+        "final.jpg",
+        "merged.dng",
+        "payload_N000.dng",
+        "payload_N001.dng",
+        "reference_frame.txt",
+    ]
     merged = rawio.read_raw(burst / "merged.dng")
     short = rawio.read_raw(burst / "payload_N000.dng")
     assert merged.white_level == 4095 and merged.black_level == [256.0] * 4 and merged.mosaic.shape == (64, 64)
@@ -127,8 +131,10 @@ def tiny_teacher(tmp_path_factory):
 
 def _probs(cache, split):
     files = [str(cache / f) for f in pairs.read_index(cache)["splits"][split]["files"]]
-    return [tf.train.Example.FromString(r.numpy()).features.feature["prob"].float_list.value[0]
-            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    return [
+        tf.train.Example.FromString(r.numpy()).features.feature["prob"].float_list.value[0]
+        for r in tf.data.TFRecordDataset(files, compression_type="GZIP")
+    ]
 
 
 def _teacher(path):
@@ -158,15 +164,20 @@ def test_cache_contents_split_and_filter(bursts, tmp_path, tiny_teacher):
     assert seen["test"] == test_groups and not (seen["train"] & test_groups)
     # The cached patches are exactly the aligned patches of the files.
     first = sorted(seen["train"])[0]
-    mosaic, rgb = pairs.aligned_pair(pairs.Pair(str(bursts / first / "merged.dng"), str(bursts / first / "final.jpg"),
-                                                first), "RGGB")
+    mosaic, rgb = pairs.aligned_pair(
+        pairs.Pair(str(bursts / first / "merged.dng"), str(bursts / first / "final.jpg"), first), "RGGB"
+    )
     raws, rgbs, _ = pairs.cut_patches(mosaic, rgb, 32)
     cached = [(r.numpy(), c.numpy()) for r, c, _ in pairs.dataset(tmp_path / "cache", "train")]
-    assert any(np.array_equal(r[..., 0], raws[0]) and np.array_equal(np.round(c * 255).astype(np.uint8), rgbs[0])
-               for r, c in cached)
-    np.testing.assert_allclose(index["raw_stats"]["mean"][1],
-                               np.mean([r[..., 0][np.tile([[False, True], [True, False]], (16, 16))].mean()
-                                        for r, _ in cached]), rtol=1e-4)
+    assert any(
+        np.array_equal(r[..., 0], raws[0]) and np.array_equal(np.round(c * 255).astype(np.uint8), rgbs[0])
+        for r, c in cached
+    )
+    np.testing.assert_allclose(
+        index["raw_stats"]["mean"][1],
+        np.mean([r[..., 0][np.tile([[False, True], [True, False]], (16, 16))].mean() for r, _ in cached]),
+        rtol=1e-4,
+    )
     # A confidence threshold only ever removes test patches.
     probs = sorted(_probs(tmp_path / "cache", "test"))
     threshold = (probs[0] + probs[-1]) / 2
@@ -179,13 +190,20 @@ def test_cache_contents_split_and_filter(bursts, tmp_path, tiny_teacher):
 
 
 def test_csv_manifest_builds_the_same_patches(bursts, tmp_path, tiny_teacher):
-    lines = ["raw,rgb,group"] + [f"{bursts}/burst_{b:05d}/merged.dng,{bursts}/burst_{b:05d}/final.jpg,burst_{b:05d}"
-                                 for b in range(6)]
+    lines = ["raw,rgb,group"] + [
+        f"{bursts}/burst_{b:05d}/merged.dng,{bursts}/burst_{b:05d}/final.jpg,burst_{b:05d}" for b in range(6)
+    ]
     (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
     teacher, spec = _teacher(tiny_teacher)
-    via_csv = pairs.build_cache(pairs.BuildConfig(pairs=f"csv:{tmp_path / 'pairs.csv'}", out=str(tmp_path / "c1"),
-                                                  patch_size=32, min_teacher_prob=0.0), teacher, spec,
-                                str(tiny_teacher), progress=False)
+    via_csv = pairs.build_cache(
+        pairs.BuildConfig(
+            pairs=f"csv:{tmp_path / 'pairs.csv'}", out=str(tmp_path / "c1"), patch_size=32, min_teacher_prob=0.0
+        ),
+        teacher,
+        spec,
+        str(tiny_teacher),
+        progress=False,
+    )
     via_dir = _build(bursts, tmp_path / "c2", tiny_teacher, min_teacher_prob=0.0)
     assert via_csv["splits"]["train"]["count"] == via_dir["splits"]["train"]["count"]
     assert via_csv["test_groups"] == via_dir["test_groups"] and via_csv["raw_stats"] == via_dir["raw_stats"]

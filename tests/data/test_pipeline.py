@@ -7,14 +7,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from isp_keras.raw import bayer
-from isp_keras.data import normalisation
-from isp_keras.data import pipeline
-from isp_keras.data import sources
+from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.errors import UserError
+from isp_keras.raw import bayer
 
-NORM = normalisation.Normalisation(raw_mean=[0.4, 0.45, 0.5], raw_std=[0.2, 0.25, 0.3],
-                              rgb_mean=[0.5, 0.48, 0.45], rgb_std=[0.25, 0.24, 0.26])
+NORM = normalisation.Normalisation(
+    raw_mean=[0.4, 0.45, 0.5], raw_std=[0.2, 0.25, 0.3], rgb_mean=[0.5, 0.48, 0.45], rgb_std=[0.25, 0.24, 0.26]
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +93,9 @@ def test_bgr_teacher_gets_flipped_channels(embedded):
 def test_per_site_normalisation_matches_numpy(embedded):
     c = cfg(noise_std=0.05, take=200)
     norm = pipeline.compute_normalisation(embedded, c, max_images=200)
-    raw = np.concatenate([r.numpy() for r, _, _ in
-                          pipeline.build(embedded, "train", c, training=False, norm=None, mode="mosaic")])
+    raw = np.concatenate(
+        [r.numpy() for r, _, _ in pipeline.build(embedded, "train", c, training=False, norm=None, mode="mosaic")]
+    )
     masks = bayer.cfa_masks(32, 32, "GRBG")
     for ch in range(3):
         vals = raw[..., 0][:, masks[..., ch] == 1]
@@ -113,8 +113,9 @@ def _write_folder(root, sizes_modes):
 
 
 def test_folder_source_converts_grey_and_rgba_and_resizes_odd_sizes(tmp_path):
-    _write_folder(tmp_path, [((33, 41), "L"), ((40, 40), "RGBA"), ((37, 36), "RGB"), ((50, 45), "RGB"),
-                             ((32, 32), "RGB")])
+    _write_folder(
+        tmp_path, [((33, 41), "L"), ((40, 40), "RGBA"), ((37, 36), "RGB"), ((50, 45), "RGB"), ((32, 32), "RGB")]
+    )
     source = sources.get_source(f"folder:{tmp_path}", seed=0)
     assert source.classes == ["cats", "dogs"] and source.counts == {"train": 8, "test": 2}
     for image, _ in source.split("train"):
@@ -140,9 +141,13 @@ def test_tfds_source_reads_a_prepared_dataset(tmp_path):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(6, 6, 1)), "label": tfds.features.ClassLabel(names=["a", "b"])}),
-                supervised_keys=("image", "label"))
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {"image": tfds.features.Image(shape=(6, 6, 1)), "label": tfds.features.ClassLabel(names=["a", "b"])}
+                ),
+                supervised_keys=("image", "label"),
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples(4), "test": self._generate_examples(2)}

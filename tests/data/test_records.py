@@ -15,11 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from isp_keras.data import convert
-from isp_keras.data import normalisation
-from isp_keras.data import pipeline
-from isp_keras.data import sources
-from isp_keras.data import records
+from isp_keras.data import convert, normalisation, pipeline, records, sources
 from isp_keras.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,8 +38,9 @@ def image_folder(tmp_path):
 
 def _decoded(ds):
     """Multiset of (label, sha1 of the decoded pixels) of a (image, label) dataset."""
-    return collections.Counter((int(y), hashlib.sha1(np.ascontiguousarray(x)).hexdigest())
-                               for x, y in ds.as_numpy_iterator())
+    return collections.Counter(
+        (int(y), hashlib.sha1(np.ascontiguousarray(x)).hexdigest()) for x, y in ds.as_numpy_iterator()
+    )
 
 
 def test_folder_round_trip_is_lossless_and_sharded(image_folder, tmp_path):
@@ -75,8 +72,10 @@ def test_shard_by_worker_is_a_partition(tmp_path, image_folder):
     convert.write(f"folder:{image_folder}", out, examples_per_shard=4, fmt="png", progress=False)
     everything = collections.Counter(list(records.dataset(out, "train").as_numpy_iterator()))
     for workers in (2, 3, 7):  # fewer and more workers than the 5 files
-        parts = [collections.Counter(list(records.dataset(out, "train", workers, i).as_numpy_iterator()))
-                 for i in range(workers)]
+        parts = [
+            collections.Counter(list(records.dataset(out, "train", workers, i).as_numpy_iterator()))
+            for i in range(workers)
+        ]
         assert sum(parts, collections.Counter()) == everything
         assert all(parts), "every worker gets data"
 
@@ -105,8 +104,14 @@ def test_out_equal_to_source_is_refused(tmp_path):
 
 def test_command_missing_out_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-m", "isp_keras.make_records", "--dataset=embedded"], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "isp_keras.make_records", "--dataset=embedded"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: --out: required (see --helpfull)"
     assert "Traceback" not in proc.stderr

@@ -13,11 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isp_keras.data import convert
+from isp_keras.data import convert, normalisation, pipeline, sources
 from isp_keras.data import service as data_service
-from isp_keras.data import normalisation
-from isp_keras.data import pipeline
-from isp_keras.data import sources
 from isp_keras.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,8 +32,14 @@ def service():
     """`python -m isp_keras.data_service --workers=2` in its own process, as a user would start it."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "isp_keras.data_service", f"--port={port}", "--workers=2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isp_keras.data_service", f"--port={port}", "--workers=2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     line = proc.stdout.readline()
     assert "2 local worker(s)" in line, proc.stderr.read()[-2000:] if proc.poll() is not None else line
     yield f"grpc://localhost:{port}"
@@ -64,8 +67,9 @@ def _examples(ds):
 def test_distributed_epoch_sees_every_example_exactly_once(service, small_records):
     cfg = pipeline.PipelineConfig(image_size=32, batch_size=16, noise_std=0.0)
     local = _examples(pipeline.build(small_records, "test", cfg, training=False, norm=NORM))
-    remote = _examples(data_service.distribute(
-        pipeline.build(small_records, "test", cfg, training=False, norm=NORM), service))
+    remote = _examples(
+        data_service.distribute(pipeline.build(small_records, "test", cfg, training=False, norm=NORM), service)
+    )
     assert sum(local.values()) == 96 and len(local) == 96  # distinct examples, so the check is meaningful
     assert remote == local
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isp_keras.deploy import export
-from isp_keras.deploy.config import ExportConfig
 from isp_keras.data import sources
-from isp_keras.deploy import parity, serving
+from isp_keras.deploy import export, parity, serving
+from isp_keras.deploy.config import ExportConfig
 from isp_keras.errors import UserError
 
 PARITY_TAKE = 256
@@ -28,16 +27,26 @@ def exported(tiny_student, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "deploy"
     # The 5k-parameter tiny student is barely trained (median top probability ~0.25): its top-2 logits are often
     # closer than one int8 step, so its int8 agreement is ~96%; the gate is checked on a real student below.
-    manifest = export.run(ExportConfig(student=str(tiny_student), out=str(out), calibration_samples=100,
-                                              parity_take=PARITY_TAKE, parity_gate=False))
+    manifest = export.run(
+        ExportConfig(
+            student=str(tiny_student), out=str(out), calibration_samples=100, parity_take=PARITY_TAKE, parity_gate=False
+        )
+    )
     return out, manifest
 
 
 def test_files_and_manifest(exported, tiny_student):
     out, manifest = exported
     names = {p.name for p in out.iterdir()}
-    assert {"saved_model.pb", "variables", "model_float32.tflite", "model_int8.tflite", "model_dynamic.tflite",
-            "labels.txt", "manifest.json"} <= names
+    assert {
+        "saved_model.pb",
+        "variables",
+        "model_float32.tflite",
+        "model_int8.tflite",
+        "model_dynamic.tflite",
+        "labels.txt",
+        "manifest.json",
+    } <= names
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary export directory left over"
     meta = json.loads((tiny_student / "student.json").read_text())
     assert (out / "labels.txt").read_text().splitlines() == meta["classes"]
@@ -94,8 +103,7 @@ def test_int8_is_full_integer_and_agreement_recomputed(exported, tiny_student):
 def test_parity_gate_publishes_nothing(tiny_student, tmp_path, monkeypatch):
     monkeypatch.setattr(parity, "MIN_INT8_AGREEMENT", 100.1)
     out = tmp_path / "gated"
-    cfg = ExportConfig(student=str(tiny_student), out=str(out), calibration_samples=20, parity_take=64,
-                              dynamic=False)
+    cfg = ExportConfig(student=str(tiny_student), out=str(out), calibration_samples=20, parity_take=64, dynamic=False)
     with pytest.raises(UserError, match=r"parity failed on 64 test mosaics: int8 top-1 agreement .* < 100.1%"):
         export.run(cfg)
     assert list(tmp_path.iterdir()) == []
@@ -107,8 +115,9 @@ def test_existing_out_and_bad_representative(tiny_student, tmp_path):
         export.run(ExportConfig(student=str(tiny_student), out=str(tmp_path / "taken")))
     np.save(tmp_path / "rgb.npy", np.zeros((10, 32, 32, 3), np.float32))
     with pytest.raises(UserError, match=r"representative set: shape \(10, 32, 32, 3\)"):
-        export.run(ExportConfig(student=str(tiny_student), out=str(tmp_path / "new"),
-                                       representative=str(tmp_path / "rgb.npy")))
+        export.run(
+            ExportConfig(student=str(tiny_student), out=str(tmp_path / "new"), representative=str(tmp_path / "rgb.npy"))
+        )
     assert not (tmp_path / "new").exists()
 
 
@@ -116,21 +125,37 @@ def test_cli_rejects_a_distiller_in_one_line(tmp_path):
     fake = tmp_path / "distiller.keras"
     with zipfile.ZipFile(fake, "w") as archive:
         archive.writestr("config.json", json.dumps({"class_name": "Distiller", "config": {}}))
-    proc = subprocess.run([sys.executable, "-m", "isp_keras.export", f"--student={fake}", f"--out={tmp_path / 'o'}"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "isp_keras.export", f"--student={fake}", f"--out={tmp_path / 'o'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert lines == [f"error: {fake}: is a Distiller (the teacher+student training wrapper); export its student "
-                     "(RUN_DIR/student.keras) instead"]
+    assert lines == [
+        f"error: {fake}: is a Distiller (the teacher+student training wrapper); export its student "
+        "(RUN_DIR/student.keras) instead"
+    ]
     assert "Traceback" not in proc.stderr
 
 
 def test_cli_rejects_a_bad_range_batch_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "isp_keras.export", f"--student={tmp_path}", f"--out={tmp_path / 'o'}",
-                           "--range_batch=0"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isp_keras.export",
+            f"--student={tmp_path}",
+            f"--out={tmp_path / 'o'}",
+            "--range_batch=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert [l for l in proc.stderr.splitlines() if l.startswith("error:")] == [
-        "error: --range_batch=0: must be >= 1"]
+    assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == ["error: --range_batch=0: must be >= 1"]
 
 
 @pytest.mark.slow
@@ -140,20 +165,31 @@ def test_real_resnet20_student(tmp_path):
     real test mosaics: the float gates hold, the int8 model agrees on well over 90% and the gate's verdict follows
     its figure (measured: 98.24% on these 512, 97.85% on all 10,000; the distilled default student 98.11%, see
     docs/decisions/int8-pinned-ranges-and-qat.md)."""
-    from isp_keras.training import experiment
     from isp_keras.models import students
+    from isp_keras.training import experiment
     from isp_keras.training.config import TrainConfig
 
-    cfg = TrainConfig(teacher=str(REAL_TEACHER), model_dir=str(tmp_path / "run"), stats_images=512,
-                      noise_std=0.1).validate()
+    cfg = TrainConfig(
+        teacher=str(REAL_TEACHER), model_dir=str(tmp_path / "run"), stats_images=512, noise_std=0.1
+    ).validate()
     s = experiment.setup(cfg)
     (tmp_path / "run").mkdir()
     experiment.save_student(students.student_from_teacher(s.teacher), tmp_path / "run", s)
-    manifest = export.run(ExportConfig(student=str(tmp_path / "run"), out=str(tmp_path / "deploy"),
-                                              calibration_samples=200, parity_take=512, dynamic=False,
-                                              parity_gate=False))
+    manifest = export.run(
+        ExportConfig(
+            student=str(tmp_path / "run"),
+            out=str(tmp_path / "deploy"),
+            calibration_samples=200,
+            parity_take=512,
+            dynamic=False,
+            parity_gate=False,
+        )
+    )
     figures = manifest["parity"]
     assert figures["saved_model_max_abs_prob_diff"] <= 1e-4 and figures["float32_max_abs_prob_diff"] <= 1e-4
     assert 90.0 < figures["int8_top1_agreement"]
-    assert parity.parity_failures(figures) == ([] if figures["int8_top1_agreement"] >= 98.0 else
-                                               [f"int8 top-1 agreement {figures['int8_top1_agreement']:.2f}% < 98%"])
+    assert parity.parity_failures(figures) == (
+        []
+        if figures["int8_top1_agreement"] >= 98.0
+        else [f"int8 top-1 agreement {figures['int8_top1_agreement']:.2f}% < 98%"]
+    )

@@ -10,12 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from isp_keras.deploy import export, predict
-from isp_keras.deploy.config import ExportConfig
 from isp_keras.data import sources
-from isp_keras.raw import rawio
-from isp_keras.deploy import parity, serving
+from isp_keras.deploy import export, parity, predict, serving
+from isp_keras.deploy.config import ExportConfig
 from isp_keras.errors import UserError
+from isp_keras.raw import rawio
 
 BLACK, WHITE = 64, 1023
 
@@ -23,9 +22,18 @@ BLACK, WHITE = 64, 1023
 @pytest.fixture(scope="module")
 def setup(tiny_student, tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    export.run(ExportConfig(student=str(tiny_student), out=str(root / "deploy"), calibration_samples=50,
-                                   parity_take=64, dynamic=False, parity_gate=False, black_level=BLACK,
-                                   white_level=WHITE))
+    export.run(
+        ExportConfig(
+            student=str(tiny_student),
+            out=str(root / "deploy"),
+            calibration_samples=50,
+            parity_take=64,
+            dynamic=False,
+            parity_gate=False,
+            black_level=BLACK,
+            white_level=WHITE,
+        )
+    )
     student = serving.load_student(tiny_student)
     mosaics, _ = serving.pipeline_mosaics(student, sources.get_source("embedded"), "test", 3)
     counts = np.round(BLACK + np.clip(mosaics[..., 0], 0, 1) * (WHITE - BLACK)).astype(np.uint16)
@@ -43,8 +51,11 @@ def setup(tiny_student, tmp_path_factory):
 def test_float32_top5_matches_keras(setup):
     deploy, student, files = setup
     labels = (deploy / "labels.txt").read_text().splitlines()
-    paths = [files[f"float_{i}"] for i in range(3)] + [files[f"u16_{i}"] for i in range(3)] + \
-            [files[f"dng_{i}"] for i in range(3)]
+    paths = (
+        [files[f"float_{i}"] for i in range(3)]
+        + [files[f"u16_{i}"] for i in range(3)]
+        + [files[f"dng_{i}"] for i in range(3)]
+    )
     results = predict.predict(deploy / "model_float32.tflite", paths)
     for i in range(3):
         mosaic = np.load(files[f"float_{i}"])[np.newaxis, ..., np.newaxis]
@@ -89,14 +100,23 @@ def test_bad_inputs(setup, tmp_path):
 def test_cli(setup, tmp_path):
     deploy, _, files = setup
     model = deploy / "model_int8.tflite"
-    ok = subprocess.run([sys.executable, "-m", "isp_keras.predict", f"--model={model}", str(files["dng_1"]),
-                         str(files["float_1"])], capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "isp_keras.predict", f"--model={model}", str(files["dng_1"]), str(files["float_1"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{files['dng_1']}: ") and lines[0].count(",") == 4
     np.save(tmp_path / "odd.npy", np.zeros((32, 30), np.float16))
-    bad = subprocess.run([sys.executable, "-m", "isp_keras.predict", f"--model={model}", str(tmp_path / "odd.npy")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "isp_keras.predict", f"--model={model}", str(tmp_path / "odd.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert [line for line in bad.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: {tmp_path / 'odd.npy'}: dtype float16; expected float32 in [0, 1] or uint16 sensor counts"]
+        f"error: {tmp_path / 'odd.npy'}: dtype float16; expected float32 in [0, 1] or uint16 sensor counts"
+    ]

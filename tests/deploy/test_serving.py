@@ -12,14 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isp_keras.raw import bayer
 from isp_keras.data import normalisation
-from isp_keras.models import architectures
-from isp_keras.deploy import parity
-from isp_keras.deploy import runtime
-from isp_keras.deploy import serving
-from isp_keras.deploy import tflite
+from isp_keras.deploy import parity, runtime, serving, tflite
 from isp_keras.errors import UserError
+from isp_keras.models import architectures
+from isp_keras.raw import bayer
+
 
 def numpy_student_input(mosaic, cfa, mean, std, channel_order="RGB"):
     """bayer.infill (checked against NumPy in test_bayer), then per-site normalisation and channel order in NumPy."""
@@ -69,8 +67,9 @@ def test_float32_tflite_matches_keras(tmp_path):
     mosaic = np.random.default_rng(2).uniform(0, 1, (5, 8, 8, 1)).astype(np.float32)
     runner = runtime.TFLiteRunner(tflite.to_tflite(tmp_path / "sm", "float32"))
     assert runner.input_shape == (8, 8, 1)
-    np.testing.assert_allclose(runner.predict(mosaic, batch_size=2), parity.keras_probabilities(student, mosaic),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        runner.predict(mosaic, batch_size=2), parity.keras_probabilities(student, mosaic), atol=1e-5
+    )
 
 
 def test_student_checks():
@@ -88,8 +87,10 @@ def test_student_checks():
     with pytest.raises(UserError, match="4 outputs but student.json lists 10 classes"):
         serving.check_student(student.model, 8, 10, "s.keras")
     with pytest.raises(UserError, match="is a Distiller"):
-        serving.export_saved_model(serving.Student(distiller.Distiller(student.model, teacher), "RGGB", 8,
-                                                   student.classes, student.norm), "unused")
+        serving.export_saved_model(
+            serving.Student(distiller.Distiller(student.model, teacher), "RGGB", 8, student.classes, student.norm),
+            "unused",
+        )
 
 
 def test_check_representative():
@@ -124,8 +125,11 @@ def test_load_student(tiny_student, tmp_path):
 def test_parity_gates():
     ok = {"saved_model_max_abs_prob_diff": 0.0, "float32_max_abs_prob_diff": 9e-5, "int8_top1_agreement": 98.0}
     assert parity.parity_failures(ok) == []
-    bad = {"saved_model_max_abs_prob_diff": 2e-4, "float32_max_abs_prob_diff": float("nan"),
-           "int8_top1_agreement": 97.9}
+    bad = {
+        "saved_model_max_abs_prob_diff": 2e-4,
+        "float32_max_abs_prob_diff": float("nan"),
+        "int8_top1_agreement": 97.9,
+    }
     failures = parity.parity_failures(bad)
     assert len(failures) == 3 and "int8 top-1 agreement 97.90% < 98%" in failures[2]
     reference = np.array([[0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])

@@ -6,10 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from isp_keras.models import architectures
-from isp_keras.models import students
-from isp_keras.models import teachers
 from isp_keras.errors import UserError
+from isp_keras.models import architectures, students, teachers
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2_32", "resnet_tiny"])
@@ -44,7 +42,8 @@ def test_student_from_frozen_teacher_is_still_trainable():
     teacher = teachers.freeze(architectures.build("resnet_tiny", 10))
     student = students.student_from_teacher(teacher)
     assert len(student.trainable_variables) == len(teacher.weights) - 2 * sum(
-        isinstance(layer, keras.layers.BatchNormalization) for layer in teacher.layers)
+        isinstance(layer, keras.layers.BatchNormalization) for layer in teacher.layers
+    )
 
 
 def test_set_trainable_prefix_freezes_the_rest():
@@ -116,12 +115,20 @@ def test_saved_model_teacher_needs_student_init(tiny_teacher, tmp_path):
     x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(teacher(x, training=False), keras_teacher(x, training=False), atol=1e-5)
 
-    cfg = TrainConfig(teacher=str(saved), model_dir=str(tmp_path / "run"), epochs=1, batch_size=32, train_take=64,
-                      test_take=64, stats_images=128).validate()
+    cfg = TrainConfig(
+        teacher=str(saved),
+        model_dir=str(tmp_path / "run"),
+        epochs=1,
+        batch_size=32,
+        train_take=64,
+        test_take=64,
+        stats_images=128,
+    ).validate()
     with pytest.raises(UserError, match="--student_init"):
         experiment.setup(cfg)
     s = experiment.setup(dataclasses.replace(cfg, student_init=str(tiny_teacher)))
-    row, student = experiment.train_student(s, runner.student_row("distilled", cfg, 0.9, "gt"), tmp_path / "run",
-                                            verbose=0)
+    row, student = experiment.train_student(
+        s, runner.student_row("distilled", cfg, 0.9, "gt"), tmp_path / "run", verbose=0
+    )
     assert row["name"] == "distilled" and 0 <= row["top1"] <= 100
     assert student.count_params() == keras_teacher.count_params()

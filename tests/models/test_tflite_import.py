@@ -173,8 +173,9 @@ def _images(n: int, seed: int = 3) -> np.ndarray:
 
 
 def test_every_op_of_the_tiny_nets_is_covered(files):
-    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX"} \
-        <= _ops(files["a", "float32"])
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "AVERAGE_POOL_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX"} <= _ops(
+        files["a", "float32"]
+    )
     assert {"PAD", "MAX_POOL_2D", "RESHAPE"} <= _ops(files["b", "float32"])
     assert {"SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND", "RELU6"} <= _ops(files["a", "float32"])  # dilated conv
     assert "QUANTIZE" in _ops(files["a", "uint8"]) and "QUANTIZE" in _ops(files["tf1_uint8"])
@@ -295,8 +296,11 @@ def test_unsupported_op_is_one_line_naming_op_and_file(tmp_path):
     y = layers.Concatenate()([layers.Conv2D(4, 3)(x), layers.Conv2D(4, 3)(x)])
     path = tmp_path / "concat.tflite"
     path.write_bytes(_convert(keras.Model(x, layers.GlobalAveragePooling2D()(y)), "float32"))
-    with pytest.raises(UserError, match=r"concat.tflite: unsupported TFLite op CONCATENATION \(op #\d+\); "
-                                        r"supported: ADD, AVERAGE_POOL_2D, BATCH_TO_SPACE_ND, CONV_2D") as info:
+    with pytest.raises(
+        UserError,
+        match=r"concat.tflite: unsupported TFLite op CONCATENATION \(op #\d+\); "
+        r"supported: ADD, AVERAGE_POOL_2D, BATCH_TO_SPACE_ND, CONV_2D",
+    ) as info:
         ti.import_tflite(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
@@ -323,8 +327,9 @@ def _imagenette_val(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """n validation photos spread over the 10 classes (every k-th file), bilinearly resized, with output indices."""
     synsets = (SHARED / "models/imagenet-tflite/imagenet_synsets.txt").read_text().split()
     with tarfile.open(SHARED / "datasets/imagenette-224.tar") as tar:
-        members = sorted((m for m in tar.getmembers() if m.name.startswith("val/") and m.isfile()),
-                         key=lambda m: m.name)
+        members = sorted(
+            (m for m in tar.getmembers() if m.name.startswith("val/") and m.isfile()), key=lambda m: m.name
+        )
         chosen = members[:: len(members) // n][:n]
         photos = [tf.io.decode_jpeg(tar.extractfile(m).read(), channels=3) for m in chosen]
     images = tf.image.resize(tf.stack(photos), (size, size), method="bilinear")
@@ -332,8 +337,10 @@ def _imagenette_val(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.round(images.numpy()), 0, 255).astype(np.uint8), np.array(labels)
 
 
-@pytest.mark.skipif(not (SHARED / "models/imagenet-tflite").is_dir() or not (SHARED / "datasets").is_dir(),
-                    reason="../shared (ImageNet TFLite models, Imagenette) is not beside this checkout")
+@pytest.mark.skipif(
+    not (SHARED / "models/imagenet-tflite").is_dir() or not (SHARED / "datasets").is_dir(),
+    reason="../shared (ImageNet TFLite models, Imagenette) is not beside this checkout",
+)
 @pytest.mark.parametrize("name", ["mobilenet_v1_0.5_160_quant", "tf2_mobilenet_v2_1.0_224_ptq"])
 def test_shared_imagenet_classifier(name):
     path = SHARED / "models/imagenet-tflite" / f"{name}.tflite"

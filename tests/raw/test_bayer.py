@@ -32,8 +32,12 @@ def np_infill(raw, cfa):
                 if colour[y, x] == c:
                     out[y, x, c] = raw[y, x, 0]
                     continue
-                vals = [raw[yy, xx, 0] for yy in range(y - 1, y + 2) for xx in range(x - 1, x + 2)
-                        if 0 <= yy < h and 0 <= xx < w and colour[yy, xx] == c]
+                vals = [
+                    raw[yy, xx, 0]
+                    for yy in range(y - 1, y + 2)
+                    for xx in range(x - 1, x + 2)
+                    if 0 <= yy < h and 0 <= xx < w and colour[yy, xx] == c
+                ]
                 out[y, x, c] = np.mean(vals)
     return out
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from isp_keras import rawinfo
-from isp_keras.raw import info
-from isp_keras.raw import rawio
 from isp_keras.errors import UserError
+from isp_keras.raw import info, rawio
 
 
 def _files(tmp_path):
@@ -33,8 +32,9 @@ def test_lines_and_dumps(tmp_path, capsys):
     assert failed == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
-    assert lines[0].startswith(f"{a}: 32x24 visible, CFA GRBG -> RGGB offset 0,1 -> 30x24; "
-                               "black 64,64,64,64; white 1023")
+    assert lines[0].startswith(
+        f"{a}: 32x24 visible, CFA GRBG -> RGGB offset 0,1 -> 30x24; black 64,64,64,64; white 1023"
+    )
     assert lines[1].startswith(f"{bad}: ") and "not a RAW file" in lines[1]
     assert lines[2].startswith(f"{b}: 30x26 visible, CFA RGGB -> RGGB offset 0,0 -> 30x26; black 1,2,3,4; white 4095")
     dumps = sorted(p.name for p in (tmp_path / "dump").iterdir())
@@ -45,8 +45,9 @@ def test_lines_and_dumps(tmp_path, capsys):
 
 def test_exit_status(tmp_path):
     a, _, bad = _files(tmp_path)
-    mixed = subprocess.run([sys.executable, "-m", "isp_keras.rawinfo", str(a), str(bad)], capture_output=True,
-                           text=True)
+    mixed = subprocess.run(
+        [sys.executable, "-m", "isp_keras.rawinfo", str(a), str(bad)], capture_output=True, text=True
+    )
     assert mixed.returncode == 1
     assert len(mixed.stdout.strip().splitlines()) == 2 and "Traceback" not in mixed.stderr
     assert mixed.stdout.startswith(f"{a}: ") and mixed.stderr.strip().endswith("1 of 2 file(s) failed")

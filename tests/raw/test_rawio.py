@@ -7,9 +7,8 @@ import pytest
 import rawpy
 import tifffile
 
-from isp_keras.raw import bayer
-from isp_keras.raw import rawio
 from isp_keras.errors import UserError
+from isp_keras.raw import bayer, rawio
 
 PHASES = ["RGGB", "GRBG", "GBRG", "BGGR"]
 
@@ -52,8 +51,9 @@ def test_any_canonical_phase_keeps_colours(tmp_path, canonical):
     m = np.vectorize(value.get)(idx).astype(np.uint16)
     rawio.write_dng(tmp_path / "c.dng", m, "GBRG", black_level=0, white_level=4095)
     img = rawio.read_raw(tmp_path / "c.dng", canonical)
-    want = np.vectorize(value.get)(np.tile(bayer.site_index(canonical), (h // 2, w // 2)))[: img.mosaic.shape[0],
-                                                                                           : img.mosaic.shape[1]]
+    want = np.vectorize(value.get)(np.tile(bayer.site_index(canonical), (h // 2, w // 2)))[
+        : img.mosaic.shape[0], : img.mosaic.shape[1]
+    ]
     np.testing.assert_array_equal(img.mosaic, (want / 4095.0).astype(np.float32))
 
 
@@ -120,8 +120,12 @@ def _bad_files(tmp_path, good_dng):
 
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "photo.jpg")
     files["photo.jpg"] = tmp_path / "photo.jpg"
-    tifffile.imwrite(tmp_path / "linear.dng", np.ones((32, 40, 3), np.uint16), photometric=34892,
-                     extratags=[(50706, 1, 4, (1, 4, 0, 0), True), (50717, 4, 1, 4095, True)])
+    tifffile.imwrite(
+        tmp_path / "linear.dng",
+        np.ones((32, 40, 3), np.uint16),
+        photometric=34892,
+        extratags=[(50706, 1, 4, (1, 4, 0, 0), True), (50717, 4, 1, 4095, True)],
+    )
     files["linear.dng"] = tmp_path / "linear.dng"
     tifffile.imwrite(tmp_path / "plain.tif", np.arange(32 * 40, dtype=np.uint16).reshape(32, 40))
     files["plain.tif"] = tmp_path / "plain.tif"
@@ -160,10 +164,19 @@ def test_bad_files_give_one_line_errors_naming_the_file(tmp_path, good_dng, capf
 def test_raw_in_a_subifd_behind_a_preview(tmp_path):
     """Camera DNGs keep a preview in IFD0 and the raw in a SubIFD: the raw is found, checked and read exactly."""
     m = np.random.default_rng(3).integers(64, 1024, (40, 48)).astype(np.uint16)
-    cfa_tags = [(33421, 3, 2, (2, 2), True), (33422, 1, 4, (1, 2, 0, 1), True), (50713, 3, 2, (2, 2), True),
-                (50714, 4, 4, (64, 64, 64, 64), True), (50717, 4, 1, 1023, True)]
-    ifd0_tags = [(50706, 1, 4, (1, 4, 0, 0), True), (50708, 2, None, "cam", True), (50778, 3, 1, 21, True),
-                 (50721, 10, 9, tuple(x for v in np.eye(3).reshape(-1) for x in (int(v * 10000), 10000)), True)]
+    cfa_tags = [
+        (33421, 3, 2, (2, 2), True),
+        (33422, 1, 4, (1, 2, 0, 1), True),
+        (50713, 3, 2, (2, 2), True),
+        (50714, 4, 4, (64, 64, 64, 64), True),
+        (50717, 4, 1, 1023, True),
+    ]
+    ifd0_tags = [
+        (50706, 1, 4, (1, 4, 0, 0), True),
+        (50708, 2, None, "cam", True),
+        (50778, 3, 1, 21, True),
+        (50721, 10, 9, tuple(x for v in np.eye(3).reshape(-1) for x in (int(v * 10000), 10000)), True),
+    ]
     path = tmp_path / "camera.dng"
     with tifffile.TiffWriter(path) as tw:
         tw.write(np.zeros((20, 24, 3), np.uint8), photometric="rgb", subfiletype=1, subifds=1, extratags=ifd0_tags)

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isp_keras.raw import bayer
-from isp_keras.data import pipeline
-from isp_keras.data import sources
-from isp_keras.raw import sensor
+from isp_keras.data import pipeline, sources
+from isp_keras.raw import bayer, sensor
 
 
 def np_srgb_decode(x):
@@ -20,7 +18,7 @@ def np_srgb_decode(x):
 
 
 def np_smoothstep(x):
-    return 3 * x ** 2 - 2 * x ** 3
+    return 3 * x**2 - 2 * x**3
 
 
 def test_tone_and_gamma_inverses_match_numpy():
@@ -86,13 +84,16 @@ def test_expose_mosaics_with_bayer_mosaic():
 def test_realistic_pipeline_is_deterministic():
     source = sources.get_source("embedded")
     cfg = pipeline.PipelineConfig(image_size=32, batch_size=16, take=32, sensor="realistic", cache=False)
-    first = [raw.numpy() for raw, _, _ in pipeline.build(source, "test", cfg, training=False, norm=None,
-                                                         mode="mosaic")]
-    again = [raw.numpy() for raw, _, _ in pipeline.build(source, "test", cfg, training=False, norm=None,
-                                                         mode="mosaic")]
+    first = [raw.numpy() for raw, _, _ in pipeline.build(source, "test", cfg, training=False, norm=None, mode="mosaic")]
+    again = [raw.numpy() for raw, _, _ in pipeline.build(source, "test", cfg, training=False, norm=None, mode="mosaic")]
     np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
-    gauss = next(iter(pipeline.build(source, "test", dataclasses.replace(cfg, sensor="gaussian"), training=False,
-                                     norm=None, mode="mosaic")))[0].numpy()
+    gauss = next(
+        iter(
+            pipeline.build(
+                source, "test", dataclasses.replace(cfg, sensor="gaussian"), training=False, norm=None, mode="mosaic"
+            )
+        )
+    )[0].numpy()
     # Linear camera RAW is much darker than the gamma-encoded sRGB the Gaussian sensor samples.
     assert np.concatenate(first).mean() < 0.6 * gauss.mean()
     with pytest.raises(ValueError, match="unknown sensor"):
@@ -100,8 +101,8 @@ def test_realistic_pipeline_is_deterministic():
 
 
 def test_sensor_flag_is_checked():
-    from isp_keras.training.config import TrainConfig
     from isp_keras.errors import UserError
+    from isp_keras.training.config import TrainConfig
 
     assert TrainConfig(sensor="realistic").validate().sensor == "realistic"
     with pytest.raises(UserError, match="--sensor=film: must be gaussian or realistic"):

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from isp_keras import fsutil
-from isp_keras.training import checkpoint
-from isp_keras.training import schedule
 from isp_keras.errors import UserError
+from isp_keras.training import checkpoint, schedule
 
 
 def _write(name, text):
@@ -43,8 +42,10 @@ def test_failed_save_keeps_the_last_complete_checkpoint(tmp_path):
 
     with pytest.raises(fsutil.WriteError) as info:
         checkpoint.save_checkpoint(tmp_path, crash, {"epochs_done": 2})
-    assert str(info.value) == (f"{tmp_path / 'checkpoint-0002'}: could not write the checkpoint: No space left on "
-                               f"device (the disk is full); any previous version is kept")
+    assert str(info.value) == (
+        f"{tmp_path / 'checkpoint-0002'}: could not write the checkpoint: No space left on "
+        f"device (the disk is full); any previous version is kept"
+    )
     state = checkpoint.read_checkpoint_state(tmp_path)
     assert state["path"] == str(good) and (good / "w.txt").read_text() == "good"
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
@@ -98,8 +99,7 @@ def test_sgd_warmup_then_cosine():
 def _tiny_model(lr=0.01):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    model.compile(optimizer=keras.optimizers.SGD(lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
 

@@ -5,10 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from isp_keras.models import architectures, students, teachers
 from isp_keras.training import distiller
-from isp_keras.models import architectures
-from isp_keras.models import students
-from isp_keras.models import teachers
 
 
 def np_log_softmax(z):
@@ -47,8 +45,11 @@ def test_mixture_and_zero_kd_when_identical():
 def test_bad_hyperparameters_are_refused():
     teacher = architectures.build("resnet_tiny", 4)
     student = students.student_from_teacher(teacher)
-    for kwargs, match in [({"alpha": 1.5}, "alpha"), ({"temperature": 0.0}, "temperature"),
-                          ({"hard_labels": "soft"}, "hard_labels")]:
+    for kwargs, match in [
+        ({"alpha": 1.5}, "alpha"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"hard_labels": "soft"}, "hard_labels"),
+    ]:
         with pytest.raises(ValueError, match=match):
             distiller.Distiller(student, teacher, **kwargs)
 
@@ -87,8 +88,7 @@ def test_teacher_labels_use_the_teachers_argmax():
     student = students.student_from_teacher(teacher)
     model = distiller.Distiller(student, teacher, alpha=1.0, hard_labels="teacher")
     t = model.teacher_logits(tf.zeros([2, 16, 16, 3]))
-    np.testing.assert_array_equal(model.hard_targets(tf.constant([3, 3]), t).numpy(),
-                                  np.argmax(t.numpy(), -1))
+    np.testing.assert_array_equal(model.hard_targets(tf.constant([3, 3]), t).numpy(), np.argmax(t.numpy(), -1))
     model_gt = distiller.Distiller(student, teacher, alpha=1.0, hard_labels="gt")
     np.testing.assert_array_equal(model_gt.hard_targets(tf.constant([3, 1]), t).numpy(), [3, 1])
 

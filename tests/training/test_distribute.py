@@ -20,8 +20,9 @@ GLOBAL_BATCH = 16
 
 def run_child(*args, timeout=300, env_extra=None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
-    proc = subprocess.run([sys.executable, __file__, *map(str, args)], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, __file__, *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -57,9 +58,16 @@ def test_multi_worker_two_processes_custom_loop(tiny_teacher):
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen([sys.executable, __file__, "multi_worker", tiny_teacher],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                                      env={**env, "TF_CONFIG": tf_config}))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "multi_worker", tiny_teacher],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+                env={**env, "TF_CONFIG": tf_config},
+            )
+        )
     outs = []
     for proc in procs:
         try:
@@ -78,8 +86,8 @@ def test_multi_worker_two_processes_custom_loop(tiny_teacher):
 
 
 def test_unknown_strategy_is_a_user_error():
-    from isp_keras.training import distribute
     from isp_keras.errors import UserError
+    from isp_keras.training import distribute
 
     with pytest.raises(UserError, match="--strategy=bogus"):
         distribute.get_strategy("bogus")
@@ -87,16 +95,16 @@ def test_unknown_strategy_is_a_user_error():
 
 def test_unreachable_tpu_is_a_user_error():
     """The TPU path cannot run here (no TPU); at least an unreachable address fails fast with one line."""
-    from isp_keras.training import distribute
     from isp_keras.errors import UserError
+    from isp_keras.training import distribute
 
     with pytest.raises(UserError, match="--tpu=grpc://127.0.0.1:1: no TPU worker reachable"):
         distribute.get_strategy("tpu", "grpc://127.0.0.1:1")
 
 
 def test_multi_worker_without_tf_config_is_a_user_error(monkeypatch):
-    from isp_keras.training import distribute
     from isp_keras.errors import UserError
+    from isp_keras.training import distribute
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(UserError, match="--strategy=multi_worker: set TF_CONFIG"):
@@ -121,9 +129,8 @@ def _one_step(strategy, teacher, batch):
     """One Distiller.fit step on the global batch under `strategy`; returns (loss, student weights)."""
     import tensorflow as tf
 
-    from isp_keras.training import distiller
     from isp_keras.models import students
-    from isp_keras.training import schedule
+    from isp_keras.training import distiller, schedule
 
     with strategy.scope():
         student = students.student_from_teacher(teacher, sync_bn=strategy.num_replicas_in_sync > 1)
@@ -151,9 +158,13 @@ def _child_mirrored_step(teacher_path):
     single_loss, single_w = _one_step(tf.distribute.get_strategy(), teacher, batch)
     mirrored = distribute.get_strategy("mirrored")
     mirrored_loss, mirrored_w = _one_step(mirrored, teacher, batch)
-    return {"replicas": mirrored.num_replicas_in_sync, "single_loss": single_loss, "mirrored_loss": mirrored_loss,
-            "max_weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, mirrored_w)),
-            "max_update": max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, before))}
+    return {
+        "replicas": mirrored.num_replicas_in_sync,
+        "single_loss": single_loss,
+        "mirrored_loss": mirrored_loss,
+        "max_weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, mirrored_w)),
+        "max_update": max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, before)),
+    }
 
 
 def _child_multi_worker(teacher_path):
@@ -164,11 +175,8 @@ def _child_multi_worker(teacher_path):
     strategy = distribute.get_strategy("multi_worker")  # first: it configures the runtime
     import tensorflow as tf
 
-    from isp_keras.training import custom_loop
-    from isp_keras.training import distiller
-    from isp_keras.models import students
-    from isp_keras.models import teachers
-    from isp_keras.training import schedule
+    from isp_keras.models import students, teachers
+    from isp_keras.training import custom_loop, distiller, schedule
 
     teacher, _ = teachers.load_teacher(teacher_path)
     teachers.freeze(teacher)
@@ -195,10 +203,14 @@ def _child_multi_worker(teacher_path):
     ref.compile(optimizer=schedule.sgd(10, 0.1, 5e-4))
     history = ref.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
     ref_weights = [v.numpy() for v in ref_student.weights]
-    return {"replicas": strategy.num_replicas_in_sync, "chief": distribute.is_chief(strategy), "losses": losses,
-            "reference_loss": float(history.history["loss"][-1]),
-            "max_worker_diff_to_reference": max(float(np.max(np.abs(a - b))) for a, b in zip(weights, ref_weights)),
-            "max_update": max(float(np.max(np.abs(a - b))) for a, b in zip(weights, before))}
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "chief": distribute.is_chief(strategy),
+        "losses": losses,
+        "reference_loss": float(history.history["loss"][-1]),
+        "max_worker_diff_to_reference": max(float(np.max(np.abs(a - b))) for a, b in zip(weights, ref_weights)),
+        "max_update": max(float(np.max(np.abs(a - b))) for a, b in zip(weights, before)),
+    }
 
 
 if __name__ == "__main__":

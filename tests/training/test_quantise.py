@@ -9,11 +9,9 @@ import pytest
 import tensorflow as tf
 
 from isp_keras.data import normalisation
+from isp_keras.deploy import runtime, serving, tflite
 from isp_keras.models import architectures
 from isp_keras.training import quantise
-from isp_keras.deploy import runtime
-from isp_keras.deploy import serving
-from isp_keras.deploy import tflite
 
 
 def tiny_resnet():
@@ -27,7 +25,10 @@ def test_quantised_layers_skip_fused_producers():
     # Conv -> BN and BN -> ReLU are fused by TFLite: no int8 tensor of their own; a BN feeding an Add is one.
     assert not [n for n in names if kinds[n] == "Conv2D"]
     assert sorted(n for n in names if kinds[n] == "BatchNormalization") == [
-        "stage1_block1_bn2", "stage2_block1_bn2", "stage2_block1_proj_bn"]
+        "stage1_block1_bn2",
+        "stage2_block1_bn2",
+        "stage2_block1_proj_bn",
+    ]
     assert "stem_relu" in names and "pool" in names and "logits" in names
     assert all(kinds[n] in ("ReLU", "GlobalAveragePooling2D", "Dense", "BatchNormalization") for n in names)
     # Every Add of this network feeds a ReLU, so its output is fused too.
@@ -51,8 +52,9 @@ def test_activation_ranges_are_mean_of_batch_extremes():
     batches = [rng.normal(size=(5, 8, 8, 3)).astype(np.float32) for _ in range(3)]
     ranges = quantise.activation_ranges(model, batches)
     assert set(ranges) == {quantise.INPUT, *quantise.quantised_layers(model)}
-    np.testing.assert_allclose(ranges[quantise.INPUT], [np.mean([b.min() for b in batches]),
-                                                        np.mean([b.max() for b in batches])], rtol=1e-6)
+    np.testing.assert_allclose(
+        ranges[quantise.INPUT], [np.mean([b.min() for b in batches]), np.mean([b.max() for b in batches])], rtol=1e-6
+    )
     probe = keras.Model(model.inputs, model.get_layer("logits").output)
     outs = [probe(b).numpy() for b in batches]
     expected = [min(np.mean([o.min() for o in outs]), 0.0), max(np.mean([o.max() for o in outs]), 0.0)]
@@ -111,10 +113,10 @@ def test_quantisation_aware_view_trains_the_students_own_weights():
     model = tiny_resnet()
     qat = quantise.quantisation_aware(model)
     assert {id(v) for v in qat.trainable_variables} <= {id(v) for v in model.weights}
-    assert not [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
+    assert not [x for x in model.layers if isinstance(x, keras.layers.BatchNormalization) and x.trainable]
     x = np.random.default_rng(4).normal(size=(6, 8, 8, 3)).astype(np.float32)
     qat(x, training=True)  # first batch sets the ranges to its own min/max
-    ranges = [l for l in qat.layers if l.name == "input_range"][0]
+    ranges = [x for x in qat.layers if x.name == "input_range"][0]
     np.testing.assert_allclose([float(ranges.lo), float(ranges.hi)], [x.min(), x.max()], rtol=1e-6)
     qat(2.0 * x, training=True)  # then a moving average with momentum 0.99
     np.testing.assert_allclose(float(ranges.hi), 0.99 * x.max() + 0.01 * 2.0 * x.max(), rtol=1e-5)
@@ -134,7 +136,7 @@ def test_quantisation_aware_view_trains_the_students_own_weights():
 
 def test_snap_weights_puts_kernels_on_the_grid():
     model = tiny_resnet()
-    assert quantise.snap_weights(model) == len([l for l in model.layers if hasattr(l, "kernel")])
+    assert quantise.snap_weights(model) == len([x for x in model.layers if hasattr(x, "kernel")])
     for layer in model.layers:
         if hasattr(layer, "kernel"):
             k = layer.kernel.numpy()
@@ -143,8 +145,14 @@ def test_snap_weights_puts_kernels_on_the_grid():
 
 
 def test_int8_tflite_of_a_sequential_student_falls_back_to_the_converters_ranges():
-    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
-                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(4),
+        ]
+    )
     norm = normalisation.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
     student = serving.Student(model, "RGGB", 8, ["a", "b", "c", "d"], norm, path="seq")
     mosaics = np.random.default_rng(5).uniform(0.0, 1.0, (20, 8, 8, 1)).astype(np.float32)

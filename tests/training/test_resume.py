@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isp_keras.data import normalisation
-from isp_keras.data import pipeline
-from isp_keras.data import sources
+from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.training import checkpoint
 
 STEPS_PER_EPOCH = 20  # 320 images / batch 16
@@ -24,9 +22,22 @@ EPOCHS = 2
 
 
 def _command(teacher, run_dir):
-    return [sys.executable, "-m", "isp_keras.train", f"--teacher={teacher}", f"--model_dir={run_dir}",
-            f"--epochs={EPOCHS}", "--batch_size=16", "--train_take=320", "--test_take=256", "--stats_images=128",
-            "--lr=0.05", "--noise_std=0.1", "--seed=3", "--checkpoint_steps=5"]
+    return [
+        sys.executable,
+        "-m",
+        "isp_keras.train",
+        f"--teacher={teacher}",
+        f"--model_dir={run_dir}",
+        f"--epochs={EPOCHS}",
+        "--batch_size=16",
+        "--train_take=320",
+        "--test_take=256",
+        "--stats_images=128",
+        "--lr=0.05",
+        "--noise_std=0.1",
+        "--seed=3",
+        "--checkpoint_steps=5",
+    ]
 
 
 def _env():
@@ -34,8 +45,13 @@ def _env():
 
 
 def _start(teacher, run_dir, log):
-    return subprocess.Popen(_command(teacher, run_dir), stdout=log, stderr=subprocess.STDOUT, env=_env(),
-                            cwd=Path(__file__).resolve().parents[2])
+    return subprocess.Popen(
+        _command(teacher, run_dir),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        cwd=Path(__file__).resolve().parents[2],
+    )
 
 
 def _committed_step(run_dir, phase: str = "distilled") -> int | None:
@@ -127,8 +143,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_teacher, tmp_path):
     again = subprocess.run(_command(tiny_teacher, killed_dir), capture_output=True, text=True, env=_env(), cwd=cwd)
     assert again.returncode == 0 and f"{killed_dir / 'distilled'}: finished earlier" in again.stdout
     assert json.loads((killed_dir / "results.json").read_text())["rows"] == b["rows"]
-    other = subprocess.run([*_command(tiny_teacher, killed_dir), "--lr=0.01"], capture_output=True, text=True,
-                           env=_env(), cwd=cwd)
+    other = subprocess.run(
+        [*_command(tiny_teacher, killed_dir), "--lr=0.01"], capture_output=True, text=True, env=_env(), cwd=cwd
+    )
     assert other.returncode == 2 and "pass --overwrite" in other.stderr.strip().splitlines()[-1]
 
 
@@ -141,8 +158,9 @@ def test_stop_during_quantisation_aware_epoch_resumes_it(tiny_teacher, tmp_path)
     command = lambda run_dir: [*_command(tiny_teacher, run_dir), "--epochs=1", "--qat_epochs=2"]
     cwd = Path(__file__).resolve().parents[2]
     with open(tmp_path / "straight.log", "wb") as straight_log, open(tmp_path / "killed.log", "wb") as log:
-        straight = subprocess.Popen(command(straight_dir), stdout=straight_log, stderr=subprocess.STDOUT,
-                                    env=_env(), cwd=cwd)
+        straight = subprocess.Popen(
+            command(straight_dir), stdout=straight_log, stderr=subprocess.STDOUT, env=_env(), cwd=cwd
+        )
         proc = subprocess.Popen(command(killed_dir), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=cwd)
         _wait_for_step(proc, killed_dir, STEPS_PER_EPOCH + 5, phase="distilled_qat")
         proc.send_signal(signal.SIGTERM)
@@ -160,8 +178,9 @@ def test_stop_during_quantisation_aware_epoch_resumes_it(tiny_teacher, tmp_path)
     assert rows_a["distilled"] == rows_b["distilled"]
     for key in ("top1", "top5", "agreement"):
         assert abs(rows_a["distilled_qat"][key] - rows_b["distilled_qat"][key]) <= 0.4, (key, rows_a, rows_b)
-    worst = max(float(np.max(np.abs(wa - wb)))
-                for wa, wb in zip(_student_weights(straight_dir), _student_weights(killed_dir)))
+    worst = max(
+        float(np.max(np.abs(wa - wb))) for wa, wb in zip(_student_weights(straight_dir), _student_weights(killed_dir))
+    )
     assert worst < 1e-3, f"resumed QAT student differs from the uninterrupted one by {worst}"
 
 
@@ -176,8 +195,9 @@ def test_train_stream_resumes_at_any_step():
     cfg = pipeline.PipelineConfig(image_size=32, batch_size=8, noise_std=0.1, seed=5, take=40)
     norm = normalisation.Normalisation([0.4] * 3, [0.25] * 3, [0.5] * 3, [0.25] * 3)
     full = _batches(pipeline.build(source, "train", cfg, training=True, norm=norm, steps_per_epoch=5, epochs=3), 15)
-    resumed = _batches(pipeline.build(source, "train", cfg, training=True, norm=norm, steps_per_epoch=5,
-                                      start_step=3, epochs=3), 12)
+    resumed = _batches(
+        pipeline.build(source, "train", cfg, training=True, norm=norm, steps_per_epoch=5, start_step=3, epochs=3), 12
+    )
     assert len(full) == 15 and len(resumed) == 12
     for (xa, ya), (xb, yb) in zip(full[3:], resumed):
         np.testing.assert_array_equal(ya, yb)

@@ -41,8 +41,17 @@ def run(kind: str, *argv: str) -> dict:
 
 
 def tiny_argv(teacher, out, *extra):
-    return (f"--teacher={teacher}", f"--model_dir={out}", "--epochs=1", "--batch_size=32", "--train_take=96",
-            "--test_take=64", "--stats_images=128", "--lr=0.05", *extra)
+    return (
+        f"--teacher={teacher}",
+        f"--model_dir={out}",
+        "--epochs=1",
+        "--batch_size=32",
+        "--train_take=96",
+        "--test_take=64",
+        "--stats_images=128",
+        "--lr=0.05",
+        *extra,
+    )
 
 
 def check_rows(rows, names, tag=None):
@@ -73,8 +82,13 @@ def no_training(*args, **kwargs):
 
 
 def test_flagfiles_exist():
-    for name in ("embedded.flags", "imagenet_resnet18.flags", "imagenet_mobilenetv2.flags",
-                 "embedded_sweep.flags", "embedded_ablation.flags"):
+    for name in (
+        "embedded.flags",
+        "imagenet_resnet18.flags",
+        "imagenet_mobilenetv2.flags",
+        "embedded_sweep.flags",
+        "embedded_ablation.flags",
+    ):
         assert name in FLAGFILES
 
 
@@ -114,32 +128,46 @@ def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsy
 
 def test_cli_dry_run_and_one_line_errors(tmp_path):
     run_ = dict(cwd=REPO, capture_output=True, text=True, timeout=120)
-    ok = subprocess.run([sys.executable, "-m", "isp_keras.experiments.sweep",
-                         "--flagfile=flags/imagenet_mobilenetv2.flags", "--noise_stds=0,0.2", "--dry_run",
-                         f"--model_dir={tmp_path / 'run'}"], **run_)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isp_keras.experiments.sweep",
+            "--flagfile=flags/imagenet_mobilenetv2.flags",
+            "--noise_stds=0,0.2",
+            "--dry_run",
+            f"--model_dir={tmp_path / 'run'}",
+        ],
+        **run_,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "noise_0.2/distilled" in ok.stdout and "keras.applications.MobileNetV2" in ok.stdout
     assert not (tmp_path / "run").exists()
-    table = subprocess.run([sys.executable, "-m", "isp_keras.experiments.table", "--flagfile=flags/embedded.flags",
-                            "--dry_run"], **run_)
+    table = subprocess.run(
+        [sys.executable, "-m", "isp_keras.experiments.table", "--flagfile=flags/embedded.flags", "--dry_run"], **run_
+    )
     assert table.returncode == 0, table.stderr
     assert "runs/table/distilled" in table.stdout
-    bad = subprocess.run([sys.executable, "-m", "isp_keras.experiments.sweep", "--noise_stds=0,abc", "--dry_run"],
-                         **run_)
+    bad = subprocess.run(
+        [sys.executable, "-m", "isp_keras.experiments.sweep", "--noise_stds=0,abc", "--dry_run"], **run_
+    )
     assert bad.returncode == 2
     last = bad.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --noise_stds") and "abc" in last, last
     assert "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("kind, argv, needle", [
-    ("table", ["--rows=gt_labels,bogus"], "--rows: unknown row 'bogus'"),
-    ("table", ["--rows=distilled,distilled"], "repeated"),
-    ("sweep", ["--noise_stds=0.1,-0.2"], "negative"),
-    ("sweep", ["--noise_stds=0,abc"], "--noise_stds"),
-    ("ablation", ["--finetune_ks=0,1"], "--finetune_ks"),
-    ("ablation", ["--finetune_ks=one"], "--finetune_ks"),
-])
+@pytest.mark.parametrize(
+    "kind, argv, needle",
+    [
+        ("table", ["--rows=gt_labels,bogus"], "--rows: unknown row 'bogus'"),
+        ("table", ["--rows=distilled,distilled"], "repeated"),
+        ("sweep", ["--noise_stds=0.1,-0.2"], "negative"),
+        ("sweep", ["--noise_stds=0,abc"], "--noise_stds"),
+        ("ablation", ["--finetune_ks=0,1"], "--finetune_ks"),
+        ("ablation", ["--finetune_ks=one"], "--finetune_ks"),
+    ],
+)
 def test_bad_experiment_flags_name_the_flag(kind, argv, needle):
     with pytest.raises(UserError, match=needle.replace("-", r"\-")):
         parse(kind, *argv)
@@ -295,8 +323,13 @@ def test_mobilenetv2_ablation_counts_17_blocks(monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
 
     def plan_text(ks):
-        cfg = parse("ablation", "--flagfile=flags/imagenet_mobilenetv2_ablation.flags", f"--finetune_ks={ks}",
-                    "--dry_run", f"--model_dir={tmp_path / 'run'}")
+        cfg = parse(
+            "ablation",
+            "--flagfile=flags/imagenet_mobilenetv2_ablation.flags",
+            f"--finetune_ks={ks}",
+            "--dry_run",
+            f"--model_dir={tmp_path / 'run'}",
+        )
         return runner.plan_text(experiments.plan_for("ablation", cfg))
 
     assert "finetune_first_17" in plan_text("2,17")

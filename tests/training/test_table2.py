@@ -32,9 +32,14 @@ def _table2(cfg: Table2Config) -> dict:
     return experiments.table2(cfg, "test")
 
 
-@pytest.mark.parametrize("name,patch,teacher", [("hdrplus_resnet18", 256, "data/teacher/resnet18_imagenet.keras"),
-                                                ("hdrplus_mobilenetv2", 224, "MobileNetV2"),
-                                                ("hdrplus_embedded", 32, "embedded")])
+@pytest.mark.parametrize(
+    "name,patch,teacher",
+    [
+        ("hdrplus_resnet18", 256, "data/teacher/resnet18_imagenet.keras"),
+        ("hdrplus_mobilenetv2", 224, "MobileNetV2"),
+        ("hdrplus_embedded", 32, "embedded"),
+    ],
+)
 def test_flagfiles_parse(name, patch, teacher, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = _parse(f"--flagfile=flags/{name}.flags")
@@ -56,8 +61,13 @@ def test_bad_options_are_user_errors():
 
 
 def test_cli_bad_option_is_one_line():
-    bad = subprocess.run([sys.executable, "-m", "isp_keras.experiments.table2", "--pairs=hdrplus:x",
-                          "--modes=merged,long"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "isp_keras.experiments.table2", "--pairs=hdrplus:x", "--modes=merged,long"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --modes=merged,long")
     assert "Traceback" not in bad.stderr
@@ -75,8 +85,12 @@ def untrained_teacher(tmp_path):
 
 
 def test_patch_size_must_match_the_teacher(tmp_path, untrained_teacher):
-    cfg = _parse(f"--pairs=hdrplus:{tmp_path / 'b'}", "--patch_size=64", f"--teacher={untrained_teacher}",
-                 f"--model_dir={tmp_path / 'run'}")
+    cfg = _parse(
+        f"--pairs=hdrplus:{tmp_path / 'b'}",
+        "--patch_size=64",
+        f"--teacher={untrained_teacher}",
+        f"--model_dir={tmp_path / 'run'}",
+    )
     with pytest.raises(UserError, match="--patch_size=64: the teacher .*teacher.keras takes 32x32"):
         _table2(cfg)
 
@@ -85,12 +99,22 @@ def test_patch_size_must_match_the_teacher(tmp_path, untrained_teacher):
 def test_end_to_end_on_synthetic_bursts(tmp_path, untrained_teacher, monkeypatch):
     from isp_keras.training import experiment, experiments, runner
 
-    argv = (f"--pairs=hdrplus:{tmp_path / 'bursts'}", "--synthesize_bursts=10", "--burst_frames=2",
-            "--patch_size=32", "--min_teacher_prob=0.0", f"--teacher={untrained_teacher}",
-            f"--model_dir={tmp_path / 'run'}", "--epochs=1", "--batch_size=8", "--lr=0.01")
+    argv = (
+        f"--pairs=hdrplus:{tmp_path / 'bursts'}",
+        "--synthesize_bursts=10",
+        "--burst_frames=2",
+        "--patch_size=32",
+        "--min_teacher_prob=0.0",
+        f"--teacher={untrained_teacher}",
+        f"--model_dir={tmp_path / 'run'}",
+        "--epochs=1",
+        "--batch_size=8",
+        "--lr=0.01",
+    )
     results = _table2(_parse(*argv))
     assert [(r["raw"], r["name"]) for r in results["rows"]] == [
-        (m, n) for m in ("merged", "short") for n in ("teacher_raw", "teacher_labels", "distilled")]
+        (m, n) for m in ("merged", "short") for n in ("teacher_raw", "teacher_labels", "distilled")
+    ]
     for row in results["rows"]:
         assert set(row) == {"raw", "name", "top1", "top5", "agreement"}
         assert 0.0 <= row["top1"] <= row["top5"] <= 100.0 and row["top1"] == row["agreement"]
@@ -103,8 +127,9 @@ def test_end_to_end_on_synthetic_bursts(tmp_path, untrained_teacher, monkeypatch
         for name in ("teacher_labels", "distilled"):
             assert (tmp_path / "run" / mode / name / runner.STUDENT_WEIGHTS).exists()
     assert saved["config"]["cache_dir"] == str(tmp_path / "run" / "cache")
-    assert set(saved["row_seconds"]) == {f"{m}/{n}" for m in ("merged", "short")
-                                         for n in ("teacher_raw", "teacher_labels", "distilled")}
+    assert set(saved["row_seconds"]) == {
+        f"{m}/{n}" for m in ("merged", "short") for n in ("teacher_raw", "teacher_labels", "distilled")
+    }
     assert (tmp_path / "run" / runner.RESULTS_MD).read_text().count("| short |") == 3
     assert (tmp_path / "bursts" / "burst_00009" / "final.jpg").exists()
     assert json.loads((tmp_path / "run" / runner.CONFIG_FILE).read_text())["command"] == "table2"
