@@ -8,7 +8,7 @@ the convolutions, so the model, and a student cloned from it, has no BatchNormal
 
 The model takes the dequantised input (what the file's input quantisation maps RGB pixels to, e.g. [-1, 1]) and
 returns what the file computes before its final SOFTMAX. In float the QUANTIZE/DEQUANTIZE ops are identities and
-activations are not rounded to 8 bits; `simulate_rounding=True` adds that rounding back (see `FakeQuant`).
+activations are not rounded to 8 bits; `simulate_rounding=True` adds that rounding back (see `ActivationRounding`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def dequantize(values: np.ndarray, scale, zero_point, axis: int = 0) -> np.ndarr
 
 
 @keras.saving.register_keras_serializable(package="isp_keras")
-class FakeQuant(keras.layers.Layer):
+class ActivationRounding(keras.layers.Layer):
     """Round activations to the file's 8-bit grid (scale, zero point, integer range), as the integer kernels do.
 
     Only used with simulate_rounding=True; the gradient passes straight through the rounding."""
@@ -227,7 +227,7 @@ class _Builder:
         if not self.simulate_rounding or quant is None or dtype not in (_UINT8, _INT8):
             return y
         qmin, qmax = (0, 255) if dtype == _UINT8 else (-128, 127)
-        return FakeQuant(quant[0][0], quant[1][0], qmin, qmax, name=f"{prefix}_round")(y)
+        return ActivationRounding(quant[0][0], quant[1][0], qmin, qmax, name=f"{prefix}_round")(y)
 
     def build(self) -> tuple[keras.KerasTensor, keras.KerasTensor]:
         g = self.g
@@ -508,7 +508,8 @@ def import_tflite(path, simulate_rounding: bool = False) -> tuple[keras.Model, d
 
     The spec has the keys of `teachers.TeacherSpec` (image_size, num_classes, rgb_mean, rgb_std, channel_order,
     classes, arch, source), plus `wnids` when SYNSETS_FILE lies beside the file. `simulate_rounding` rounds every
-    8-bit activation to the file's grid (FakeQuant layers), which brings the float model closer to the integer one.
+    8-bit activation to the file's grid (ActivationRounding layers), which brings the float model closer to the
+    integer one.
     """
     path = Path(path)
     g = _Graph(path)
