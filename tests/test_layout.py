@@ -169,3 +169,22 @@ def test_commands_start_quietly(tmp_path):
         timeout=120,
     )
     assert "cpu_feature_guard" in loud.stderr or "oneDNN" in loud.stderr
+
+
+def test_stray_arguments_are_refused():
+    """A command without positional arguments refuses one (a forgotten `--`), in one line; one with them takes them."""
+    from isp_keras import cli, rawinfo
+    from isp_keras.errors import UserError
+    from isp_keras.training.config import TrainConfig
+
+    fv = flags.FlagValues()
+    config.define_flags(TrainConfig, fv)
+    fv(["prog"])
+    with pytest.raises(UserError, match="unexpected argument 'noise_std=0.2'"):
+        cli.make_main(TrainConfig, lambda cfg: None, fv)(["prog", "noise_std=0.2"])
+    seen = []
+    fv = flags.FlagValues()
+    config.define_flags(rawinfo.RawinfoConfig, fv)
+    fv(["prog"])
+    cli.make_main(rawinfo.RawinfoConfig, seen.append, fv)(["prog", "a.dng", "b.dng"])
+    assert seen[0].files == ["a.dng", "b.dng"]

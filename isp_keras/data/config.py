@@ -69,7 +69,9 @@ class ServiceConfig:
 class PairsConfig:
     pairs: str | None = option(None, "csv:FILE or hdrplus:DIR", required=True)
     out: str | None = option(None, "Cache directory to write (or reuse).", required=True)
-    teacher: str = option("embedded", ".keras teacher with sidecar JSON, `embedded`, or a keras.applications name.")
+    teacher: str = option(
+        "embedded", ".keras teacher with sidecar JSON, a .tflite classifier, `embedded`, or a keras.applications name."
+    )
     mode: str = option("merged", "hdrplus: RAW = merged.dng or the reference payload frame.", choices=PAIR_MODES)
     cfa: str = option("RGGB", "Canonical CFA phase.", choices=CFA_PATTERNS)
     patch_size: int = option(256, "Patch side (even).")

@@ -94,7 +94,7 @@ def load_model_file(path) -> keras.Model:
             raise UserError(f"{path}: a directory but not a SavedModel (no saved_model.pb)")
         return keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
     if path.suffix != ".keras":
-        raise UserError(f"{path}: expected a .keras file or a SavedModel directory")
+        raise UserError(f"{path}: expected a .keras file, a .tflite file or a SavedModel directory")
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:

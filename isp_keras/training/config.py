@@ -20,7 +20,8 @@ class TrainConfig:
     teacher: str = option(
         "embedded",
         "embedded (the ResNet-20 CIFAR-10 teacher in data/teacher), a "
-        "keras.applications name (ImageNet weights), a .keras file (+ sidecar JSON) or a SavedModel.",
+        "keras.applications name (ImageNet weights), a .keras file (+ sidecar JSON), a SavedModel or a TFLite "
+        "classifier (.tflite, imported as a float Keras model returning logits).",
     )
     student_init: str = option(
         "",

@@ -153,31 +153,38 @@ def metric_row(name, metrics) -> dict:
 
 
 class ScalarLog(keras.callbacks.Callback):
-    """TensorBoard scalars of one student row: the training metrics every `every` optimizer steps and the
-    validation metrics after each epoch, on one global step that continues across the rows of a chain (a
-    quantisation-aware row goes on from the step its start row ended at)."""
+    """TensorBoard scalars of one student row: the training metrics every `every` optimizer steps (and at each epoch
+    end), the evaluation metrics after each epoch and at the end, on one global step that continues across the rows
+    of a chain (a quantisation-aware row goes on from the step its start row ended at). The evaluation runs on the
+    data's test split, the only held-out split here; nothing is selected on it (no early stopping)."""
 
-    def __init__(self, log_dir: Path, every: int, steps_per_epoch: int, step_offset: int, validate=None):
+    def __init__(self, log_dir: Path, every: int, steps_per_epoch: int, step_offset: int, epochs: int, validate=None):
         super().__init__()
         self.train = tf.summary.create_file_writer(str(log_dir / "train"))
         self.validation = tf.summary.create_file_writer(str(log_dir / "validation"))
-        self.every, self.steps, self.offset, self.validate = every, steps_per_epoch, step_offset, validate
+        self.every, self.steps, self.offset, self.epochs = every, steps_per_epoch, step_offset, epochs
+        self.validate = validate
         self.epoch = 0
+        self.done_in_epoch = 0  # steps of the current epoch run before this fit (a run resumed mid-epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
-    def global_step(self, batch: int) -> int:
-        return self.offset + self.epoch * self.steps + batch + 1
-
     def on_train_batch_end(self, batch, logs=None):
-        step = self.global_step(batch)
-        if logs and (step % self.every == 0 or batch + 1 == self.steps):
+        in_epoch = self.done_in_epoch + batch + 1
+        step = self.offset + self.epoch * self.steps + in_epoch
+        if logs and (step % self.every == 0 or in_epoch == self.steps):
             self.write(self.train, "train", logs, step)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.validate is not None:
-            self.write(self.validation, "validation", self.validate(), self.offset + (epoch + 1) * self.steps)
+        self.done_in_epoch = 0
+        if self.validate is not None and epoch + 1 < self.epochs:  # the last epoch's is the row's final evaluation
+            metrics = self.validate()
+            if metrics is not None:
+                self.write(self.validation, "validation", metrics, self.offset + (epoch + 1) * self.steps)
+
+    def final(self, metrics: dict) -> None:
+        self.write(self.validation, "validation", metrics, self.offset + self.epochs * self.steps)
 
     @staticmethod
     def write(writer, prefix: str, logs: dict, step: int) -> None:
@@ -249,13 +256,15 @@ def train_student(
         distiller.save_optimizer_state(optimizer, folder / "optimizer.npz")
 
     def validate():
+        if saver.terminated or nan_guard.bad_step is not None:  # stopping: save, do not evaluate
+            return None
         return distiller.evaluate(s.test_ds(), s.teacher, trained, on="student")
 
     nan_guard = checkpoint.StopOnNaN()
     saver = checkpoint.AtomicCheckpoint(
         row_dir, save, steps_per_epoch=steps, every_steps=cfg.checkpoint_steps, every_epochs=cfg.checkpoint_epochs
     )
-    scalars = ScalarLog(row_dir / "logs", cfg.log_steps, steps, step_offset, validate)
+    scalars = ScalarLog(row_dir / "logs", cfg.log_steps, steps, step_offset, row.epochs, validate)
     callbacks = [saver, nan_guard, scalars]
     fit = model.fit
     if distribute.needs_custom_loop(strategy):  # Keras fit fails under MultiWorkerMirroredStrategy
@@ -264,6 +273,7 @@ def train_student(
         fit = functools.partial(custom_loop.fit, model, strategy=strategy)
     epoch, done_in_epoch = divmod(start_step, steps)
     if done_in_epoch and epoch < row.epochs:  # resumed mid-epoch: finish that epoch, then whole ones
+        scalars.done_in_epoch = done_in_epoch
         fit(
             s.train_ds(start_step, row.epochs),
             epochs=epoch + 1,
@@ -299,8 +309,7 @@ def train_student(
         quantise.snap_weights(student)
         quantise.unfreeze_batchnorm(student)
     metrics = distiller.evaluate(s.test_ds(), s.teacher, student, on="student")
-    if row.quantisation_aware:  # the snapped weights differ from the last epoch's: log what is kept
-        ScalarLog.write(scalars.validation, "validation", metrics, step_offset + row.epochs * steps)
+    scalars.final(metrics)
     scalars.close()
     return metric_row(row.name, metrics), student
 

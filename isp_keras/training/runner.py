@@ -52,7 +52,6 @@ RESUMABLE = (
     "cached_logits",
     "log_steps",
     "dry_run",
-    "verbose",
     "rows",
     "noise_stds",
     "finetune_ks",
@@ -122,6 +121,7 @@ def table_rows(cfg: TrainConfig, names) -> list[Row]:
         "gt_labels": student_row("gt_labels", cfg, 1.0, "gt"),
         "teacher_labels": student_row("teacher_labels", cfg, 1.0, "teacher"),
         "distilled": student_row("distilled", cfg, cfg.alpha, cfg.hard_labels),
+        "distilled_qat": qat_row(cfg),
     }
     return [spec[n] for n in names]
 
