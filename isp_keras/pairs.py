@@ -24,18 +24,7 @@ def run(cfg: PairsConfig) -> dict:
     teacher, spec = teachers.load_teacher(cfg.teacher)
     if spec is None:
         raise UserError(f"--teacher={cfg.teacher}: needs its sidecar JSON (RGB normalisation) to label RGB patches")
-    build = pairs.BuildConfig(
-        pairs=cfg.pairs,
-        out=cfg.out,
-        mode=cfg.mode,
-        cfa=cfg.cfa,
-        patch_size=cfg.patch_size,
-        test_fraction=cfg.test_fraction,
-        seed=cfg.seed,
-        min_teacher_prob=cfg.min_teacher_prob,
-        strict=cfg.strict,
-        max_patches_per_pair=cfg.max_patches_per_pair,
-    )
+    build = pairs.BuildConfig.of(cfg, cfg.out, cfg.mode)
     index = pairs.build_cache(build, teachers.freeze(teacher), spec, cfg.teacher)
     summary = {k: index[k] for k in ("pairs", "pairs_read", "test_dropped_low_prob")}
     summary.update(skipped=index["skipped"]["count"], **{s: v["count"] for s, v in index["splits"].items()})

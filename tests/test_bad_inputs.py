@@ -191,7 +191,7 @@ def test_model_file_that_is_not_a_model(capsys, tmp_path):
     txt.write_text("hello")
     assert (
         one_line(capsys, lambda: teachers.load_model_file(txt))
-        == f"{txt}: expected a .keras file or a SavedModel directory"
+        == f"{txt}: expected a .keras file, a .tflite file or a SavedModel directory"
     )
     folder = tmp_path / "saved"
     folder.mkdir()

@@ -209,6 +209,23 @@ class BuildConfig:
     batch_size: int = 64
     max_patches_per_pair: int = 0  # 0: all; else a seeded sample per pair (a 12 MP HDR+ frame has ~180 of 256 px)
 
+    # What a command's config (the pairs command, Table 2) passes on as it is.
+    SHARED = (
+        "pairs",
+        "cfa",
+        "patch_size",
+        "test_fraction",
+        "seed",
+        "min_teacher_prob",
+        "strict",
+        "max_patches_per_pair",
+    )
+
+    @classmethod
+    def of(cls, cfg, out: str, mode: str) -> BuildConfig:
+        """The cache settings of a command config holding the SHARED fields."""
+        return cls(out=out, mode=mode, **{name: getattr(cfg, name) for name in cls.SHARED})
+
     def validate(self) -> BuildConfig:
         if self.mode not in MODES:
             raise UserError(f"--mode={self.mode}: must be one of {', '.join(MODES)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -41,7 +42,9 @@ def to_tflite(
         converter.inference_output_type = tf.int8
     elif kind != "float32":
         raise ValueError(f"unknown TFLite kind {kind!r}")
-    return converter.convert()
+    with warnings.catch_warnings():  # the converter's own calibrator still builds a tf.lite.Interpreter
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        return converter.convert()
 
 
 def int8_tflite(

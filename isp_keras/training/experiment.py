@@ -87,6 +87,20 @@ class Setup:
         return steps
 
 
+def pipeline_config(cfg: TrainConfig, image_size: int) -> pipeline.PipelineConfig:
+    """The training pipeline's settings from a run's config."""
+    return pipeline.PipelineConfig(
+        image_size=image_size,
+        batch_size=cfg.batch_size,
+        cfa=cfg.cfa,
+        noise_std=cfg.noise_std,
+        seed=cfg.seed,
+        take=cfg.train_take,
+        sensor=cfg.sensor,
+        augment=cfg.augment,
+    )
+
+
 def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> Setup:
     """Load data and teacher, check they fit each other, compute (or reuse) the normalisation statistics."""
     source = sources.get_source(cfg.dataset, seed=cfg.seed, strict=cfg.strict)
@@ -108,16 +122,7 @@ def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> 
             f"--student_init=MODEL.keras (same architecture, the weights the student starts from)"
         )
     teachers.freeze(teacher)
-    pcfg = pipeline.PipelineConfig(
-        image_size=image_size,
-        batch_size=cfg.batch_size,
-        cfa=cfg.cfa,
-        noise_std=cfg.noise_std,
-        seed=cfg.seed,
-        take=cfg.train_take,
-        sensor=cfg.sensor,
-        augment=cfg.augment,
-    )
+    pcfg = pipeline_config(cfg, image_size)
     if norm is None:
         if spec is None:
             logging.warning("%s has no sidecar JSON; teacher RGB statistics are computed from the data", cfg.teacher)

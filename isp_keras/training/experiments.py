@@ -176,18 +176,7 @@ def pairs_setup(cfg: Table2Config, teacher, spec, mode: str):
     from isp_keras.data import normalisation, pairs, pipeline, sources
     from isp_keras.training import experiment
 
-    build = pairs.BuildConfig(
-        pairs=cfg.pairs,
-        out=str(Path(cfg.cache_dir) / mode),
-        mode=mode,
-        cfa=cfg.cfa,
-        patch_size=cfg.patch_size,
-        test_fraction=cfg.test_fraction,
-        seed=cfg.seed,
-        min_teacher_prob=cfg.min_teacher_prob,
-        strict=cfg.strict,
-        max_patches_per_pair=cfg.max_patches_per_pair,
-    )
+    build = pairs.BuildConfig.of(cfg, str(Path(cfg.cache_dir) / mode), mode)
     index = pairs.build_cache(build, teacher, spec, cfg.teacher)
     stats = index["raw_stats"]
     norm = normalisation.Normalisation(

@@ -26,6 +26,7 @@ from isp_keras import fsutil, paths
 from isp_keras.data import normalisation, pipeline, records, sources
 from isp_keras.errors import UserError
 from isp_keras.models import students, teachers
+from isp_keras.training import experiment
 from isp_keras.training.config import TrainConfig
 
 CONFIG_FILE = "config.json"
@@ -224,8 +225,6 @@ class LevelState:
 
 def level_setup(plan: Plan, level: Level, state: LevelState):
     """Data and teacher of a level, with the level's saved normalisation (computed and saved the first time)."""
-    from isp_keras.training import experiment
-
     if state.setup is None:
         norm_path = level.dir / NORM_FILE
         norm = normalisation.load_normalisation(norm_path) if norm_path.exists() else None
@@ -240,8 +239,6 @@ def level_setup(plan: Plan, level: Level, state: LevelState):
 
 
 def run_level(plan: Plan, level: Level, log) -> tuple[list[dict], dict]:
-    from isp_keras.training import experiment
-
     rows = runnable_rows(plan, level, log)
     by_name = {row.name: row for row in rows}
     state = plan.states.setdefault(str(level.dir), LevelState())
@@ -293,8 +290,6 @@ def student_of(s, level: Level, name: str, trained: dict):
     """The student of row `name` of this level: trained in this process, or its saved final weights."""
     if name in trained:
         return trained[name]
-    from isp_keras.training import experiment
-
     path = level.dir / name / STUDENT_WEIGHTS
     if not path.exists():
         raise UserError(
@@ -434,14 +429,7 @@ def _pipeline_spec(cfg: TrainConfig, image_size: int):
         lambda split: tf.data.Dataset.from_generator(lambda: iter(()), output_signature=signature),
     )
     norm = normalisation.Normalisation([0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3)
-    pcfg = pipeline.PipelineConfig(
-        image_size=image_size,
-        batch_size=cfg.batch_size,
-        cfa=cfg.cfa,
-        noise_std=cfg.noise_std,
-        seed=cfg.seed,
-        take=cfg.train_take,
-    )
+    pcfg = experiment.pipeline_config(cfg, image_size)
     return pipeline.build(stub, "train", pcfg, training=True, norm=norm).element_spec
 
 
