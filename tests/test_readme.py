@@ -14,11 +14,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
-    "isp_keras.train": "--epochs=1 --train_take=256 --test_take=256 --stats_images=256 --batch_size=64 --lr=0.05",
-    "isp_keras.export": "--calibration_samples=32 --parity_take=64 --nodynamic --noparity_gate",
+    "isp_keras.train": "--epochs=1 --train_take=128 --test_take=128 --stats_images=128 --batch_size=32 --lr=0.05",
+    "isp_keras.export": "--calibration_samples=16 --parity_take=32 --nodynamic --noparity_gate",
     "isp_keras.predict": "",
-    "isp_keras.benchmark": "--runs=20 --warmup=2 --latency_block=5 --agreement_take=64 --calibration_samples=32 "
-    "--e2e_images=4 --nomobilenet",
+    "isp_keras.benchmark": "--runs=10 --warmup=1 --latency_block=5 --agreement_take=32 --calibration_samples=16 "
+    "--e2e_images=2 --nomobilenet",
 }
 
 
