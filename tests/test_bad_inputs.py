@@ -98,7 +98,10 @@ def test_teacher_input_size_and_classes_must_match_the_data(capsys, tiny_teacher
     line = one_line(capsys, lambda: experiment.setup(dataclasses.replace(cfg, image_size=64).validate()))
     assert line == f"{tiny_teacher}: the teacher takes 32x32 images but the data is 64x64 (set --image_size=32)"
     line = one_line(capsys, lambda: experiment.setup(cfg.validate()))
-    assert line == f"{tiny_teacher}: the teacher has 10 classes but the data has 3"
+    assert line == (
+        f"folder:{folder}: 1 of its 3 classes match no class of --teacher={tiny_teacher} (10 outputs; matched by "
+        "WordNet id or name): owl"
+    )
 
 
 # ----------------------------------------------------------------------- image files

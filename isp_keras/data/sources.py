@@ -1,6 +1,10 @@
 """Data sources: `embedded`, `folder:PATH`, `tfds:NAME`, `records:PATH`.
 
 A source yields (uint8 RGB image [h, w, 3], int32 label) per split; `pipeline.build` turns it into model inputs.
+Unlabelled data (a folder of images without class folders, records without classes, a TFDS set without a label)
+yields label UNLABELLED (-1). `in_label_space` maps a labelled source into a teacher's classes by name (e.g.
+Imagenette's 10 WordNet-id folders into an ImageNet teacher's 1001 outputs); `holdout` splits a part of the
+training split off for tuning.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from isp_keras.data import records
 from isp_keras.errors import UserError
 
 EMBEDDED_DIR = paths.EMBEDDED_DATA
+AUTOTUNE = tf.data.AUTOTUNE
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+UNLABELLED = -1
 
 
 @dataclasses.dataclass
@@ -34,6 +40,9 @@ class Source:
     train_split: str = "train"
     test_split: str = "test"
     notes: list = dataclasses.field(default_factory=list)  # what was converted, cropped or skipped, for the user
+    labelled: bool = True  # False: every label is UNLABELLED
+    # The label-space indices of the classes the data holds (None: all of `classes`), for metrics restricted to them.
+    subset: list | None = None
 
     def split(self, name: str) -> tf.data.Dataset:
         return self.split_fn(name)
@@ -62,11 +71,22 @@ def records_source(path, name=None) -> Source:
         split_fn,
         "train",
         test,
+        labelled=bool(index["classes"]),
     )
 
 
+def _mixed(files: list, labels: list) -> tuple[list, list]:
+    order = np.random.default_rng(0).permutation(len(files))
+    return [files[i] for i in order], [labels[i] for i in order]
+
+
 def _list_folder(root: Path):
+    """(classes, files, labels) of class sub-folders; a folder of images without sub-folders is unlabelled:
+    ([], files, [UNLABELLED] * n)."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        files = sorted(str(f) for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        return [], files, [UNLABELLED] * len(files)
     files, labels = [], []
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).rglob("*")):
@@ -146,7 +166,8 @@ def scan_images(files: list, labels: list, where: str, strict: bool) -> tuple[li
 
 
 def folder_source(path, test_fraction: float = 0.2, seed: int = 0, strict: bool = False) -> Source:
-    """Class sub-folders; either PATH/{train,test|val}/<class>/... or PATH/<class>/... split by --seed.
+    """Class sub-folders; either PATH/{train,test|val}/<class>/... or PATH/<class>/... split by --seed. Images
+    without class folders (PATH/*.jpg, or PATH/{train,test}/*.jpg) are unlabelled data.
 
     Unreadable files are skipped with a count (or stop the run with `strict`); see `scan_images`.
     """
@@ -169,12 +190,15 @@ def folder_source(path, test_fraction: float = 0.2, seed: int = 0, strict: bool 
             "train": ([files[i] for i in train_idx], [labels[i] for i in train_idx]),
             "test": ([files[i] for i in test_idx], [labels[i] for i in test_idx]),
         }
-    if len(classes) < 2:
-        raise UserError(f"--dataset=folder:{path}: found {len(classes)} class sub-folders; need at least 2")
+    if len(classes) == 1:
+        raise UserError(
+            f"--dataset=folder:{path}: found 1 class sub-folder ({classes[0]}); need at least 2, or none (unlabelled)"
+        )
     notes = []
     for split, (files, labels) in list(parts.items()):
         files, labels, split_notes = scan_images(files, labels, f"folder:{path} ({split})", strict)
-        parts[split] = (files, labels)
+        # Listed class by class: mixed once (fixed, whatever --seed) so that a first-N slice spans the classes.
+        parts[split] = _mixed(files, labels)
         notes += split_notes
         if not files:
             raise UserError(
@@ -188,7 +212,11 @@ def folder_source(path, test_fraction: float = 0.2, seed: int = 0, strict: bool 
         # A file whose header reads but whose data is corrupt: skipped (TF logs it) unless --strict.
         return ds if strict else ds.ignore_errors(log_warning=True)
 
-    return Source(f"folder:{path}", classes, {k: len(v[0]) for k, v in parts.items()}, None, split_fn, notes=notes)
+    counts = {k: len(v[0]) for k, v in parts.items()}
+    if not classes:
+        notes.append(f"folder:{path}: no class folders, so unlabelled ({counts['train']} train, {counts['test']} test)")
+        logging.info("%s", notes[-1])
+    return Source(f"folder:{path}", classes, counts, None, split_fn, notes=notes, labelled=bool(classes))
 
 
 def tfds_source(name: str, data_dir: str | None = None) -> Source:
@@ -209,18 +237,20 @@ def tfds_source(name: str, data_dir: str | None = None) -> Source:
                 f"downloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
             ) from None
     info = builder.info
-    if "label" not in info.features or "image" not in info.features:
-        raise UserError(f"--dataset=tfds:{name}: needs 'image' and 'label' features")
+    if "image" not in info.features:
+        raise UserError(f"--dataset=tfds:{name}: needs an 'image' feature")
+    labelled = "label" in info.features
     splits = set(info.splits)
     test = "test" if "test" in splits else "validation"
     if "train" not in splits or test not in splits:
         raise UserError(f"--dataset=tfds:{name}: needs a train and a test/validation split")
 
     def split_fn(split):
-        ds = builder.as_dataset(
-            split=split, as_supervised=True, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False)
+        ds = builder.as_dataset(split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False))
+        return ds.map(
+            lambda ex: (_as_rgb(ex["image"]), tf.cast(ex["label"], tf.int32) if labelled else tf.constant(UNLABELLED)),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
-        return ds.map(lambda x, y: (_as_rgb(x), tf.cast(y, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
 
     shape = info.features["image"].shape
     native = shape[0] if shape and shape[0] == shape[1] and shape[0] is not None else None
@@ -233,13 +263,14 @@ def tfds_source(name: str, data_dir: str | None = None) -> Source:
         logging.warning("%s", notes[-1])
     return Source(
         f"tfds:{name}",
-        list(info.features["label"].names),
+        list(info.features["label"].names) if labelled else [],
         {s: info.splits[s].num_examples for s in splits},
         native,
         split_fn,
         "train",
         test,
         notes=notes,
+        labelled=labelled,
     )
 
 
@@ -277,6 +308,24 @@ def _as_rgb(image):
     return image
 
 
+def is_labelled(spec: str) -> bool:
+    """Whether `--dataset=spec` has labels, from its index, folder layout or TFDS features (no image is read)."""
+    kind, _, arg = spec.partition(":")
+    if spec == "embedded":
+        return True
+    if kind == "records" and arg:
+        return bool(records.read_index(arg)["classes"])
+    if kind == "folder" and arg:
+        root = Path(arg)
+        if not root.is_dir():
+            raise UserError(f"--dataset=folder:{arg}: not a directory")
+        split = root / "train" if (root / "train").is_dir() else root
+        return any(p.is_dir() and not p.name.startswith(".") for p in split.iterdir())
+    if kind == "tfds" and arg:
+        return bool(tfds_source(arg).labelled)
+    raise UserError(f"--dataset: unknown dataset {spec!r}; use embedded, folder:PATH, tfds:NAME or records:PATH")
+
+
 def get_source(spec: str, seed: int = 0, strict: bool = False) -> Source:
     """`embedded`, `folder:PATH`, `tfds:NAME` or `records:PATH`. `strict`: stop at unreadable folder images."""
     if spec == "embedded":
@@ -291,3 +340,72 @@ def get_source(spec: str, seed: int = 0, strict: bool = False) -> Source:
     if kind == "records" and arg:
         return records_source(arg)
     raise UserError(f"--dataset: unknown dataset {spec!r}; use embedded, folder:PATH, tfds:NAME or records:PATH")
+
+
+def in_label_space(source: Source, classes: list, wnids: list | None = None, what: str = "the teacher") -> Source:
+    """`source` with its labels in the index space of `classes` (a model's outputs).
+
+    Each data class is matched by name to an output's WordNet id (`wnids`, where known) or class name, so a
+    dataset of a subset of the model's classes (Imagenette's wnid folders of ImageNet's 1000) is evaluated over
+    the model's full label set, with `subset` listing its own classes for restricted metrics. A dataset whose
+    class names match none is taken index for index when the counts agree (a warning says so); otherwise the
+    unmatched names are one error."""
+    classes = [str(c) for c in classes]
+    if not source.labelled:
+        return dataclasses.replace(source, classes=classes)
+    names = [str(c) for c in source.classes]
+    if names == classes:
+        return source
+    lookup = {name: i for i, name in enumerate(classes)}
+    if wnids:
+        lookup.update({w: i for i, w in enumerate(wnids) if w})
+    missing = [n for n in names if n not in lookup]
+    if missing and len(missing) == len(names) and len(names) == len(classes):
+        logging.warning(
+            "%s: class names %s match none of %s's %s; matching by index", source.name, names[:5], what, classes[:5]
+        )
+        return source
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise UserError(
+            f"{source.name}: {len(missing)} of its {len(names)} classes match no class of {what} "
+            f"({len(classes)} outputs; matched by WordNet id or name): {shown}"
+        )
+    table = np.asarray([lookup[n] for n in names], np.int32)
+    inner = source.split_fn
+
+    def split_fn(split):
+        return inner(split).map(lambda image, label: (image, tf.gather(table, label)), num_parallel_calls=AUTOTUNE)
+
+    note = f"{source.name}: its {len(names)} classes mapped by name into {what}'s {len(classes)} outputs"
+    logging.info("%s", note)
+    return dataclasses.replace(
+        source, classes=classes, split_fn=split_fn, subset=table.tolist(), notes=[*source.notes, note]
+    )
+
+
+def holdout(source: Source, fraction: float, seed: int) -> Source:
+    """The training split cut in two by a seeded draw: `train` keeps 1 - fraction, `test` is the rest (for tuning
+    on training data only; the real test split is never read)."""
+    n = source.counts[source.train_split]
+    n_hold = int(round(n * fraction))
+    if not 0 < n_hold < n:
+        raise UserError(f"--holdout_fraction={fraction}: leaves {n_hold} of {n} training images to tune on")
+    held = np.zeros(n, bool)
+    held[np.random.default_rng(seed + 104_729).permutation(n)[:n_hold]] = True
+    mask = tf.constant(held)
+    inner, train = source.split_fn, source.train_split
+
+    def split_fn(split):
+        want = split == "holdout"
+        ds = inner(train).enumerate().filter(lambda i, ex: tf.equal(mask[i], want))
+        return ds.map(lambda i, ex: ex)
+
+    return dataclasses.replace(
+        source,
+        name=f"{source.name} (training split: {n - n_hold} train / {n_hold} held out)",
+        counts={"train": n - n_hold, "holdout": n_hold},
+        split_fn=split_fn,
+        train_split="train",
+        test_split="holdout",
+    )

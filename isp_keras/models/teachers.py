@@ -188,7 +188,8 @@ def num_outputs(model: keras.Model) -> int:
     return int(model.output_shape[-1])
 
 
-def check_teacher_matches(model: keras.Model, image_size: int, num_classes: int, source: str) -> None:
+def check_teacher_matches(model: keras.Model, image_size: int, num_classes: int | None, source: str) -> None:
+    """Channels, input size and (unless `num_classes` is None: matched by name elsewhere) the number of outputs."""
     h, w, c = input_size(model)
     if c != 3:
         raise UserError(f"{source}: the teacher takes {c} channels; it must take 3 (RGB)")
@@ -197,7 +198,7 @@ def check_teacher_matches(model: keras.Model, image_size: int, num_classes: int,
             f"{source}: the teacher takes {h}x{w} images but the data is {image_size}x{image_size} "
             f"(set --image_size={h})"
         )
-    if num_outputs(model) != num_classes:
+    if num_classes is not None and num_outputs(model) != num_classes:
         raise UserError(f"{source}: the teacher has {num_outputs(model)} classes but the data has {num_classes}")
 
 

@@ -43,12 +43,20 @@ class TrainConfig:
     epochs: int = option(3, "Training epochs per student row.")
     batch_size: int = option(128, "Global batch size.")
     lr: float = option(0.01, "Peak learning rate (Nesterov SGD, warmup then cosine).")
+    row_lrs: list[str] = option(
+        [], "Per-row peak learning rates ROW=LR (e.g. chosen by experiments.tune), overriding --lr for those rows."
+    )
     weight_decay: float = option(5e-4, "Weight decay.")
     warmup_epochs: float = option(0.2, "Linear warmup length in epochs.")
     image_size: int | None = option(None, "Input size (default: the teacher's).")
     train_take: int | None = option(None, "Use only the first N training examples.")
     test_take: int | None = option(None, "Evaluate on the first N test examples.")
     stats_images: int = option(10000, "Training images used for the per-site statistics.")
+    holdout_fraction: float = option(
+        0.0,
+        "Tune on training data only: hold out this fraction of the training split (seeded draw) and evaluate on it "
+        "instead of the test split, which is then never read. 0: off.",
+    )
     strategy: str = option("default", "tf.distribute strategy.", choices=STRATEGIES)
     cpu_replicas: int = option(2, "Logical CPU devices for --strategy=mirrored without GPUs.")
     tpu: str = option("", "--strategy=tpu: TPU name or grpc:// address ('' or 'local': this TPU VM).")
@@ -72,7 +80,16 @@ class TrainConfig:
     qat_lr: float = option(0.002, "Peak learning rate of quantisation-aware fine-tuning (cosine, no warmup).")
 
     def validate(self) -> TrainConfig:
-        for name in ("alpha", "temperature", "noise_std", "lr", "weight_decay", "warmup_epochs", "qat_lr"):
+        for name in (
+            "alpha",
+            "temperature",
+            "noise_std",
+            "lr",
+            "weight_decay",
+            "warmup_epochs",
+            "qat_lr",
+            "holdout_fraction",
+        ):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"--{name}={getattr(self, name)}: must be a finite number")
         if self.cached_logits and self.augment:
@@ -87,6 +104,7 @@ class TrainConfig:
                 "--cached_logits with --data_service: not supported (the service would split the image "
                 "and logit sources independently); use one of them"
             )
+        self.row_lr()
         if self.checkpoint_steps < 0 or self.checkpoint_epochs < 1:
             raise UserError("--checkpoint_steps must be >= 0 and --checkpoint_epochs >= 1")
         if self.log_steps < 1:
@@ -99,6 +117,8 @@ class TrainConfig:
             raise UserError(f"--temperature={self.temperature}: must be > 0")
         if self.noise_std < 0:
             raise UserError(f"--noise_std={self.noise_std}: must be >= 0")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise UserError(f"--holdout_fraction={self.holdout_fraction}: must be in [0, 1)")
         if self.cfa.upper() not in CFA_PATTERNS:
             raise UserError(f"--cfa={self.cfa}: must be one of {', '.join(CFA_PATTERNS)}")
         self.cfa = self.cfa.upper()
@@ -122,11 +142,32 @@ class TrainConfig:
                 raise UserError(f"--{name}={value}: must be >= 1")
         return self
 
+    def row_lr(self, name: str = "") -> float:
+        """The peak learning rate of row `name`: its --row_lrs entry, else --lr."""
+        table = {}
+        for item in self.row_lrs:
+            row, sep, value = item.partition("=")
+            try:
+                table[row] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep or not math.isfinite(table[row]) or table[row] <= 0:
+                raise UserError(f"--row_lrs={item}: expected ROW=LR with a positive learning rate")
+        return table.get(name, self.lr)
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
 
-TABLE_ROWS = ("teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled", "distilled_qat")
+TABLE_ROWS = (
+    "teacher_clean",
+    "teacher_raw",
+    "gt_labels",
+    "teacher_labels",
+    "distilled",
+    "distilled_gt",
+    "distilled_qat",
+)
 DEFAULT_TABLE_ROWS = ["teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled"]
 PAIR_MODES = ("merged", "short")
 
@@ -141,11 +182,22 @@ def _unique(values: list, flag: str) -> list:
 
 @dataclasses.dataclass
 class TableConfig(TrainConfig):
-    rows: list[str] = option(DEFAULT_TABLE_ROWS, f"Rows to run, from {', '.join(TABLE_ROWS)}.")
+    rows: list[str] = option(
+        DEFAULT_TABLE_ROWS,
+        f"Rows to run, from {', '.join(TABLE_ROWS)} (distilled uses --hard_labels; distilled_gt always the ground "
+        "truth).",
+    )
+    seeds: list[int] = option(
+        [],
+        "Run every row once per seed (sub-directories seed_N) and report mean +- std and the paired difference "
+        "of distilled against each other row with a 95% interval. Empty: one run with --seed.",
+    )
     dry_run: bool = option(False, "Validate the flags and print the plan; read no data, train nothing.")
 
     def validate(self) -> TableConfig:
         super().validate()
+        if self.seeds:
+            _unique(self.seeds, "seeds")
         unknown = [n for n in _unique(self.rows, "rows") if n not in TABLE_ROWS]
         if unknown:
             raise UserError(f"--rows: unknown row {unknown[0]!r}; choose from {', '.join(TABLE_ROWS)}")
@@ -160,8 +212,38 @@ class SweepConfig(TableConfig):
 
     def validate(self) -> SweepConfig:
         super().validate()
+        if self.seeds:
+            raise UserError("--seeds: not supported by the sweep; run the table once per noise std instead")
         if min(_unique(self.noise_stds, "noise_stds")) < 0:
             raise UserError(f"--noise_stds: {min(self.noise_stds):g} is negative")
+        return self
+
+
+TUNE_ROWS = ["gt_labels", "teacher_labels", "distilled", "distilled_gt"]
+
+
+@dataclasses.dataclass
+class TuneConfig(TableConfig):
+    rows: list[str] = option(
+        TUNE_ROWS, f"Student rows to tune, from {', '.join(TUNE_ROWS)} (other rows of a table's --rows are ignored)."
+    )
+    lrs: list[float] = option([1e-4, 3e-4, 1e-3], "Peak learning rates to try (replaces --lr).")
+    holdout_fraction: float = option(
+        0.1, "Fraction of the training split held out to score the learning rates on (the test split is not read)."
+    )
+
+    def validate(self) -> TuneConfig:
+        super().validate()
+        if self.seeds or self.row_lrs:
+            raise UserError("--seeds and --row_lrs: not used by tune (it tries each of --lrs on every row)")
+        if not self.holdout_fraction > 0:
+            raise UserError("--holdout_fraction: tune scores on held-out training data; must be > 0")
+        students = [r for r in self.rows if r in TUNE_ROWS]  # the baselines of a table's --rows train nothing
+        if not students:
+            raise UserError(f"--rows={','.join(self.rows)}: no student row to tune ({', '.join(TUNE_ROWS)})")
+        self.rows = students
+        if min(_unique(self.lrs, "lrs")) <= 0:
+            raise UserError(f"--lrs: {min(self.lrs):g} is not a positive learning rate")
         return self
 
 

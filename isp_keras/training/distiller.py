@@ -86,8 +86,10 @@ class Distiller(keras.Model):
         self.loss_tracker.update_state(total)
         self.ce_tracker.update_state(ce)
         self.kd_tracker.update_state(kd)
-        self.top1.update_state(labels, student_logits)
-        self.top5.update_state(labels, student_logits)
+        labels = tf.cast(labels, tf.int32)
+        labelled = tf.cast(labels >= 0, tf.float32)  # unlabelled data: these two stay 0
+        self.top1.update_state(tf.maximum(labels, 0), student_logits, sample_weight=labelled)
+        self.top5.update_state(tf.maximum(labels, 0), student_logits, sample_weight=labelled)
         agree = tf.equal(tf.argmax(student_logits, -1), tf.argmax(teacher_logits, -1))
         self.agreement.update_state(tf.cast(agree, tf.float32))
         return {m.name: m.result() for m in self.metrics}
@@ -141,35 +143,75 @@ def load_optimizer_state(optimizer: keras.optimizers.Optimizer, variables, path)
         var.assign(value)
 
 
-def evaluate(ds: tf.data.Dataset, teacher: keras.Model, model: keras.Model | None = None, on: str = "student"):
-    """Top-1/top-5 against labels and top-1 agreement with the teacher-on-RGB, in percent.
+def evaluate(
+    ds: tf.data.Dataset,
+    teacher: keras.Model,
+    model: keras.Model | None = None,
+    on: str = "student",
+    subset: list | None = None,
+) -> dict:
+    """Accuracy and agreement with the teacher-on-RGB, in percent.
+
+    top1/top5: against the labels over all of the model's outputs (None when no example is labelled; unlabelled
+    examples carry a negative label and are left out). top1_subset/top5_subset (with `subset`, the label indices
+    the data holds): the same with the prediction restricted to those classes. agreement: the model's top-1 equals
+    the teacher's top-1 on clean RGB; agreement_top5: the teacher's top-1 is among the model's top 5.
 
     `on="student"`: `model` sees the student input (RAW). `on="teacher_rgb"`: the teacher itself on RGB.
     `on="teacher_raw"`: the teacher on the student's (RAW) input.
     """
     model = model if model is not None else teacher
+    inverse = None
+    if subset is not None:
+        inverse = np.full(max(subset) + 1, -1, np.int32)
+        inverse[np.asarray(subset)] = np.arange(len(subset), dtype=np.int32)
+        inverse = tf.constant(inverse)
+        subset_t = tf.constant(np.asarray(subset, np.int32))
+
+    def hits(labels, logits, k, valid):
+        k = min(k, logits.shape[-1])
+        found = tf.math.in_top_k(tf.maximum(labels, 0), logits, k)
+        return tf.reduce_sum(tf.cast(tf.logical_and(found, valid), tf.float32))
 
     @tf.function(reduce_retracing=True)
     def step(student_x, teacher_x, labels):
         t = teacher(teacher_x, training=False)
-        if on == "teacher_rgb":
-            s = t
-        else:
-            s = model(student_x, training=False)
+        s = t if on == "teacher_rgb" else model(student_x, training=False)
         labels = tf.cast(labels, tf.int32)
-        k5 = min(5, s.shape[-1])
-        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, s, 1), tf.float32))
-        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, s, k5), tf.float32))
-        agree = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(s, -1), tf.argmax(t, -1)), tf.float32))
-        return tf.stack([top1, top5, agree, tf.cast(tf.shape(labels)[0], tf.float32)])
+        valid = labels >= 0
+        teacher_top = tf.argmax(t, -1, output_type=tf.int32)
+        counts = [
+            hits(labels, s, 1, valid),
+            hits(labels, s, 5, valid),
+            hits(teacher_top, s, 1, tf.ones_like(valid)),
+            hits(teacher_top, s, 5, tf.ones_like(valid)),
+            tf.reduce_sum(tf.cast(valid, tf.float32)),
+            tf.cast(tf.shape(labels)[0], tf.float32),
+        ]
+        if inverse is not None:
+            inner = tf.gather(inverse, tf.clip_by_value(labels, 0, tf.shape(inverse)[0] - 1))
+            restricted = tf.gather(s, subset_t, axis=-1)
+            inside = tf.logical_and(valid, inner >= 0)
+            counts += [hits(inner, restricted, 1, inside), hits(inner, restricted, 5, inside)]
+        return tf.stack(counts)
 
-    totals = np.zeros(4)
+    totals = np.zeros(8 if inverse is not None else 6)
     for (student_x, teacher_x), labels in ds:
         totals += step(student_x, teacher_x, labels).numpy()
-    n = max(totals[3], 1.0)
-    return {
-        "top1": 100 * totals[0] / n,
-        "top5": 100 * totals[1] / n,
-        "agreement": 100 * totals[2] / n,
-        "count": int(totals[3]),
+    labelled, n = totals[4], max(totals[5], 1.0)
+
+    def pct(value, of):
+        return 100 * value / of if of else None
+
+    out = {
+        "top1": pct(totals[0], labelled),
+        "top5": pct(totals[1], labelled),
+        "agreement": pct(totals[2], n),
+        "agreement_top5": pct(totals[3], n),
+        "count": int(totals[5]),
+        "labelled": int(labelled),
     }
+    if inverse is not None:
+        out["top1_subset"] = pct(totals[6], labelled)
+        out["top5_subset"] = pct(totals[7], labelled)
+    return out

@@ -104,17 +104,16 @@ def pipeline_config(cfg: TrainConfig, image_size: int) -> pipeline.PipelineConfi
 def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> Setup:
     """Load data and teacher, check they fit each other, compute (or reuse) the normalisation statistics."""
     source = sources.get_source(cfg.dataset, seed=cfg.seed, strict=cfg.strict)
+    if cfg.holdout_fraction:
+        source = sources.holdout(source, cfg.holdout_fraction, cfg.seed)
     teacher, spec = teachers.load_teacher(cfg.teacher)
     image_size = cfg.image_size or (spec.image_size if spec else teachers.input_size(teacher)[0])
     if image_size is None:
         raise UserError(f"--teacher={cfg.teacher}: the teacher takes any size; set --image_size")
     if image_size % 2:
         raise UserError(f"--image_size={image_size}: must be even (the Bayer pattern tiles 2x2)")
-    teachers.check_teacher_matches(teacher, image_size, len(source.classes), cfg.teacher)
-    if spec and spec.classes and list(spec.classes) != list(source.classes):
-        logging.warning(
-            "teacher classes %s differ in name from the data's %s; matching by index", spec.classes, source.classes
-        )
+    teachers.check_teacher_matches(teacher, image_size, None, cfg.teacher)
+    source = label_space(source, teacher, spec, cfg)
     student_init = students.load_student_init(cfg.student_init, teacher) if cfg.student_init else None
     if student_init is None and not teachers.is_cloneable(teacher):
         raise UserError(
@@ -141,20 +140,40 @@ def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> 
     return Setup(cfg, source, teacher, spec, norm, pcfg, student_init)
 
 
+def label_space(source: sources.Source, teacher: keras.Model, spec, cfg: TrainConfig) -> sources.Source:
+    """The data's labels as indices of the teacher's outputs (matched by WordNet id or class name)."""
+    outputs = teachers.num_outputs(teacher)
+    names = list(spec.classes) if spec and spec.classes else None
+    if names is None:
+        if source.labelled and len(source.classes) != outputs:
+            raise UserError(
+                f"--teacher={cfg.teacher}: has {outputs} outputs but --dataset={cfg.dataset} has "
+                f"{len(source.classes)} classes, and the teacher names none of its classes (no sidecar JSON)"
+            )
+        names = list(source.classes) if source.labelled else [str(i) for i in range(outputs)]
+    return sources.in_label_space(source, names, spec.wnids if spec else None, what=f"--teacher={cfg.teacher}")
+
+
+def evaluate(s: Setup, model: keras.Model | None = None, on: str = "student") -> dict:
+    return distiller.evaluate(s.test_ds(), s.teacher, model, on=on, subset=s.source.subset)
+
+
 def baseline_rows(s: Setup) -> list[dict]:
-    test = s.test_ds()
-    clean = distiller.evaluate(test, s.teacher, on="teacher_rgb")
-    raw = distiller.evaluate(test, s.teacher, s.teacher, on="student")
+    clean = evaluate(s, on="teacher_rgb")
+    raw = evaluate(s, s.teacher, on="student")
     return [metric_row("teacher_clean", clean), metric_row("teacher_raw", raw)]
 
 
+METRICS = ("top1", "top5", "top1_subset", "top5_subset", "agreement", "agreement_top5")
+
+
 def metric_row(name, metrics) -> dict:
-    return {
-        "name": name,
-        "top1": round(float(metrics["top1"]), 3),
-        "top5": round(float(metrics["top5"]), 3),
-        "agreement": round(float(metrics["agreement"]), 3),
-    }
+    """A results row: name and the percentages `evaluate` gave (None where not measurable, e.g. no labels)."""
+    row = {"name": name}
+    for key in METRICS:
+        if key in metrics:
+            row[key] = None if metrics[key] is None else round(float(metrics[key]), 3)
+    return row
 
 
 class ScalarLog(keras.callbacks.Callback):
@@ -195,7 +214,7 @@ class ScalarLog(keras.callbacks.Callback):
     def write(writer, prefix: str, logs: dict, step: int) -> None:
         with writer.as_default():
             for key, value in logs.items():
-                if np.ndim(value) == 0 and np.isfinite(float(value)):
+                if value is not None and np.ndim(value) == 0 and np.isfinite(float(value)):
                     tf.summary.scalar(f"{prefix}/{key}", float(value), step=step)
         writer.flush()
 
@@ -263,7 +282,7 @@ def train_student(
     def validate():
         if saver.terminated or nan_guard.bad_step is not None:  # stopping: save, do not evaluate
             return None
-        return distiller.evaluate(s.test_ds(), s.teacher, trained, on="student")
+        return evaluate(s, trained)
 
     nan_guard = checkpoint.StopOnNaN()
     saver = checkpoint.AtomicCheckpoint(
@@ -313,7 +332,7 @@ def train_student(
     if row.quantisation_aware:
         quantise.snap_weights(student)
         quantise.unfreeze_batchnorm(student)
-    metrics = distiller.evaluate(s.test_ds(), s.teacher, student, on="student")
+    metrics = evaluate(s, student)
     scalars.final(metrics)
     scalars.close()
     return metric_row(row.name, metrics), student
@@ -340,6 +359,7 @@ def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
             "noise_std": s.cfg.noise_std,
             "image_size": s.pipeline.image_size,
             "classes": list(s.source.classes),
+            "wnids": list(s.spec.wnids) if s.spec.wnids else None,
             "normalisation": s.norm.to_json(),
             "teacher": s.cfg.teacher,
         },

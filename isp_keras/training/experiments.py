@@ -4,6 +4,7 @@ train     teacher_clean, teacher_raw, distilled, distilled_qat (--qat_epochs); s
 table     Table 1: the teacher baselines and students trained with GT labels, teacher labels, distillation
 sweep     Fig. 2: the Table 1 rows at each noise std, and a plot of top-1 vs noise std
 ablation  Table 3: distil into only the first k stages/blocks, the rest frozen
+tune      the student rows at several learning rates, scored on held-out training data
 table2    Table 2: real (or synthetic) RAW/RGB pairs, agreement with the teacher (see pairs_setup)
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from isp_keras import paths
 from isp_keras.errors import UserError
 from isp_keras.training import runner
-from isp_keras.training.config import AblationConfig, SweepConfig, Table2Config, TableConfig, TrainConfig
+from isp_keras.training.config import AblationConfig, SweepConfig, Table2Config, TableConfig, TrainConfig, TuneConfig
 
 TITLES = {
     "train": "ISP distillation of one student",
@@ -24,6 +25,7 @@ TITLES = {
     "sweep": "Noise sweep: top-1 vs noise std",
     "ablation": "Ablation: fine-tune only the first k stages/blocks",
     "table2": "Table 2: agreement with the teacher on the processed RGB",
+    "tune": "Learning rates of the student rows, scored on held-out training data",
 }
 
 
@@ -43,6 +45,10 @@ def plan_for(kind: str, cfg: TrainConfig, command: str = "", verbose: int | str 
         rows = runner.table_rows(cfg, cfg.rows)
         if kind == "sweep":
             levels = runner.noise_levels(cfg, cfg.noise_stds)
+        levels = runner.seed_levels(levels, cfg.seeds)
+    elif kind == "tune":
+        rows = runner.table_rows(cfg, cfg.rows)
+        levels = runner.lr_levels(cfg, cfg.lrs, cfg.rows)
     elif kind == "ablation":
         rows = runner.ablation_rows(cfg, cfg.finetune_ks)
     else:
@@ -59,6 +65,10 @@ def finish(plan: runner.Plan, levels: list[dict], seconds: dict, start: float, e
         title = f"{cfg.dataset}, CFA {cfg.cfa}, {cfg.epochs} epochs per student, seed {cfg.seed}"
         plot = runner.plot_sweep(levels, plan.out / runner.PLOT_FILE, title)
         body = f"Top-1 % ({plot.name}):\n\n{runner.format_sweep(levels)}"
+    elif plan.kind == "tune":
+        body = runner.format_tune(plan, results["rows"])
+    elif "seeds" in results:
+        body = runner.format_seeds(results["seeds"]) + "\n\nPer seed:\n\n" + runner.format_table(results["rows"])
     else:
         body = runner.format_table(results["rows"])
     print(runner.write_markdown(plan, TITLES[plan.kind], body))
@@ -80,7 +90,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     return finish(plan, levels, seconds, start)
 
 
-def table(cfg: TableConfig | SweepConfig | AblationConfig, kind: str, command: str = "") -> dict:
+def table(cfg: TableConfig | SweepConfig | AblationConfig | TuneConfig, kind: str, command: str = "") -> dict:
     """table, sweep or ablation: the plan (printed with --dry_run) or its results."""
     plan = plan_for(kind, cfg, command)
     if cfg.dry_run:
@@ -92,6 +102,10 @@ def table(cfg: TableConfig | SweepConfig | AblationConfig, kind: str, command: s
     extra = {"finetune_ks": list(cfg.finetune_ks)} if kind == "ablation" else {}
     if kind == "sweep":
         extra["plot"] = runner.PLOT_FILE
+    if kind == "table" and cfg.seeds:
+        extra["seeds"] = runner.seed_summary([row for level in levels for row in level["rows"]])
+    if kind == "tune":
+        extra["best"] = runner.best_lrs(plan, [row for level in levels for row in level["rows"]])
     return finish(plan, levels, seconds, start, extra)
 
 

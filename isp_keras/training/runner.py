@@ -27,7 +27,7 @@ from isp_keras.data import normalisation, pipeline, records, sources
 from isp_keras.errors import UserError
 from isp_keras.models import students, teachers
 from isp_keras.training import experiment
-from isp_keras.training.config import TrainConfig
+from isp_keras.training.config import DEFAULT_TABLE_ROWS, TrainConfig
 
 CONFIG_FILE = "config.json"
 NORM_FILE = "normalisation.json"
@@ -57,8 +57,8 @@ RESUMABLE = (
     "noise_stds",
     "finetune_ks",
     "modes",
+    "seeds",
 )
-TABLE_ROWS = ("teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled")
 BASELINES = ("teacher_clean", "teacher_raw")
 
 
@@ -80,6 +80,11 @@ class Row:
     def trains(self) -> bool:
         return self.alpha is not None
 
+    @property
+    def needs_labels(self) -> bool:
+        """Trained on ground-truth hard labels (alpha 0 uses none)."""
+        return self.trains and self.hard_labels == "gt" and self.alpha > 0
+
     def describe(self, cfg: TrainConfig) -> str:
         if self.name == "teacher_clean":
             return "teacher on clean RGB (upper bound)"
@@ -97,7 +102,7 @@ class Row:
 
 def student_row(name: str, cfg: TrainConfig, alpha: float, hard_labels: str, finetune_first: int | None = None) -> Row:
     """A student trained from the teacher's weights on the config's budget."""
-    return Row(name, alpha, hard_labels, finetune_first, cfg.epochs, cfg.lr, cfg.warmup_epochs)
+    return Row(name, alpha, hard_labels, finetune_first, cfg.epochs, cfg.row_lr(name), cfg.warmup_epochs)
 
 
 def qat_row(cfg: TrainConfig, start_from: str = "distilled") -> Row:
@@ -122,6 +127,7 @@ def table_rows(cfg: TrainConfig, names) -> list[Row]:
         "gt_labels": student_row("gt_labels", cfg, 1.0, "gt"),
         "teacher_labels": student_row("teacher_labels", cfg, 1.0, "teacher"),
         "distilled": student_row("distilled", cfg, cfg.alpha, cfg.hard_labels),
+        "distilled_gt": student_row("distilled_gt", cfg, cfg.alpha, "gt"),
         "distilled_qat": qat_row(cfg),
     }
     return [spec[n] for n in names]
@@ -145,6 +151,7 @@ class Level:
     cfg: TrainConfig
     dir: Path
     tag: dict = dataclasses.field(default_factory=dict)
+    rows: list | None = None  # this level's own rows (same names, e.g. another learning rate); None: the plan's
 
 
 @dataclasses.dataclass
@@ -157,6 +164,7 @@ class Plan:
     command: str = ""
     verbose: int | str = "auto"
     states: dict = dataclasses.field(default_factory=dict)  # level dir -> LevelState, filled by `run`
+    skipped: tuple = ()  # rows not run (and why), e.g. ground-truth rows on unlabelled data; set by `run`
 
     @property
     def out(self) -> Path:
@@ -172,6 +180,27 @@ def noise_levels(cfg: TrainConfig, noise_stds) -> list[Level]:
     return [Level(dataclasses.replace(cfg, noise_std=s), out / f"noise_{s:g}", {"noise_std": s}) for s in noise_stds]
 
 
+def seed_levels(levels: list[Level], seeds) -> list[Level]:
+    """Each level once per seed (data order, augmentation, noise and initialisation), in sub-directories seed_N."""
+    if not seeds:
+        return levels
+    return [
+        Level(dataclasses.replace(lvl.cfg, seed=seed), lvl.dir / f"seed_{seed}", {**lvl.tag, "seed": seed})
+        for lvl in levels
+        for seed in seeds
+    ]
+
+
+def lr_levels(cfg: TrainConfig, lrs, names) -> list[Level]:
+    """The rows `names` at each learning rate, in sub-directories lr_<lr>."""
+    out = Path(cfg.model_dir)
+    levels = []
+    for lr in lrs:
+        level_cfg = dataclasses.replace(cfg, lr=lr)
+        levels.append(Level(level_cfg, out / f"lr_{lr:g}", {"lr": lr}, table_rows(level_cfg, names)))
+    return levels
+
+
 def check_rows(rows: list[Row]) -> None:
     names = [r.name for r in rows]
     for row in rows:
@@ -185,6 +214,9 @@ def check_rows(rows: list[Row]) -> None:
 def run(plan: Plan, log=print) -> tuple[list[dict], dict]:
     """Run (or resume) every row at every level. Returns ([{**level.tag, "rows": [...]}], {row dir: seconds})."""
     check_rows(plan.rows)
+    plan.skipped = label_check(plan)
+    for name, why in plan.skipped:
+        log(f"note: row {name} skipped: {why}")
     prepare_out(plan)
     levels, seconds = [], {}
     for level in plan.levels:
@@ -203,7 +235,8 @@ def multi_replica(cfg: TrainConfig) -> bool:
 def runnable_rows(plan: Plan, level: Level, log) -> list[Row]:
     """The plan's rows, without quantisation-aware ones under a multi-replica strategy: their moving activation
     ranges are per replica, so such a row is skipped with a note (fine-tune on one device instead)."""
-    rows = plan.rows
+    skipped = {name for name, _ in plan.skipped}
+    rows = [r for r in (level.rows or plan.rows) if r.name not in skipped]
     if any(r.quantisation_aware for r in rows) and multi_replica(level.cfg):
         skipped = [r.name for r in rows if r.quantisation_aware]
         log(
@@ -212,6 +245,31 @@ def runnable_rows(plan: Plan, level: Level, log) -> list[Row]:
         )
         rows = [r for r in rows if not r.quantisation_aware]
     return rows
+
+
+def label_check(plan: Plan) -> tuple:
+    """On unlabelled data: rows trained on ground truth are skipped (with the reason) when they came with the
+    command's default rows, and are an error when asked for by name (--rows) or by --hard_labels=gt."""
+    needing = [r for r in plan.rows if r.needs_labels or (r.start_from and _needs_labels(plan, r.start_from))]
+    if not needing or sources.is_labelled(plan.cfg.dataset):
+        return ()
+    cfg = plan.cfg
+    why = f"--dataset={cfg.dataset} has no labels (no class folders or label feature)"
+    chosen = getattr(cfg, "rows", None)
+    if chosen is not None and chosen != DEFAULT_TABLE_ROWS:
+        asked = [r.name for r in needing if r.name in chosen and r.hard_labels == "gt" and r.name != "distilled"]
+        if asked:
+            raise UserError(f"--rows={','.join(chosen)}: {asked[0]} trains on ground truth, but {why}")
+    if any(r.name in ("distilled", "distilled_qat") or r.name.startswith("finetune_") for r in needing):
+        raise UserError(
+            f"--hard_labels=gt: the distilled student needs ground truth, but {why}; pass --hard_labels=teacher"
+        )
+    return tuple((r.name, f"it trains on ground truth, but {why}") for r in needing)
+
+
+def _needs_labels(plan: Plan, name: str) -> bool:
+    row = next(r for r in plan.rows if r.name == name)
+    return row.needs_labels or (bool(row.start_from) and _needs_labels(plan, row.start_from))
 
 
 @dataclasses.dataclass
@@ -245,7 +303,7 @@ def run_level(plan: Plan, level: Level, log) -> tuple[list[dict], dict]:
     finished = {row.name: read_row(level.dir / row.name) for row in rows}
     for row in rows:
         if finished[row.name]:
-            log(f"{level.dir / row.name}: finished earlier, top-1 {finished[row.name]['row']['top1']:.2f}%")
+            log(f"{level.dir / row.name}: finished earlier, {headline(finished[row.name]['row'])}")
 
     def first_step(row: Row, steps: int) -> int:
         """Global step a row starts at: a chained row goes on where its start row ended."""
@@ -279,11 +337,12 @@ def run_level(plan: Plan, level: Level, log) -> tuple[list[dict], dict]:
         log_test_scalars(row_dir, result, row, first_step(row, steps) + row.epochs * steps if row.trains else last_step)
         finished[row.name] = {"row": result, "seconds": spent}
         fsutil.write_json_atomic(row_dir / ROW_FILE, finished[row.name])
-        log(
-            f"{row_dir}: top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, "
-            f"agreement {result['agreement']:.2f}% ({spent:.0f} s)"
-        )
+        log(f"{row_dir}: {headline(result)} ({spent:.0f} s)")
     return [finished[r.name]["row"] for r in rows], {r.name: finished[r.name]["seconds"] for r in rows}
+
+
+def headline(row: dict) -> str:
+    return ", ".join(f"{LABELS[k]} {row[k]:.2f}%" for k in LABELS if row.get(k) is not None)
 
 
 def student_of(s, level: Level, name: str, trained: dict):
@@ -318,8 +377,9 @@ def log_test_scalars(row_dir: Path, row: dict, row_spec: Row, last_step: int) ->
     writer = tf.summary.create_file_writer(str(row_dir / "logs" / "test"))
     with writer.as_default():
         for step in (last_step,) if row_spec.trains else (0, last_step):
-            for key in ("top1", "top5", "agreement"):
-                tf.summary.scalar(f"test/{key}", row[key], step=step)
+            for key in LABELS:
+                if row.get(key) is not None:
+                    tf.summary.scalar(f"test/{key}", row[key], step=step)
     writer.close()
 
 
@@ -381,7 +441,7 @@ def plan_text(plan: Plan) -> str:
         lines.append("  k values are checked against the model when the teacher loads")
     lines.append("  rows:")
     for level in plan.levels:
-        for row in plan.rows:
+        for row in level.rows or plan.rows:
             done = " [done]" if read_row(level.dir / row.name) else ""
             lines.append(f"    {str(level.dir / row.name) + ':':<52} {row.describe(level.cfg)}{done}")
     return "\n".join(lines)
@@ -411,7 +471,7 @@ def _describe_dataset(cfg: TrainConfig):
         return f"TFDS {arg} (prepared locally; ILSVRC needs its manual download)", None, None
     if kind == "folder" and arg:
         if not Path(arg).is_dir():
-            raise UserError(f"--dataset=folder:{arg}: not a directory")
+            return f"image folder {arg} (not present here; a real run needs it)", None, None
         return f"image folder {arg}", None, None
     raise UserError(f"--dataset: unknown dataset {cfg.dataset!r}; use embedded, folder:PATH, tfds:NAME or records:PATH")
 
@@ -498,10 +558,24 @@ def clear(plan: Plan) -> None:
 # ---------------------------------------------------------------- results
 
 
+# The metrics of a results row, with their table headings; top1/top5 are None on unlabelled data, the _subset pair
+# exists when the data holds a subset of the teacher's classes.
+LABELS = {
+    "top1": "top-1",
+    "top5": "top-5",
+    "top1_subset": "top-1 (data's classes)",
+    "top5_subset": "top-5 (data's classes)",
+    "agreement": "agreement",
+    "agreement_top5": "agreement top-5",
+}
+
+
 def check_percentages(rows: list[dict]) -> None:
     for row in rows:
-        for key in ("top1", "top5", "agreement"):
-            value = row[key]
+        for key in LABELS:
+            value = row.get(key)
+            if value is None and key not in ("agreement",):
+                continue
             if not (isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 100.0):
                 raise ValueError(f"row {row['name']}: {key}={value!r} is not a percentage")
 
@@ -529,12 +603,14 @@ def write_results(plan: Plan, levels: list[dict], wall_seconds: float, extra: di
 
 
 def format_table(rows: list[dict]) -> str:
-    tagged = [k for k in ("raw",) if any(k in r for r in rows)]
-    head = "".join(f"| {k} " for k in tagged)
-    lines = [f"{head}| row | top-1 % | top-5 % | agreement % |", "|---" * len(tagged) + "|---|---:|---:|---:|"]
+    tagged = [k for k in ("raw", "seed", "lr") if any(k in r for r in rows)]
+    metrics = [k for k in LABELS if any(k in r for r in rows)]
+    head = "".join(f"| {k} " for k in tagged) + "| row | " + " | ".join(f"{LABELS[k]} %" for k in metrics) + " |"
+    lines = [head, "|---" * len(tagged) + "|---|" + "---:|" * len(metrics)]
     for r in rows:
         cells = "".join(f"| {r[k]} " for k in tagged)
-        lines.append(f"{cells}| {r['name']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['agreement']:.2f} |")
+        values = " | ".join("-" if r.get(k) is None else f"{r[k]:.2f}" for k in metrics)
+        lines.append(f"{cells}| {r['name']} | {values} |")
     return "\n".join(lines)
 
 
@@ -598,3 +674,142 @@ def plot_sweep(levels: list[dict], path, title: str) -> Path:
     fig.savefig(buf, format="png", dpi=100)
     fsutil.write_bytes_atomic(path, buf.getvalue())
     return Path(path)
+
+
+# ---------------------------------------------------------------- seeds and tuning
+
+# Two-sided 95 % quantiles of Student's t, by degrees of freedom (1..30; beyond that the normal's 1.96 is within 2 %).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
+_T975 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+PAIRED_METRICS = ("top1", "top1_subset", "agreement", "agreement_top5")
+
+
+def t975(dof: int) -> float:
+    return _T975[dof - 1] if dof <= len(_T975) else 1.96
+
+
+def mean_interval(values) -> dict:
+    """Mean, sample std and the 95 % t-interval of the mean (std and interval need two values or more)."""
+    import numpy as np
+
+    v = np.asarray(values, float)
+    out = {"mean": round(float(v.mean()), 3), "n": len(v)}
+    if len(v) > 1:
+        std = float(v.std(ddof=1))
+        half = t975(len(v) - 1) * std / math.sqrt(len(v))
+        out.update(std=round(std, 3), ci95=[round(float(v.mean()) - half, 3), round(float(v.mean()) + half, 3)])
+    return out
+
+
+def seed_summary(rows: list[dict]) -> dict:
+    """Per row, mean +- std over seeds of each metric; the paired difference distilled - row for every other row
+    (students of one seed share data order and noise, so the per-seed differences are paired); and the share of the
+    teacher's agreement lost on RAW that the distilled student recovers."""
+    by_name: dict = {}
+    for r in rows:
+        by_name.setdefault(r["name"], {})[r["seed"]] = r
+    summary = {"rows": {}, "paired": {}}
+    for name, seeds in by_name.items():
+        summary["rows"][name] = {
+            k: mean_interval([r[k] for r in seeds.values()])
+            for k in LABELS
+            if all(r.get(k) is not None for r in seeds.values())
+        }
+    distilled = by_name.get("distilled", {})
+    for name, seeds in by_name.items():
+        common = sorted(set(seeds) & set(distilled))
+        if name == "distilled" or not common:
+            continue
+        summary["paired"][name] = {
+            k: mean_interval([distilled[s][k] - seeds[s][k] for s in common])
+            for k in PAIRED_METRICS
+            if all(distilled[s].get(k) is not None and seeds[s].get(k) is not None for s in common)
+        }
+    raw = by_name.get("teacher_raw", {})
+    common = sorted(set(raw) & set(distilled))
+    if common and all(raw[s]["agreement"] < 100 for s in common):
+        summary["recovered_agreement"] = mean_interval(
+            [100 * (distilled[s]["agreement"] - raw[s]["agreement"]) / (100 - raw[s]["agreement"]) for s in common]
+        )
+    return summary
+
+
+def _pm(stat: dict) -> str:
+    if "std" not in stat:
+        return f"{stat['mean']:.2f}"
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def format_seeds(summary: dict) -> str:
+    rows = summary["rows"]
+    metrics = [k for k in LABELS if any(k in v for v in rows.values())]
+    n = max((s["n"] for v in rows.values() for s in v.values()), default=0)
+    lines = [
+        f"Mean ± std over {n} seeds:",
+        "",
+        "| row | " + " | ".join(f"{LABELS[k]} %" for k in metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for name, stats in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_pm(stats[k]) if k in stats else "-" for k in metrics) + " |")
+    if summary["paired"]:
+        keys = [k for k in PAIRED_METRICS if any(k in v for v in summary["paired"].values())]
+        lines += [
+            "",
+            "Paired difference distilled - row (points; mean [95 % interval] over seeds):",
+            "",
+            "| row | " + " | ".join(LABELS[k] for k in keys) + " |",
+            "|---|" + "---:|" * len(keys),
+        ]
+        for name, stats in summary["paired"].items():
+            cells = []
+            for k in keys:
+                s = stats.get(k)
+                if s is None:
+                    cells.append("-")
+                elif "ci95" in s:
+                    cells.append(f"{s['mean']:+.2f} [{s['ci95'][0]:+.2f}, {s['ci95'][1]:+.2f}]")
+                else:
+                    cells.append(f"{s['mean']:+.2f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "recovered_agreement" in summary:
+        lines += ["", f"Agreement lost on RAW recovered by distilled: {_pm(summary['recovered_agreement'])} %"]
+    return "\n".join(lines)
+
+
+def tune_metric(row: Row) -> str:
+    """What a row is tuned for: ground-truth rows for accuracy, label-free rows for agreement with the teacher."""
+    return "top1" if row.needs_labels else "agreement"
+
+
+def best_lrs(plan: Plan, rows: list[dict]) -> dict:
+    best = {}
+    for row in plan.rows:
+        metric = tune_metric(row)
+        scored = [(r[metric], r["lr"]) for r in rows if r["name"] == row.name and r.get(metric) is not None]
+        if scored:
+            score, lr = max(scored)
+            best[row.name] = {"lr": lr, "metric": metric, "score": score}
+    return best
+
+
+def format_tune(plan: Plan, rows: list[dict]) -> str:
+    lrs = sorted({r["lr"] for r in rows})
+    best = best_lrs(plan, rows)
+    lines = [
+        "Score on the held-out training images (ground-truth rows: top-1 %; label-free rows: agreement %):",
+        "",
+        "| row | metric | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best |",
+        "|---|---|" + "---:|" * (len(lrs) + 1),
+    ]
+    for row in plan.rows:
+        metric = tune_metric(row)
+        cells = []
+        for lr in lrs:
+            r = next((r for r in rows if r["name"] == row.name and r["lr"] == lr), None)
+            cells.append("-" if r is None or r.get(metric) is None else f"{r[metric]:.2f}")
+        chosen = f"{best[row.name]['lr']:g}" if row.name in best else "-"
+        lines.append(f"| {row.name} | {LABELS[metric]} | " + " | ".join(cells) + f" | {chosen} |")
+    flag = ",".join(f"{name}={b['lr']:g}" for name, b in best.items())
+    lines += ["", f"As a flag: `--row_lrs={flag}`"]
+    return "\n".join(lines)

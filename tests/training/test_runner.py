@@ -13,12 +13,12 @@ from absl import flags
 
 from isp_keras import config
 from isp_keras.errors import UserError
-from isp_keras.training.config import AblationConfig, SweepConfig, TableConfig
+from isp_keras.training.config import DEFAULT_TABLE_ROWS, AblationConfig, SweepConfig, TableConfig
 
 REPO = Path(__file__).resolve().parents[2]
 FLAGFILES = sorted(p.name for p in (REPO / "flags").glob("*.flags") if not p.name.startswith("hdrplus_"))
 CONFIGS = {"table": TableConfig, "sweep": SweepConfig, "ablation": AblationConfig}
-METRICS = ("top1", "top5", "agreement")
+METRICS = ("top1", "top5", "agreement", "agreement_top5")
 
 
 def kind_of(flagfile: str) -> str:
@@ -117,7 +117,7 @@ def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsy
         assert "224, 224, 3) float32, teacher input" in text  # the pipeline was built (on a stand-in source)
         assert cfg.epochs == 4
     if kind == "table":
-        assert [r.name for r in plan.rows] == list(runner.TABLE_ROWS)
+        assert [r.name for r in plan.rows] == DEFAULT_TABLE_ROWS
     if kind == "sweep":
         assert len(cfg.noise_stds) >= 3 and len(text.splitlines()) > len(cfg.noise_stds) * len(plan.rows)
         assert [lvl.cfg.noise_std for lvl in plan.levels] == cfg.noise_stds
@@ -179,10 +179,10 @@ def test_table_end_to_end_resumes_and_guards_settings(tiny_teacher, tmp_path, mo
     out = tmp_path / "table"
     students = ("gt_labels", "teacher_labels", "distilled")
     results = run("table", *tiny_argv(tiny_teacher, out))
-    check_rows(results["rows"], runner.TABLE_ROWS)
+    check_rows(results["rows"], DEFAULT_TABLE_ROWS)
     assert results["config"]["epochs"] == 1 and results["wall_seconds"] > 0
     assert results["experiment"] == "table" and results["command"] == "test table"
-    assert set(results["row_seconds"]) == set(runner.TABLE_ROWS)
+    assert set(results["row_seconds"]) == set(DEFAULT_TABLE_ROWS)
     on_disk = json.loads((out / runner.RESULTS).read_text())
     assert on_disk == json.loads(json.dumps(results))
     record = json.loads((out / runner.CONFIG_FILE).read_text())  # the resume guard's record
@@ -190,7 +190,7 @@ def test_table_end_to_end_resumes_and_guards_settings(tiny_teacher, tmp_path, mo
     assert set(json.loads((out / runner.NORM_FILE).read_text())) >= {"raw_mean", "raw_std", "rgb_mean", "rgb_std"}
     md = (out / runner.RESULTS_MD).read_text()
     assert "Command: `test table`" in md
-    for name in runner.TABLE_ROWS:
+    for name in DEFAULT_TABLE_ROWS:
         assert f"| {name} |" in md
         assert list((out / name / "logs" / "test").glob("events.out.tfevents.*")), name  # TensorBoard, per row
         assert json.loads((out / name / runner.ROW_FILE).read_text())["row"]["name"] == name
@@ -253,14 +253,14 @@ def test_sweep_end_to_end_json_and_plot(tiny_teacher, tmp_path, monkeypatch):
     assert [level["noise_std"] for level in on_disk["sweep"]] == [0.0, 0.3]
     for level in on_disk["sweep"]:
         assert set(level) == {"noise_std", "rows"}
-        check_rows(level["rows"], runner.TABLE_ROWS, {"noise_std": level["noise_std"]})
+        check_rows(level["rows"], DEFAULT_TABLE_ROWS, {"noise_std": level["noise_std"]})
         level_dir = out / f"noise_{level['noise_std']:g}"
         assert (level_dir / runner.NORM_FILE).exists()
-        for name in runner.TABLE_ROWS:
+        for name in DEFAULT_TABLE_ROWS:
             assert (level_dir / name / runner.ROW_FILE).exists()
     assert "noise_std" not in on_disk["config"] and on_disk["config"]["noise_stds"] == [0.0, 0.3]
     assert on_disk["experiment"] == "sweep" and on_disk["plot"] == runner.PLOT_FILE
-    assert set(on_disk["row_seconds"]) == {f"noise_{s}/{n}" for s in ("0", "0.3") for n in runner.TABLE_ROWS}
+    assert set(on_disk["row_seconds"]) == {f"noise_{s}/{n}" for s in ("0", "0.3") for n in DEFAULT_TABLE_ROWS}
     assert on_disk == json.loads(json.dumps(results))
     # Each level has its own statistics: the RAW mosaic's spread grows with the noise.
     norms = [json.loads((out / f"noise_{s}" / runner.NORM_FILE).read_text()) for s in ("0", "0.3")]
