@@ -44,7 +44,8 @@ def sha256_file(path) -> str:
 
 
 def write_records(out_dir, classes, splits: dict, num_shards: dict | int = 1, extra: dict | None = None) -> dict:
-    """Write {split: iterable of (encoded_bytes, label)} as sharded TFRecords; returns the index.
+    """Write {split: iterable of (encoded_bytes, label)} as sharded TFRecords; returns the index. With no
+    `classes` the data is unlabelled and every label is -1.
 
     Examples are dealt round-robin to shards. The directory appears only when complete.
     """
@@ -59,10 +60,12 @@ def write_records(out_dir, classes, splits: dict, num_shards: dict | int = 1, ex
             count = 0
             per_class = [0] * len(classes)
             for image_bytes, label in examples:
-                if not 0 <= int(label) < len(classes):
+                unlabelled = not classes and int(label) < 0  # no classes: unlabelled data, label -1
+                if not unlabelled and not 0 <= int(label) < len(classes):
                     raise ValueError(f"label {label} out of range for {len(classes)} classes")
                 writers[count % n].write(_example(image_bytes, label))
-                per_class[int(label)] += 1
+                if not unlabelled:
+                    per_class[int(label)] += 1
                 count += 1
             for w in writers:
                 w.close()

@@ -121,3 +121,43 @@ def test_optimizer_state_round_trip(tmp_path):
     distiller.load_optimizer_state(opt2, model.trainable_variables, tmp_path / "opt.npz")
     for a, b in zip(opt.variables, opt2.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+class Fixed(keras.Model):
+    """Returns a fixed logits row per example index: the input is the index."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.table = tf.constant(logits)
+
+    def call(self, x, training=False):
+        return tf.gather(self.table, tf.cast(x[:, 0], tf.int32))
+
+
+def test_evaluate_restricted_to_a_class_subset_and_unlabelled_examples_against_numpy():
+    rng = np.random.default_rng(0)
+    n, classes, subset = 40, 12, [2, 5, 7, 11]
+    s, t = rng.normal(size=(2, n, classes)).astype(np.float32)
+    y = rng.choice(subset, n).astype(np.int32)
+    y[::4] = -1  # unlabelled examples: left out of accuracy, kept in agreement
+    idx = np.arange(n, dtype=np.float32)[:, None]
+    ds = tf.data.Dataset.from_tensor_slices(((idx, idx), y)).batch(16)
+    got = distiller.evaluate(ds, Fixed(t), Fixed(s), on="student", subset=subset)
+    lab = y >= 0
+
+    def in_top(k, scores, target):
+        return np.array([target[i] in np.argsort(-scores[i])[:k] for i in range(len(target))])
+
+    inner = np.array([subset.index(v) if v >= 0 else -1 for v in y])
+    restricted = s[:, subset]
+    assert got["count"] == n and got["labelled"] == lab.sum()
+    assert got["top1"] == pytest.approx(100 * in_top(1, s, y)[lab].mean())
+    assert got["top5"] == pytest.approx(100 * in_top(5, s, y)[lab].mean())
+    assert got["top1_subset"] == pytest.approx(100 * in_top(1, restricted, inner)[lab].mean())
+    assert got["top5_subset"] == pytest.approx(100 * in_top(4, restricted, inner)[lab].mean())  # 4 classes: top-4
+    assert got["top1_subset"] > got["top1"]
+    assert got["agreement"] == pytest.approx(100 * (s.argmax(-1) == t.argmax(-1)).mean())
+    assert got["agreement_top5"] == pytest.approx(100 * in_top(5, s, t.argmax(-1)).mean())
+    none = distiller.evaluate(ds.map(lambda x, _: (x, tf.fill([tf.shape(_)[0]], -1))), Fixed(t), Fixed(s))
+    assert none["top1"] is None and none["top5"] is None and none["labelled"] == 0
+    assert none["agreement"] == pytest.approx(got["agreement"])

@@ -88,6 +88,7 @@ def test_flagfiles_exist():
         "imagenet_mobilenetv2.flags",
         "embedded_sweep.flags",
         "embedded_ablation.flags",
+        "imagenette_fast.flags",
     ):
         assert name in FLAGFILES
 
@@ -112,11 +113,14 @@ def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsy
     assert cfg.epochs >= 1 and cfg.lr > 0
     if flagfile.startswith("embedded"):
         assert cfg.teacher == "embedded" and "resnet20" in text  # resolved from the project, wherever we run
-    if flagfile.startswith("imagenet"):
+    if flagfile.startswith("imagenet_"):
         assert cfg.dataset == "tfds:imagenet2012" and cfg.image_size == 224
         assert "224, 224, 3) float32, teacher input" in text  # the pipeline was built (on a stand-in source)
         assert cfg.epochs == 4
-    if kind == "table":
+    if flagfile.startswith("imagenette"):
+        assert cfg.teacher.endswith(".tflite") and cfg.dataset.startswith("folder:") and cfg.hard_labels == "teacher"
+        assert cfg.rows == [*DEFAULT_TABLE_ROWS, "distilled_gt"] and cfg.epochs == 4
+    elif kind == "table":
         assert [r.name for r in plan.rows] == DEFAULT_TABLE_ROWS
     if kind == "sweep":
         assert len(cfg.noise_stds) >= 3 and len(text.splitlines()) > len(cfg.noise_stds) * len(plan.rows)
@@ -342,3 +346,103 @@ def test_ablation_rejects_k_beyond_the_model(tiny_teacher, tmp_path):
         run("ablation", *tiny_argv(tiny_teacher, tmp_path / "bad", "--finetune_ks=1,3"))
     with pytest.raises(UserError, match="--finetune_ks=3: k=3 but the model has 2 stages/blocks"):
         run("ablation", *tiny_argv(tiny_teacher, tmp_path / "dry", "--finetune_ks=1,3", "--dry_run"))
+
+
+def test_seed_summary_against_numpy():
+    from isp_keras.training import runner
+
+    top1 = {"teacher_raw": [10.0, 12.0, 11.0], "gt_labels": [50.0, 52.0, 55.0], "distilled": [53.0, 53.5, 58.0]}
+    agree = {"teacher_raw": [20.0, 22.0, 21.0], "gt_labels": [60.0, 61.0, 59.0], "distilled": [70.0, 72.0, 69.0]}
+    rows = [
+        {"name": n, "seed": seed, "top1": top1[n][i], "top5": 90.0, "agreement": agree[n][i], "agreement_top5": 95.0}
+        for i, seed in enumerate((0, 1, 7))
+        for n in top1
+    ]
+    got = runner.seed_summary(rows)
+    d = np.array(top1["distilled"]) - np.array(top1["gt_labels"])
+    half = 4.303 * d.std(ddof=1) / np.sqrt(3)  # Student's t, 2 degrees of freedom, two-sided 95 %
+    paired = got["paired"]["gt_labels"]["top1"]
+    assert paired["mean"] == pytest.approx(d.mean(), abs=1e-3) and paired["n"] == 3
+    assert paired["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-3)
+    assert got["rows"]["distilled"]["top1"]["std"] == pytest.approx(np.std(top1["distilled"], ddof=1), abs=1e-3)
+    assert set(got["paired"]) == {"teacher_raw", "gt_labels"} and "top1_subset" not in paired
+    lost = 100 - np.array(agree["teacher_raw"])
+    recovered = 100 * (np.array(agree["distilled"]) - agree["teacher_raw"]) / lost
+    assert got["recovered_agreement"]["mean"] == pytest.approx(recovered.mean(), abs=1e-3)
+    text = runner.format_seeds(got)
+    assert "Mean ± std over 3 seeds" in text and f"| gt_labels | {d.mean():+.2f} [" in text
+    one = runner.seed_summary([r for r in rows if r["seed"] == 0])
+    assert "ci95" not in one["paired"]["gt_labels"]["top1"]  # one seed: no interval
+
+
+def test_unlabelled_data_skips_ground_truth_rows_or_refuses_them(tiny_teacher, tmp_path, capsys):
+    from PIL import Image
+
+    from isp_keras.training import runner
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(80):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(flat / f"{i}.png")
+    argv = tiny_argv(tiny_teacher, tmp_path / "run", f"--dataset=folder:{flat}", "--train_take=32", "--test_take=16")
+    with pytest.raises(UserError, match=r"^--hard_labels=gt: the distilled student needs ground truth, but "):
+        run("table", *argv)
+    asked = "--rows=teacher_raw,gt_labels,distilled"
+    with pytest.raises(UserError, match=r"^--rows=teacher_raw,gt_labels,distilled: gt_labels trains on ground truth"):
+        run("table", *argv, asked, "--hard_labels=teacher")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    results = run("table", *argv, "--hard_labels=teacher")
+    assert [r["name"] for r in results["rows"]] == ["teacher_clean", "teacher_raw", "teacher_labels", "distilled"]
+    assert "note: row gt_labels skipped: it trains on ground truth, but --dataset=folder:" in capsys.readouterr().out
+    for r in results["rows"]:
+        assert r["top1"] is None and r["top5"] is None and 0 <= r["agreement"] <= 100
+    assert results["rows"][0]["agreement"] == 100.0
+    assert "| teacher_labels | - | - |" in (tmp_path / "run" / runner.RESULTS_MD).read_text()
+
+
+def test_tune_scores_on_held_out_training_data_and_table_takes_its_choice(tiny_teacher, tmp_path, monkeypatch):
+    from isp_keras.data import sources
+    from isp_keras.training import experiments
+    from isp_keras.training.config import TuneConfig
+
+    read = []
+    split = sources.Source.split
+    monkeypatch.setattr(sources.Source, "split", lambda self, name: read.append(name) or split(self, name))
+    fv = flags.FlagValues()
+    config.define_flags(TuneConfig, fv)
+    fv(["prog", *tiny_argv(tiny_teacher, tmp_path / "tune", "--rows=teacher_clean,teacher_labels", "--lrs=0.5,0.01")])
+    cfg = config.from_flags(TuneConfig, fv)
+    assert cfg.rows == ["teacher_labels"] and cfg.holdout_fraction == 0.1
+    results = experiments.table(cfg, "tune", "test tune")
+    assert "test" not in read and "holdout" in read  # the real test split is never read
+    scores = {r["lr"]: r["agreement"] for r in results["rows"]}
+    assert set(scores) == {0.5, 0.01} and all(r["name"] == "teacher_labels" for r in results["rows"])
+    best = max(scores, key=scores.get)
+    assert results["best"] == {"teacher_labels": {"lr": best, "metric": "agreement", "score": scores[best]}}
+    assert f"`--row_lrs=teacher_labels={best:g}`" in (tmp_path / "tune" / "results.md").read_text()
+    table = parse("table", *tiny_argv(tiny_teacher, tmp_path / "t"), f"--row_lrs=teacher_labels={best:g}")
+    rows = {r.name: r for r in experiments.plan_for("table", table).rows}
+    assert rows["teacher_labels"].lr == best and rows["distilled"].lr == 0.05
+    with pytest.raises(UserError, match=r"^--row_lrs=distilled: expected ROW=LR"):
+        parse("table", "--row_lrs=distilled")
+
+
+def test_table_with_seeds_runs_each_seed_and_reports_paired_differences(tiny_teacher, tmp_path):
+    from isp_keras.training import runner
+
+    out = tmp_path / "seeds"
+    argv = tiny_argv(tiny_teacher, out, "--rows=teacher_raw,gt_labels,distilled", "--seeds=3,4", "--train_take=64")
+    results = run("table", *argv)
+    assert [(r["seed"], r["name"]) for r in results["rows"]] == [
+        (s, n) for s in (3, 4) for n in ("teacher_raw", "gt_labels", "distilled")
+    ]
+    assert (out / "seed_3" / "distilled" / runner.ROW_FILE).exists() and (out / "seed_4" / runner.NORM_FILE).exists()
+    by = {(r["seed"], r["name"]): r for r in results["rows"]}
+    assert by[3, "distilled"]["top1"] != by[4, "distilled"]["top1"] or by[3, "gt_labels"] != by[4, "gt_labels"]
+    diff = [by[s, "distilled"]["agreement"] - by[s, "gt_labels"]["agreement"] for s in (3, 4)]
+    assert results["seeds"]["paired"]["gt_labels"]["agreement"]["mean"] == pytest.approx(np.mean(diff), abs=1e-3)
+    assert "Paired difference distilled - row" in (out / runner.RESULTS_MD).read_text()
+    assert "seed" not in results["config"]  # a level field, like a sweep's noise_std
+    again = run("table", *argv, "--seeds=3,4,5", "--dry_run")["plan"]  # adding a seed keeps the finished ones
+    assert again.count("[done]") == 6 and "seed_5/distilled:" in again

@@ -1,0 +1,112 @@
+"""Sources: labels mapped into a teacher's classes by name, unlabelled data, the held-out part of the training split."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from isp_keras.data import convert, sources
+from isp_keras.errors import UserError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+IMAGENETTE = FIXTURES / "imagenette"
+SYNSETS = FIXTURES / "imagenet" / "imagenet_synsets.txt"
+# Imagenette's classes as 0-based ImageNet-1k indices (its README); +1 in the 1001-output TFLite models.
+IMAGENETTE_INDICES = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
+
+
+def _png(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+
+
+def _labels(source: sources.Source, split: str) -> list[int]:
+    return sorted(int(y) for _, y in source.split(split).as_numpy_iterator())
+
+
+def imagenet_outputs() -> tuple[list, list]:
+    wnids = ["background", *SYNSETS.read_text().split()]
+    names = [line for line in (FIXTURES / "imagenet" / "imagenet_labels.txt").read_text().splitlines() if line]
+    return names, wnids
+
+
+def test_imagenette_folders_map_by_wordnet_id_into_the_1001_outputs():
+    names, wnids = imagenet_outputs()
+    source = sources.folder_source(IMAGENETTE)
+    mapped = sources.in_label_space(source, names, wnids, what="the teacher")
+    assert mapped.classes == names and mapped.subset == [i + 1 for i in IMAGENETTE_INDICES]
+    assert mapped.counts == source.counts and mapped.labelled
+    assert _labels(mapped, "train") == sorted([i + 1 for i in IMAGENETTE_INDICES] * 3)
+    assert _labels(mapped, "test") == sorted([i + 1 for i in IMAGENETTE_INDICES] * 2)
+    assert "mapped by name" in mapped.notes[-1]
+    # The same data against a model whose class names are the wnids themselves (no separate wnid list).
+    assert sources.in_label_space(source, wnids).subset == mapped.subset
+
+
+def test_classes_matching_nothing_are_one_error_listing_them():
+    names, wnids = imagenet_outputs()
+    source = sources.folder_source(IMAGENETTE)
+    odd = source.classes[:8] + ["n99999999", "kitten"]
+    with pytest.raises(UserError) as info:
+        sources.in_label_space(dataclasses.replace(source, classes=odd), names, wnids, "T")
+    assert str(info.value) == (
+        f"folder:{IMAGENETTE}: 2 of its 10 classes match no class of T (1001 outputs; matched by WordNet id or "
+        "name): n99999999, kitten"
+    )
+
+
+def test_same_count_and_no_name_in_common_is_taken_index_for_index():
+    source = sources.folder_source(IMAGENETTE)
+    same = sources.in_label_space(source, [f"c{i}" for i in range(10)])
+    assert same is source and same.subset is None
+
+
+def test_folder_of_images_without_class_folders_is_unlabelled(tmp_path):
+    for i in range(10):
+        _png(tmp_path / "flat" / f"{i}.png", i)
+    assert not sources.is_labelled(f"folder:{tmp_path / 'flat'}")
+    source = sources.get_source(f"folder:{tmp_path / 'flat'}")
+    assert not source.labelled and source.classes == [] and source.counts == {"train": 8, "test": 2}
+    assert set(_labels(source, "train")) == {sources.UNLABELLED}
+    mapped = sources.in_label_space(source, ["a", "b", "c"])
+    assert mapped.classes == ["a", "b", "c"] and not mapped.labelled and mapped.subset is None
+    # The split layout without class folders, and records written from it, are unlabelled too.
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            _png(tmp_path / "split" / split / f"{i}.png", 10 + i)
+    assert not sources.is_labelled(f"folder:{tmp_path / 'split'}")
+    index = convert.write(f"folder:{tmp_path / 'split'}", tmp_path / "rec", progress=False)
+    assert index["classes"] == [] and index["splits"]["train"]["count"] == 3
+    records = sources.get_source(f"records:{tmp_path / 'rec'}")
+    assert not records.labelled and _labels(records, "test") == [sources.UNLABELLED] * 2
+    assert sources.is_labelled(f"folder:{IMAGENETTE}") and sources.is_labelled("embedded")
+
+
+def test_one_class_folder_is_an_error(tmp_path):
+    _png(tmp_path / "one" / "cat" / "0.png", 0)
+    with pytest.raises(UserError, match=r"found 1 class sub-folder \(cat\); need at least 2, or none"):
+        sources.folder_source(tmp_path / "one")
+
+
+def test_holdout_splits_the_training_split_only_and_disjointly():
+    source = sources.folder_source(IMAGENETTE)
+    held = sources.holdout(source, 0.2, seed=3)
+    assert held.counts == {"train": 24, "holdout": 6} and held.test_split == "holdout"
+    train = [x.tobytes() for x, _ in held.split("train").as_numpy_iterator()]
+    out = [x.tobytes() for x, _ in held.split("holdout").as_numpy_iterator()]
+    every = [x.tobytes() for x, _ in source.split("train").as_numpy_iterator()]
+    assert len(train) == 24 and len(out) == 6 and not set(train) & set(out) and sorted(train + out) == sorted(every)
+    again = [x.tobytes() for x, _ in sources.holdout(source, 0.2, seed=3).split("holdout").as_numpy_iterator()]
+    other = [x.tobytes() for x, _ in sources.holdout(source, 0.2, seed=4).split("holdout").as_numpy_iterator()]
+    assert again == out and other != out
+    with pytest.raises(UserError, match=r"--holdout_fraction=0.01: leaves 0 of 30 training images"):
+        sources.holdout(source, 0.01, seed=0)
+
+
+def test_folder_order_is_mixed_so_a_first_n_slice_spans_classes():
+    labels = [int(y) for _, y in sources.folder_source(IMAGENETTE).split("train").take(10).as_numpy_iterator()]
+    assert len(set(labels)) >= 5
