@@ -20,9 +20,14 @@ RANGE_BATCH = 100  # calibration mosaics per batch of the activation-range estim
 
 
 def to_tflite(
-    saved_model_dir, kind: str, representative: np.ndarray | None = None, signature: str = serving.SIGNATURE
+    saved_model_dir,
+    kind: str,
+    representative: np.ndarray | None = None,
+    signature: str = serving.SIGNATURE,
+    input_name: str = serving.INPUT_NAME,
 ) -> bytes:
-    """Convert a SavedModel signature: float32, dynamic-range (int8 weights), or full int8 (int8 I/O)."""
+    """Convert a SavedModel signature (its input named `input_name`): float32, dynamic-range (int8 weights), or full
+    int8 (int8 I/O)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[signature])
     if kind == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -33,7 +38,7 @@ def to_tflite(
 
         def calibration():
             for sample in samples:
-                yield {serving.INPUT_NAME: sample[np.newaxis]}
+                yield {input_name: sample[np.newaxis]}
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = calibration

@@ -3,6 +3,8 @@ first k stages/blocks."""
 
 from __future__ import annotations
 
+import re
+
 import keras
 from keras import layers
 
@@ -63,8 +65,42 @@ def set_trainable_prefix(student: keras.Model, k: int | None) -> list[str]:
     return names
 
 
+# models.tflite_import's layer names: op<index>_<op>, with a suffix for the layers an op adds (_relu6, _round, ...).
+_IMPORTED = re.compile(r"^op\d+_(depthwise_conv_2d|conv_2d|[a-z0-9_]+)(.*)$")
+
+
+def _imported_units(model: keras.Model) -> list[set] | None:
+    """Blocks of a model rebuilt from a TFLite file (layers `opNNN_<op>`, models.tflite_import), or None.
+
+    A block ends at the first CONV_2D after a DEPTHWISE_CONV_2D (MobileNetV1's depthwise + pointwise pair,
+    MobileNetV2's expansion + depthwise + projection, its ADD joining the block it closes); the next convolution
+    starts a new one. The stem joins the first block; the convolutions after the last block (head and classifier)
+    belong to none."""
+    ops = [(layer.name, _IMPORTED.match(layer.name)) for layer in model.layers if layer.name != "image"]
+    if not ops or not all(match for _, match in ops):
+        return None
+    units: list[set] = [set()]
+    depthwise = closed = False
+    for name, match in ops:
+        op, suffix = match.group(1), match.group(2)
+        if closed and op in ("conv_2d", "depthwise_conv_2d") and not suffix:
+            units.append(set())
+            depthwise = closed = False
+        units[-1].add(name)
+        if op == "depthwise_conv_2d":
+            depthwise = True
+        elif op == "conv_2d" and depthwise:
+            closed = True
+    if not closed:  # the trailing layers hold no block: the head
+        units.pop()
+    return units
+
+
 def _units(model: keras.Model) -> list[set]:
     """Ordered groups of layer names: stem+stage1 (ResNet) / stem+block1 (MobileNetV2), then each stage/block."""
+    imported = _imported_units(model)
+    if imported:
+        return imported
     groups: dict[str, set] = {}
     order: list[str] = []
     for layer in model.layers:

@@ -132,3 +132,21 @@ def test_saved_model_teacher_needs_student_init(tiny_teacher, tmp_path):
     )
     assert row["name"] == "distilled" and 0 <= row["top1"] <= 100
     assert student.count_params() == keras_teacher.count_params()
+
+
+def test_blocks_of_a_model_imported_from_tflite():
+    """MobileNetV1 from a TFLite file: 13 depthwise + pointwise blocks (the stem joins the first), the classifier in
+    none; fine-tuning the first block trains the stem and that block only."""
+    from pathlib import Path
+
+    from isp_keras.models import tflite_import
+
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "imagenet" / "mobilenet_v1_0.25_128_quant.tflite"
+    teacher, _ = tflite_import.import_tflite(path)
+    student = students.student_from_teacher(teacher)
+    trained = students.set_trainable_prefix(student, 1)
+    assert trained == ["op000_conv_2d", "op001_depthwise_conv_2d", "op002_conv_2d"]
+    assert [v.path.split("/")[0] for v in student.trainable_variables] == [n for n in trained for _ in (0, 1)]
+    assert len(students.set_trainable_prefix(student, 13)) == 27  # every convolution but the classifier
+    with pytest.raises(UserError, match="k=14 but the model has 13 stages/blocks"):
+        students.set_trainable_prefix(student, 14)

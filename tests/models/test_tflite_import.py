@@ -353,3 +353,26 @@ def test_shared_imagenet_classifier(name):
     # On 400 images: 96.75-97.75 % agreement, accuracies within 0.25 points (docs/results/tflite_import.md).
     assert result["agreement"] >= 90 and abs(result["keras_top1"] - result["litert_top1"]) <= 7.5
     assert result["keras_top1"] >= 50
+
+
+def test_own_int8_export_imports_back_and_agrees_with_its_source(tiny_teacher, tmp_path):
+    """A Keras CNN (BatchNorm and all) converted to full int8 by this project's converter, imported back: top-1
+    agreement with the source on real CIFAR-10 test images, like the ImageNet files against LiteRT."""
+    from isp_keras.data import pipeline, sources
+    from isp_keras.deploy import serving, tflite
+
+    model, spec = teachers.load_teacher(str(tiny_teacher))
+    norm = pipeline.normalisation.Normalisation([0.0] * 3, [1.0] * 3, spec.rgb_mean, spec.rgb_std)
+    cfg = pipeline.PipelineConfig(image_size=32, batch_size=200, take=400)
+    batches = pipeline.build(sources.get_source("embedded"), "test", cfg, training=False, norm=norm, mode="rgb")
+    x = np.concatenate([b.numpy() for b, _ in batches])
+    endpoint = (lambda v: model(v, training=False), tf.TensorSpec([None, 32, 32, 3], tf.float32, name="image"))
+    serving.write_archive(model, {serving.SIGNATURE: endpoint}, tmp_path / "saved")
+    data = tflite.to_tflite(tmp_path / "saved", "int8", x[:100], input_name="image")
+    (tmp_path / "own.tflite").write_bytes(data)
+    imported, imported_spec = ti.import_tflite(tmp_path / "own.tflite")
+    assert imported_spec["num_classes"] == 10 and imported_spec["image_size"] == 32
+    source = model.predict(x, verbose=0).argmax(-1)
+    again = imported.predict(x, verbose=0).argmax(-1)
+    agreement = 100 * np.mean(source == again)
+    assert agreement >= 94.0, agreement
