@@ -110,3 +110,39 @@ def test_holdout_splits_the_training_split_only_and_disjointly():
 def test_folder_order_is_mixed_so_a_first_n_slice_spans_classes():
     labels = [int(y) for _, y in sources.folder_source(IMAGENETTE).split("train").take(10).as_numpy_iterator()]
     assert len(set(labels)) >= 5
+
+
+def test_tfds_without_a_label_is_unlabelled_and_with_wnid_names_maps(tmp_path):
+    import tensorflow_datasets as tfds
+
+    class TinyUnlabelled(tfds.core.GeneratorBasedBuilder):
+        """4x4 images with no label feature (TinyWnids adds one, its classes named by WordNet id)."""
+
+        VERSION = tfds.core.Version("1.0.0")
+        labelled = False
+
+        def _info(self):
+            features = {"image": tfds.features.Image(shape=(4, 4, 3))}
+            if self.labelled:
+                features["label"] = tfds.features.ClassLabel(names=["n02102040", "n01440764"])
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(4), "test": self._generate_examples(2)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                example = {"image": np.full((4, 4, 3), 9 * i, np.uint8)}
+                yield i, {**example, "label": i % 2} if self.labelled else example
+
+    class TinyWnids(TinyUnlabelled):
+        labelled = True
+
+    for builder in (TinyUnlabelled, TinyWnids):
+        builder(data_dir=str(tmp_path)).download_and_prepare()
+    plain = sources.tfds_source("tiny_unlabelled", data_dir=str(tmp_path))
+    assert not plain.labelled and plain.classes == [] and _labels(plain, "train") == [sources.UNLABELLED] * 4
+    named = sources.tfds_source("tiny_wnids", data_dir=str(tmp_path))
+    names, wnids = imagenet_outputs()
+    mapped = sources.in_label_space(named, names, wnids)
+    assert mapped.subset == [218, 1] and _labels(mapped, "train") == [1, 1, 218, 218]

@@ -448,3 +448,34 @@ def test_table_with_seeds_runs_each_seed_and_reports_paired_differences(tiny_tea
     assert "seed" not in results["config"]  # a level field, like a sweep's noise_std
     again = run("table", *argv, "--seeds=3,4,5", "--dry_run")["plan"]  # adding a seed keeps the finished ones
     assert again.count("[done]") == 6 and "seed_5/distilled:" in again
+
+
+@pytest.mark.slow
+def test_imagenet_setting_end_to_end_with_a_tflite_teacher(tmp_path):
+    """The paper's setting in miniature on the fixtures: an ImageNet TFLite teacher (1001 outputs), Imagenette photos
+    whose WordNet-id folders are mapped into its outputs, every Table 1 row, metrics over 1001 and over 10 classes."""
+    fixtures = REPO / "tests" / "fixtures"
+    argv = (
+        f"--dataset=folder:{fixtures / 'imagenette'}",
+        f"--teacher={fixtures / 'imagenet' / 'mobilenet_v1_0.25_128_quant.tflite'}",
+        f"--model_dir={tmp_path / 'run'}",
+        "--rows=teacher_clean,teacher_raw,gt_labels,teacher_labels,distilled,distilled_gt",
+        "--hard_labels=teacher",
+        "--epochs=1",
+        "--batch_size=10",
+        "--lr=0.0002",
+        "--weight_decay=4e-5",
+    )
+    results = run("table", *argv)
+    rows = {r["name"]: r for r in results["rows"]}
+    assert list(rows) == ["teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled", "distilled_gt"]
+    for r in rows.values():
+        assert set(r) == {"name", "top1", "top5", "top1_subset", "top5_subset", "agreement", "agreement_top5"}
+        assert r["top1_subset"] >= r["top1"] and r["top5_subset"] >= r["top5"]
+    clean = rows["teacher_clean"]
+    # Labels mapped by WordNet id: the teacher is right on 9 of the 20 photos over all 1001 outputs (unmapped
+    # labels 0..9 would be background and nine unrelated classes: about 0 %).
+    assert clean["top1"] >= 35.0 and clean["agreement"] == 100.0 and clean["top5_subset"] == 100.0
+    assert rows["teacher_raw"]["agreement"] < clean["agreement"]
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "top-1 (data's classes) %" in md and "| distilled_gt |" in md
