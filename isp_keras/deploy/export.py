@@ -89,10 +89,7 @@ def run(cfg: ExportConfig) -> dict:
         raise UserError(f"--out={out}: already exists; pass --overwrite or choose another directory")
     student = serving.load_student(cfg.student)
     source = sources.get_source(cfg.dataset or student.dataset, seed=cfg.seed)
-    if len(source.classes) != len(student.classes):
-        raise UserError(
-            f"--dataset={source.name}: {len(source.classes)} classes but the student has {len(student.classes)}"
-        )
+    source = sources.in_label_space(source, student.classes, student.wnids, what=f"--student={cfg.student}")
     representative = representative_set(cfg, student, source)
     with fsutil.atomic_dir(out) as tmp:
         return write_export(cfg, student, source, representative, tmp)

@@ -42,6 +42,7 @@ class Student:
     teacher: str = ""
     dataset: str = "embedded"
     path: str = ""
+    wnids: list | None = None  # WordNet ids of the outputs (an ImageNet teacher's), to match a dataset's classes
 
 
 def check_student(model, image_size: int, num_classes: int, source: str) -> None:
@@ -135,6 +136,7 @@ def load_student(path) -> Student:
         str(meta.get("teacher", "")),
         dataset,
         str(keras_path),
+        meta.get("wnids"),
     )
 
 
@@ -202,8 +204,8 @@ def pipeline_mosaics(
     student: Student, source: sources.Source, split: str, count: int | None, seed: int = 0, training: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mosaics float32 [N, H, W, 1], labels) of `split` from the one tf.data builder, with the run's CFA and noise."""
-    # Training batches drop their remainder: one batch of `count` keeps every example.
-    batch_size = count if training and count else 256
+    # Training batches drop their remainder: one batch of `count` (at most the split's size) keeps every example.
+    batch_size = min(count, source.counts.get(split, count)) if training and count else 256
     cfg = pipeline.PipelineConfig(
         image_size=student.image_size,
         batch_size=batch_size,
