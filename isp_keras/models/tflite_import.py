@@ -167,8 +167,11 @@ class _Graph:
 class _Builder:
     """Walks the ops in file order (TFLite stores them topologically sorted), mapping tensor ids to Keras tensors."""
 
-    def __init__(self, g: _Graph, simulate_rounding: bool):
+    def __init__(self, g: _Graph, simulate_rounding: bool, batchnorm: bool = False):
         self.g, self.simulate_rounding = g, simulate_rounding
+        # With batchnorm: the convolutions that get an identity BatchNormalization (all but the classifier).
+        convs = [i for i in range(g.num_ops) if g.op_name(g.op(i)) in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+        self.normalised = set(convs[:-1]) if batchnorm else set()
         self.values: dict[int, keras.KerasTensor] = {}
         self.constants: dict[int, np.ndarray] = {}
         self.after_softmax: set[int] = set()
@@ -268,6 +271,7 @@ class _Builder:
         layer = keras.layers.Conv2D(w.shape[0], w.shape[1:3], **window, use_bias=bias is not None, name=prefix)
         y = layer(x)
         layer.set_weights([w.transpose(1, 2, 3, 0)] + ([bias] if bias is not None else []))
+        y = self.batchnorm(y, i, prefix)
         self.conv_output(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
 
     def depthwise_conv_2d(self, i, op, name, prefix):
@@ -284,7 +288,20 @@ class _Builder:
         )
         y = layer(x)
         layer.set_weights([w.reshape(*w.shape[1:3], channels, multiplier)] + ([bias] if bias is not None else []))
+        y = self.batchnorm(y, i, prefix)
         self.conv_output(op, self.activation(y, opts.FusedActivationFunction(), prefix, i, name), prefix)
+
+    def batchnorm(self, y, i: int, prefix: str):
+        """An identity BatchNormalization after convolution i (with `batchnorm`), before its activation: zero mean,
+        unit variance less epsilon, unit scale, zero shift. students.init_identity_batchnorm fits it to data."""
+        if i not in self.normalised:
+            return y
+        layer = keras.layers.BatchNormalization(name=f"{prefix}_bn")
+        y = layer(y)
+        channels = y.shape[-1]
+        ones, zeros = np.ones(channels, np.float32), np.zeros(channels, np.float32)
+        layer.set_weights([ones, zeros, zeros, ones - layer.epsilon])
+        return y
 
     def space_to_batch_nd(self, i, op, name, prefix):
         # TF lowers a dilated convolution it cannot express directly to SPACE_TO_BATCH_ND -> convolution (VALID,
@@ -503,18 +520,19 @@ def _names_beside(path: Path, num_classes: int) -> tuple[list, list | None]:
     return classes, wnids
 
 
-def import_tflite(path, simulate_rounding: bool = False) -> tuple[keras.Model, dict]:
+def import_tflite(path, simulate_rounding: bool = False, batchnorm: bool = False) -> tuple[keras.Model, dict]:
     """A TFLite image classifier as (Keras model returning logits, teacher spec dict).
 
     The spec has the keys of `teachers.TeacherSpec` (image_size, num_classes, rgb_mean, rgb_std, channel_order,
     classes, arch, source), plus `wnids` when SYNSETS_FILE lies beside the file. `simulate_rounding` rounds every
     8-bit activation to the file's grid (ActivationRounding layers), which brings the float model closer to the
-    integer one.
+    integer one. `batchnorm` restores what the file folded away: a BatchNormalization after every convolution but the
+    classifier, set to the identity (for students; see students.init_identity_batchnorm).
     """
     path = Path(path)
     g = _Graph(path)
     try:
-        image, logits = _Builder(g, simulate_rounding).build()
+        image, logits = _Builder(g, simulate_rounding, batchnorm).build()
     except struct.error as exc:  # the flatbuffer is read lazily: a truncated file fails part way through
         raise _damaged(path, exc) from None
     shape = g.shape(g.graph.Inputs(0))

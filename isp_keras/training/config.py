@@ -28,6 +28,12 @@ class TrainConfig:
         "A .keras model the student starts from (architecture and weights); needed when "
         "--teacher is a SavedModel, which cannot be cloned. Default: the teacher itself.",
     )
+    student_batchnorm: bool = option(
+        False,
+        "With a .tflite teacher (BatchNorm folded into its convolutions): give the student a BatchNormalization after "
+        "every convolution but the classifier, fitted to a batch of RAW training inputs so that the student starts "
+        "as the teacher's function, and trains with BatchNorm's tolerance of larger learning rates.",
+    )
     model_dir: str = option("", "Run directory (default: runs/<command>).")
     alpha: float = option(0.9, "Weight of the hard-label cross-entropy, in [0, 1].")
     temperature: float = option(4.0, "Distillation temperature T > 0.")

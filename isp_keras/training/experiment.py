@@ -137,7 +137,29 @@ def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> 
         spec = teachers.TeacherSpec(
             image_size, len(source.classes), norm.rgb_mean, norm.rgb_std, classes=source.classes, source=cfg.teacher
         )
+    if cfg.student_batchnorm:
+        student_init = batchnorm_student(cfg, source, pcfg, norm)
     return Setup(cfg, source, teacher, spec, norm, pcfg, student_init)
+
+
+def batchnorm_student(cfg: TrainConfig, source, pcfg, norm, count: int = 64) -> keras.Model:
+    """--student_batchnorm: the .tflite teacher rebuilt with identity BatchNorm layers, fitted to `count` RAW
+    training inputs (students.init_identity_batchnorm), as the model the students start from."""
+    from isp_keras import paths
+    from isp_keras.models import tflite_import
+
+    path = Path(paths.teacher_path(cfg.teacher))
+    if path.suffix.lower() != ".tflite" or cfg.student_init:
+        raise UserError(
+            f"--student_batchnorm: restores the BatchNorm a TFLite file folded away; needs --teacher=FILE.tflite "
+            f"and no --student_init (got --teacher={cfg.teacher})"
+        )
+    model, _ = tflite_import.import_tflite(path, batchnorm=True)
+    count = min(count, source.counts[source.train_split])  # one whole batch (training batches drop remainders)
+    probe_cfg = dataclasses.replace(pcfg, take=count, batch_size=count, cache=False)
+    (inputs, _), _ = next(iter(pipeline.build(source, source.train_split, probe_cfg, training=True, norm=norm)))
+    logging.info("student: BatchNorm restored after %d convolutions", sum("_bn" in x.name for x in model.layers))
+    return students.init_identity_batchnorm(model, inputs)
 
 
 def label_space(source: sources.Source, teacher: keras.Model, spec, cfg: TrainConfig) -> sources.Source:

@@ -376,3 +376,22 @@ def test_own_int8_export_imports_back_and_agrees_with_its_source(tiny_teacher, t
     again = imported.predict(x, verbose=0).argmax(-1)
     agreement = 100 * np.mean(source == again)
     assert agreement >= 94.0, agreement
+
+
+def test_restored_batchnorm_starts_as_the_identity():
+    """import_tflite(batchnorm=True): a BatchNormalization after every convolution but the classifier; fitted to a
+    batch, the network computes the BN-free function exactly in inference and on that batch in training mode."""
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "imagenet" / "mobilenet_v1_0.25_128_quant.tflite"
+    plain, _ = ti.import_tflite(path)
+    model, _ = ti.import_tflite(path, batchnorm=True)
+    bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    convs = [layer for layer in plain.layers if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D))]
+    assert len(bns) == len(convs) - 1 == 27 and convs[-1].name + "_bn" not in {b.name for b in bns}
+    x = np.random.default_rng(0).normal(0.5, 1.0, (16, 128, 128, 3)).astype(np.float32)
+    reference = plain(x).numpy()
+    np.testing.assert_allclose(model(x).numpy(), reference, atol=2e-3 * np.abs(reference).max())
+    students.init_identity_batchnorm(model, x)
+    gamma, beta, mean, var = bns[0].get_weights()
+    assert np.abs(beta).max() > 0.01 and not np.allclose(gamma, 1)  # fitted, not left at 1 and 0
+    np.testing.assert_allclose(model(x, training=False).numpy(), reference, atol=1e-5 * np.abs(reference).max())
+    np.testing.assert_allclose(model(x, training=True).numpy(), reference, atol=1e-4 * np.abs(reference).max())

@@ -479,3 +479,26 @@ def test_imagenet_setting_end_to_end_with_a_tflite_teacher(tmp_path):
     assert rows["teacher_raw"]["agreement"] < clean["agreement"]
     md = (tmp_path / "run" / "results.md").read_text()
     assert "top-1 (data's classes) %" in md and "| distilled_gt |" in md
+
+
+def test_student_batchnorm_starts_from_the_teachers_function(tmp_path, tiny_teacher):
+    import keras
+
+    from isp_keras.training import experiment
+    from isp_keras.training.config import TrainConfig
+
+    fixtures = REPO / "tests" / "fixtures"
+    cfg = TrainConfig(
+        dataset=f"folder:{fixtures / 'imagenette'}",
+        teacher=str(fixtures / "imagenet" / "mobilenet_v1_0.25_128_quant.tflite"),
+        student_batchnorm=True,
+        batch_size=10,
+        model_dir=str(tmp_path / "run"),
+    ).validate()
+    s = experiment.setup(cfg)
+    student = experiment.build_student(s, None, sync_bn=False)
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in student.layers) == 27
+    (x, _), _ = next(iter(s.test_ds()))
+    np.testing.assert_allclose(student(x, training=False), s.teacher(x, training=False), atol=1e-3)
+    with pytest.raises(UserError, match=r"^--student_batchnorm: restores the BatchNorm a TFLite file folded away"):
+        experiment.setup(TrainConfig(teacher=str(tiny_teacher), student_batchnorm=True, stats_images=64).validate())
