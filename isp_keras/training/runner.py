@@ -58,6 +58,7 @@ RESUMABLE = (
     "finetune_ks",
     "modes",
     "seeds",
+    "lrs",
 )
 BASELINES = ("teacher_clean", "teacher_raw")
 
@@ -422,7 +423,7 @@ def plan_text(plan: Plan) -> str:
     if train_count is not None:
         n = min(train_count, cfg.train_take or train_count)
         steps = f"{n // cfg.batch_size} steps ({n} images)"
-    noise = ", ".join(f"{lvl.cfg.noise_std:g}" for lvl in plan.levels)
+    noise = ", ".join(f"{s:g}" for s in dict.fromkeys(lvl.cfg.noise_std for lvl in plan.levels))
     lines = [
         f"{plan.kind} (dry run: no data read, nothing trained) -> {plan.out}",
         f"  data:     {data_desc}; test {cfg.test_take or 'all'} images",
@@ -631,18 +632,27 @@ def _top1(level: dict, name: str) -> float:
     return next(r["top1"] for r in level["rows"] if r["name"] == name)
 
 
+def _level_values(plan: Plan, key: str, default) -> str:
+    values = [lvl.tag[key] for lvl in plan.levels if key in lvl.tag]
+    return ", ".join(f"{v:g}" for v in dict.fromkeys(values)) if values else f"{default:g}"
+
+
 def summary(plan: Plan) -> str:
+    """The settings of a run in a sentence: data, RAW simulation, seeds, budget and loss."""
     cfg = plan.cfg
-    noise = (
-        ", ".join(f"{lvl.tag['noise_std']:g}" for lvl in plan.levels) if plan.kind == "sweep" else f"{cfg.noise_std:g}"
-    )
+    noise = _level_values(plan, "noise_std", cfg.noise_std)
+    seeds = _level_values(plan, "seed", cfg.seed)
+    lrs = [r.lr for lvl in plan.levels for r in (lvl.rows or plan.rows) if r.trains and not r.quantisation_aware]
+    lr = ", ".join(f"{v:g}" for v in dict.fromkeys(lrs)) if lrs else f"{cfg.lr:g}"
     take = f", first {cfg.train_take} training images" if cfg.train_take else ""
+    test = f"{cfg.test_take or 'all'} images"
+    if cfg.holdout_fraction:
+        test = f"{test} of a seeded {cfg.holdout_fraction:g} of the training split held out; the test split unread"
     return (
-        f"Data {cfg.dataset} (test: {cfg.test_take or 'all'} images), CFA {cfg.cfa}, noise std {noise}, "
-        f"seed {cfg.seed}. Every student row starts from the teacher `{cfg.teacher}` and trains {cfg.epochs} "
-        f"epochs{take}, batch {cfg.batch_size}, Nesterov SGD lr {cfg.lr:g} (warmup {cfg.warmup_epochs:g} "
-        f"epochs, cosine), weight decay {cfg.weight_decay:g}; distillation alpha {cfg.alpha:g}, "
-        f"T {cfg.temperature:g}."
+        f"Data {cfg.dataset} (test: {test}), CFA {cfg.cfa}, noise std {noise}, seed {seeds}. Every student row "
+        f"starts from the teacher `{cfg.teacher}` and trains {cfg.epochs} epochs{take}, batch {cfg.batch_size}, "
+        f"Nesterov SGD lr {lr} (warmup {cfg.warmup_epochs:g} epochs, cosine), weight decay {cfg.weight_decay:g}; "
+        f"distillation alpha {cfg.alpha:g}, T {cfg.temperature:g}."
     )
 
 
