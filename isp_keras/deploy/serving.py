@@ -119,9 +119,9 @@ def load_student(path) -> Student:
         raise UserError(f"{meta_path}: image_size {image_size} is odd; a Bayer mosaic needs an even size")
     model = teachers.load_model_file(keras_path)
     check_student(model, image_size, len(classes), str(keras_path))
-    dataset = "embedded"
+    dataset = meta.get("dataset", "embedded")
     config_path = keras_path.parent / "config.json"
-    if config_path.exists():
+    if "dataset" not in meta and config_path.exists():
         try:
             dataset = json.loads(config_path.read_text())["config"]["dataset"]
         except (OSError, ValueError, KeyError, TypeError):

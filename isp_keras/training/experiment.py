@@ -384,6 +384,7 @@ def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
             "wnids": list(s.spec.wnids) if s.spec.wnids else None,
             "normalisation": s.norm.to_json(),
             "teacher": s.cfg.teacher,
+            "dataset": s.cfg.dataset,
         },
     )
     return path

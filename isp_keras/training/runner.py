@@ -4,7 +4,8 @@ An experiment is a list of rows run at one or more levels (a noise std of the sw
 the single level of the other commands), all on the same data, split, seed and budget. A row is a baseline (the
 teacher evaluated on clean RGB or on the RAW input) or a student that knows its own loss, epochs, learning rate,
 start point (the teacher, or an earlier row's student) and whether it is quantisation-aware. Each row lives in
-its own sub-directory (row.json once finished, checkpoints, student.weights.h5, TensorBoard logs), so
+its own sub-directory (row.json once finished, checkpoints, student.weights.h5, the exportable student.keras +
+student.json, TensorBoard logs), so
 `tensorboard --logdir <model_dir>` shows the rows side by side, and a rerun skips finished rows and resumes an
 interrupted one. The run directory holds config.json (the settings, checked on resume: only RESUMABLE may
 differ), one normalisation.json per level, results.json (the contract: rows of name/top1/top5/agreement in
@@ -327,6 +328,7 @@ def run_level(plan: Plan, level: Level, log) -> tuple[list[dict], dict]:
                 s, row, row_dir, start_from=start_model, step_offset=first_step(row, steps), verbose=plan.verbose
             )
             student.save_weights(row_dir / STUDENT_WEIGHTS)
+            experiment.save_student(student, row_dir, s)  # any row's student can be exported (--student=ROW_DIR)
             state.students[row.name] = student
         else:
             if state.baselines is None:

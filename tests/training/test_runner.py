@@ -201,8 +201,16 @@ def test_table_end_to_end_resumes_and_guards_settings(tiny_teacher, tmp_path, mo
         assert list((out / name / "logs" / "test").glob("events.out.tfevents.*")), name  # TensorBoard, per row
         assert json.loads((out / name / runner.ROW_FILE).read_text())["row"]["name"] == name
         assert (out / name / runner.STUDENT_WEIGHTS).exists() == (name in students)
+        assert (out / name / "student.keras").exists() == (name in students)  # exportable: --student=ROW_DIR
     for name in students:
         assert list((out / name / "logs" / "train").glob("events.out.tfevents.*")), name
+    from isp_keras.deploy import serving
+
+    row_student = serving.load_student(out / "distilled")
+    assert (
+        row_student.dataset == "embedded"
+        and row_student.classes == json.loads((out / "distilled" / "student.json").read_text())["classes"]
+    )
     by_name = {r["name"]: r for r in results["rows"]}
     assert by_name["teacher_clean"]["agreement"] == 100.0
     weights = {n: student_weights(tiny_teacher, out / n) for n in students}
