@@ -59,9 +59,9 @@ def test_train_end_to_end_writes_the_contract(tiny_teacher, tmp_path):
     assert [r["name"] for r in results["rows"]] == ["teacher_clean", "teacher_raw", "distilled", "distilled_qat"]
     assert results["config"]["qat_epochs"] == 1
     for row in results["rows"]:
-        assert set(row) == {"name", "top1", "top5", "agreement"}
-        assert all(0.0 <= row[k] <= 100.0 for k in ("top1", "top5", "agreement"))
-        assert row["top1"] <= row["top5"]
+        assert set(row) == {"name", "top1", "top5", "agreement", "agreement_top5"}
+        assert all(0.0 <= row[k] <= 100.0 for k in ("top1", "top5", "agreement", "agreement_top5"))
+        assert row["top1"] <= row["top5"] and row["agreement"] <= row["agreement_top5"]
     clean = results["rows"][0]
     assert clean["agreement"] == 100.0 and clean["top1"] > 14.0  # above chance (10%) by > 2 sigma at n=256
     assert results["config"]["noise_std"] == 0.1 and results["config"]["alpha"] == 0.9
