@@ -714,8 +714,9 @@ def mean_interval(values) -> dict:
 
 
 def seed_summary(rows: list[dict]) -> dict:
-    """Per row, mean +- std over seeds of each metric; the paired difference distilled - row for every other row
-    (students of one seed share data order and noise, so the per-seed differences are paired); and the share of the
+    """Per row, mean +- std over seeds of each metric; the paired differences "distilled - row" for every other row
+    and "distilled_gt - gt_labels" (students of one seed share data order and noise, so the per-seed differences are
+    paired); and the share of the
     teacher's agreement lost on RAW that the distilled student recovers."""
     by_name: dict = {}
     for r in rows:
@@ -728,14 +729,17 @@ def seed_summary(rows: list[dict]) -> dict:
             if all(r.get(k) is not None for r in seeds.values())
         }
     distilled = by_name.get("distilled", {})
-    for name, seeds in by_name.items():
-        common = sorted(set(seeds) & set(distilled))
-        if name == "distilled" or not common:
+    pairs = [("distilled", name) for name in by_name if name != "distilled"]
+    pairs += [("distilled_gt", "gt_labels")]  # the ground-truth pair, compared by accuracy
+    for a, b in pairs:
+        first, second = by_name.get(a, {}), by_name.get(b, {})
+        common = sorted(set(first) & set(second))
+        if not common:
             continue
-        summary["paired"][name] = {
-            k: mean_interval([distilled[s][k] - seeds[s][k] for s in common])
+        summary["paired"][f"{a} - {b}"] = {
+            k: mean_interval([first[s][k] - second[s][k] for s in common])
             for k in PAIRED_METRICS
-            if all(distilled[s].get(k) is not None and seeds[s].get(k) is not None for s in common)
+            if all(first[s].get(k) is not None and second[s].get(k) is not None for s in common)
         }
     raw = by_name.get("teacher_raw", {})
     common = sorted(set(raw) & set(distilled))
@@ -768,9 +772,9 @@ def format_seeds(summary: dict) -> str:
         keys = [k for k in PAIRED_METRICS if any(k in v for v in summary["paired"].values())]
         lines += [
             "",
-            "Paired difference distilled - row (points; mean [95 % interval] over seeds):",
+            "Paired differences (points; mean [95 % interval] over seeds):",
             "",
-            "| row | " + " | ".join(LABELS[k] for k in keys) + " |",
+            "| difference | " + " | ".join(LABELS[k] for k in keys) + " |",
             "|---|" + "---:|" * len(keys),
         ]
         for name, stats in summary["paired"].items():

@@ -371,18 +371,21 @@ def test_seed_summary_against_numpy():
     got = runner.seed_summary(rows)
     d = np.array(top1["distilled"]) - np.array(top1["gt_labels"])
     half = 4.303 * d.std(ddof=1) / np.sqrt(3)  # Student's t, 2 degrees of freedom, two-sided 95 %
-    paired = got["paired"]["gt_labels"]["top1"]
+    paired = got["paired"]["distilled - gt_labels"]["top1"]
     assert paired["mean"] == pytest.approx(d.mean(), abs=1e-3) and paired["n"] == 3
     assert paired["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-3)
     assert got["rows"]["distilled"]["top1"]["std"] == pytest.approx(np.std(top1["distilled"], ddof=1), abs=1e-3)
-    assert set(got["paired"]) == {"teacher_raw", "gt_labels"} and "top1_subset" not in paired
+    assert set(got["paired"]) == {"distilled - teacher_raw", "distilled - gt_labels"}
+    assert "top1_subset" not in got["paired"]["distilled - gt_labels"]
     lost = 100 - np.array(agree["teacher_raw"])
     recovered = 100 * (np.array(agree["distilled"]) - agree["teacher_raw"]) / lost
     assert got["recovered_agreement"]["mean"] == pytest.approx(recovered.mean(), abs=1e-3)
     text = runner.format_seeds(got)
-    assert "Mean ± std over 3 seeds" in text and f"| gt_labels | {d.mean():+.2f} [" in text
+    assert "Mean ± std over 3 seeds" in text and f"| distilled - gt_labels | {d.mean():+.2f} [" in text
     one = runner.seed_summary([r for r in rows if r["seed"] == 0])
-    assert "ci95" not in one["paired"]["gt_labels"]["top1"]  # one seed: no interval
+    assert "ci95" not in one["paired"]["distilled - gt_labels"]["top1"]  # one seed: no interval
+    rows += [{**r, "name": "distilled_gt", "top1": r["top1"] + 1.5} for r in rows if r["name"] == "gt_labels"]
+    assert runner.seed_summary(rows)["paired"]["distilled_gt - gt_labels"]["top1"]["mean"] == pytest.approx(1.5)
 
 
 def test_unlabelled_data_skips_ground_truth_rows_or_refuses_them(tiny_teacher, tmp_path, capsys):
@@ -451,8 +454,9 @@ def test_table_with_seeds_runs_each_seed_and_reports_paired_differences(tiny_tea
     by = {(r["seed"], r["name"]): r for r in results["rows"]}
     assert by[3, "distilled"]["top1"] != by[4, "distilled"]["top1"] or by[3, "gt_labels"] != by[4, "gt_labels"]
     diff = [by[s, "distilled"]["agreement"] - by[s, "gt_labels"]["agreement"] for s in (3, 4)]
-    assert results["seeds"]["paired"]["gt_labels"]["agreement"]["mean"] == pytest.approx(np.mean(diff), abs=1e-3)
-    assert "Paired difference distilled - row" in (out / runner.RESULTS_MD).read_text()
+    paired = results["seeds"]["paired"]["distilled - gt_labels"]["agreement"]["mean"]
+    assert paired == pytest.approx(np.mean(diff), abs=1e-3)
+    assert "| distilled - gt_labels |" in (out / runner.RESULTS_MD).read_text()
     assert "seed" not in results["config"]  # a level field, like a sweep's noise_std
     again = run("table", *argv, "--seeds=3,4,5", "--dry_run")["plan"]  # adding a seed keeps the finished ones
     assert again.count("[done]") == 6 and "seed_5/distilled:" in again
