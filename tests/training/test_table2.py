@@ -116,8 +116,9 @@ def test_end_to_end_on_synthetic_bursts(tmp_path, untrained_teacher, monkeypatch
         (m, n) for m in ("merged", "short") for n in ("teacher_raw", "teacher_labels", "distilled")
     ]
     for row in results["rows"]:
-        assert set(row) == {"raw", "name", "top1", "top5", "agreement"}
+        assert set(row) == {"raw", "name", "top1", "top5", "agreement", "agreement_top5"}
         assert 0.0 <= row["top1"] <= row["top5"] <= 100.0 and row["top1"] == row["agreement"]
+        assert row["top5"] == row["agreement_top5"]  # the labels are the teacher's top-1 on the RGB patch
     saved = json.loads((tmp_path / "run" / runner.RESULTS).read_text())
     assert saved["rows"] == results["rows"] and saved["experiment"] == "table2" and saved["command"] == "test"
     assert saved["caches"]["merged"]["counts"]["train"] + saved["caches"]["merged"]["counts"]["test"] == 40
