@@ -51,7 +51,16 @@ class PredictConfig:
     )
     top_k: int = option(5, "How many labels to print per file.")
     num_threads: int = option(2, "LiteRT interpreter threads.")
+    fit: str = option(
+        "tiles",
+        "How a photo meets the model's input: tiles (mean of full-resolution tiles, the paper's protocol), "
+        "bin (average same-colour sites down to the model's size, then centre crop), center (the middle crop).",
+        choices=("tiles", "bin", "center"),
+    )
+    batch_size: int = option(32, "Tiles per LiteRT call.")
     json: str = option("", "Also write the predictions as JSON to this path.")
+    tiles_out: str = option("", "Write every tile's position and top-k to this .json or .csv file.")
+    overlay_dir: str = option("", "Write one PNG per file: the photo with each tile's top class and confidence.")
     files: list[str] = option([], "RAW files: DNG (or any LibRaw format) or .npy mosaics.", positional=True)
 
     def validate(self) -> PredictConfig:
@@ -59,4 +68,8 @@ class PredictConfig:
             raise UserError("no RAW files given: python -m isp_keras.predict --model=MODEL.tflite FILE...")
         if self.top_k < 1:
             raise UserError(f"--top_k={self.top_k}: must be >= 1")
+        if self.batch_size < 1:
+            raise UserError(f"--batch_size={self.batch_size}: must be >= 1")
+        if self.tiles_out and not self.tiles_out.endswith((".json", ".csv")):
+            raise UserError(f"--tiles_out={self.tiles_out}: give a .json or .csv path")
         return self

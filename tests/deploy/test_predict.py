@@ -1,8 +1,11 @@
 """predict: LiteRT top-5 on .npy mosaics (float and uint16) and DNGs of real CIFAR-10 test mosaics, against the
-Keras student; one-line errors for odd sizes, wrong dtypes and missing export files."""
+Keras student; whole photos by tiles, binning and centre crop against the single-mosaic predictions; one-line errors
+for odd sizes, wrong dtypes and missing export files, and a bad file among good ones."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,12 +14,13 @@ import numpy as np
 import pytest
 
 from isp_keras.data import sources
-from isp_keras.deploy import export, parity, predict, serving
+from isp_keras.deploy import export, parity, predict, runtime, serving
 from isp_keras.deploy.config import ExportConfig
 from isp_keras.errors import UserError
 from isp_keras.raw import rawio
 
 BLACK, WHITE = 64, 1023
+DIAGONAL = {"RGGB": "BGGR", "BGGR": "RGGB", "GRBG": "GBRG", "GBRG": "GRBG"}
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +39,26 @@ def setup(tiny_student, tmp_path_factory):
         )
     )
     student = serving.load_student(tiny_student)
-    mosaics, _ = serving.pipeline_mosaics(student, sources.get_source("embedded"), "test", 3)
+    mosaics, _ = serving.pipeline_mosaics(student, sources.get_source("embedded"), "test", 6)
     counts = np.round(BLACK + np.clip(mosaics[..., 0], 0, 1) * (WHITE - BLACK)).astype(np.uint16)
     files = {}
-    for i, c in enumerate(counts):
+    for i, c in enumerate(counts[:3]):
         files[f"u16_{i}"] = root / f"u16_{i}.npy"
         np.save(files[f"u16_{i}"], c)
         files[f"float_{i}"] = root / f"float_{i}.npy"
         np.save(files[f"float_{i}"], ((c.astype(np.float64) - BLACK) / (WHITE - BLACK)).astype(np.float32))
         files[f"dng_{i}"] = root / f"dng_{i}.dng"
         rawio.write_dng(files[f"dng_{i}"], c, student.cfa, BLACK, WHITE)
+    floats = ((counts.astype(np.float64) - BLACK) / (WHITE - BLACK)).astype(np.float32)
+    files["tiles"] = floats
+    photo = np.block([[floats[0], floats[1], floats[2]], [floats[3], floats[4], floats[5]]])
+    files["photo"] = root / "photo.npy"
+    np.save(files["photo"], photo)
+    # the same photo in a DNG whose visible area starts one row and one column earlier: the file's CFA phase is the
+    # diagonal opposite, the reader crops that row and column, and tiles are reported where they sit in the file
+    shifted = np.pad(np.block([[counts[0], counts[1], counts[2]], [counts[3], counts[4], counts[5]]]), 1, mode="edge")
+    files["photo_dng"] = root / "photo.dng"
+    rawio.write_dng(files["photo_dng"], shifted, DIAGONAL[student.cfa], BLACK, WHITE)
     return root / "deploy", student, files
 
 
@@ -62,7 +76,7 @@ def test_float32_top5_matches_keras(setup):
         probs = parity.keras_probabilities(student, mosaic)[0]
         expected = [labels[k] for k in np.argsort(-probs)[:5]]
         for kind in ("float", "u16", "dng"):
-            ranked = results[str(files[f"{kind}_{i}"])]
+            ranked = results[str(files[f"{kind}_{i}"])].top
             assert [label for label, _ in ranked] == expected, kind
             np.testing.assert_allclose([p for _, p in ranked], np.sort(probs)[::-1][:5], atol=1e-4)
 
@@ -70,11 +84,53 @@ def test_float32_top5_matches_keras(setup):
 def test_int8_top5(setup):
     deploy, _, files = setup
     results = predict.predict(deploy / "model_int8.tflite", [files["dng_0"]], k=5)
-    ranked = results[str(files["dng_0"])]
+    ranked = results[str(files["dng_0"])].top
     labels = (deploy / "labels.txt").read_text().splitlines()
     assert len(ranked) == 5 and all(label in labels for label, _ in ranked)
     probs = [p for _, p in ranked]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+
+def tile_probabilities(deploy, mosaics):
+    runner = runtime.TFLiteRunner(deploy / "model_float32.tflite")
+    return runner.invoke(np.asarray(mosaics, np.float32)[..., np.newaxis])
+
+
+def test_whole_photo_tiles(setup):
+    deploy, _, files = setup
+    labels = (deploy / "labels.txt").read_text().splitlines()
+    probs = tile_probabilities(deploy, files["tiles"])
+    mean = probs.mean(axis=0)
+    results = predict.predict(deploy / "model_float32.tflite", [files["photo"], files["photo_dng"]], batch_size=4)
+    for path, origin in ((files["photo"], 0), (files["photo_dng"], 1)):
+        r = results[str(path)]
+        assert not r.error and r.mosaic_shape == (64, 96) and r.bin_factor == 1
+        assert [(t.y, t.x, t.size) for t in r.tiles] == [
+            (origin + y, origin + x, 32) for y in (0, 32) for x in (0, 32, 64)
+        ]
+        for tile, p in zip(r.tiles, probs, strict=True):
+            assert [label for label, _ in tile.top] == [labels[k] for k in np.argsort(-p)[:5]]
+        assert [label for label, _ in r.top] == [labels[k] for k in np.argsort(-mean)[:5]]
+        np.testing.assert_allclose([p for _, p in r.top], np.sort(mean)[::-1][:5], atol=1e-5)
+
+
+def test_whole_photo_bin_and_center(setup, tmp_path):
+    deploy, _, files = setup
+    labels = (deploy / "labels.txt").read_text().splitlines()
+    mosaic = files["tiles"][2]
+    expected = [labels[k] for k in np.argsort(-tile_probabilities(deploy, mosaic[np.newaxis])[0])[:5]]
+    h, w = mosaic.shape
+    sites = mosaic.reshape(h // 2, 1, 2, w // 2, 1, 2)
+    big = np.broadcast_to(sites, (h // 2, 3, 2, w // 2, 3, 2)).reshape(3 * h, 3 * w)  # each site x3 in its colour
+    np.save(tmp_path / "big.npy", np.pad(big, ((0, 4), (0, 10))))
+    np.save(tmp_path / "framed.npy", np.pad(mosaic, ((20, 20), (6, 6))))
+    model = deploy / "model_float32.tflite"
+    binned = predict.predict(model, [tmp_path / "big.npy"], fit="bin")[str(tmp_path / "big.npy")]
+    assert binned.bin_factor == 3 and [(t.y, t.x, t.size) for t in binned.tiles] == [(0, 0, 96)]
+    assert [label for label, _ in binned.top] == expected
+    center = predict.predict(model, [tmp_path / "framed.npy"], fit="center")[str(tmp_path / "framed.npy")]
+    assert [(t.y, t.x, t.size) for t in center.tiles] == [(20, 6, 32)]
+    assert [label for label, _ in center.top] == expected
 
 
 def test_bad_inputs(setup, tmp_path):
@@ -83,13 +139,14 @@ def test_bad_inputs(setup, tmp_path):
     cases = {
         "odd.npy": (np.zeros((31, 32), np.float32), "mosaic is 31x32; a Bayer mosaic needs even height and width"),
         "int.npy": (np.zeros((32, 32), np.int32), r"dtype int32; expected float32 in \[0, 1\] or uint16"),
-        "small.npy": (np.zeros((16, 16), np.float32), "mosaic is 16x16 but the model takes 32x32"),
+        "small.npy": (np.zeros((16, 16), np.float32), "mosaic is 16x16, smaller than the model's 32x32 input"),
         "rgb.npy": (np.zeros((32, 32, 3), np.float32), r"shape \(32, 32, 3\); a mosaic is \[H, W\]"),
     }
     for name, (array, message) in cases.items():
         np.save(tmp_path / name, array)
-        with pytest.raises(UserError, match=message):
-            predict.predict(model, [tmp_path / name])
+        results = predict.predict(model, [tmp_path / name, files["float_0"]])
+        assert re.fullmatch(f"{re.escape(str(tmp_path / name))}: {message}.*", results[str(tmp_path / name)].error)
+        assert not results[str(files["float_0"])].error and len(results[str(files["float_0"])].top) == 5
     lone = tmp_path / "lone" / "model_int8.tflite"
     lone.parent.mkdir()
     shutil.copy(model, lone)
@@ -120,3 +177,38 @@ def test_cli(setup, tmp_path):
     assert [line for line in bad.stderr.splitlines() if line.startswith("error:")] == [
         f"error: {tmp_path / 'odd.npy'}: dtype float16; expected float32 in [0, 1] or uint16 sensor counts"
     ]
+
+
+def test_cli_whole_photos_with_a_bad_file(setup, tmp_path):
+    deploy, _, files = setup
+    model = deploy / "model_int8.tflite"
+    bad = tmp_path / "odd.npy"
+    np.save(bad, np.zeros((33, 64), np.float32))
+    out = {"json": tmp_path / "p.json", "tiles_out": tmp_path / "tiles.csv", "overlay_dir": tmp_path / "pictures"}
+    args = [f"--{k}={v}" for k, v in out.items()]
+    run = subprocess.run(
+        [sys.executable, "-m", "isp_keras.predict", f"--model={model}", *args, str(files["photo_dng"]), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stdout.startswith(f"{files['photo_dng']} (6 tiles): ") and run.stdout.count("\n") == 1
+    assert [line for line in run.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {bad}: mosaic is 33x64; a Bayer mosaic needs even height and width",
+        "error: 1 of 2 files failed",
+    ]
+    saved = json.loads(out["json"].read_text())
+    assert saved[str(bad)] == {"error": f"{bad}: mosaic is 33x64; a Bayer mosaic needs even height and width"}
+    assert saved[str(files["photo_dng"])]["tile_count"] == 6 and len(saved[str(files["photo_dng"])]["top"]) == 5
+    rows = out["tiles_out"].read_text().splitlines()
+    assert rows[0].startswith("file,tile,y,x,size,label_1,probability_1") and len(rows) == 7
+    assert rows[6].startswith(f"{files['photo_dng']},5,33,65,32,")
+    assert (out["overlay_dir"] / "photo.dng.png").stat().st_size > 0
+    wrong = subprocess.run(
+        [sys.executable, "-m", "isp_keras.predict", f"--model={model}", "--tiles_out=t.txt", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert wrong.returncode == 2 and wrong.stderr.strip() == "error: --tiles_out=t.txt: give a .json or .csv path"
