@@ -1,4 +1,4 @@
-"""Build a RAW/RGB patch cache from pairs: `python -m isp_keras.pairs --pairs=csv:FILE|hdrplus:DIR --out=DIR`.
+"""Build a RAW/RGB patch cache from pairs: `python -m isp_keras.pairs --pairs=csv:FILE|hdrplus:DIR|raw:DIR --out=DIR`.
 
 Aligned non-overlapping patches of each pair, split by group (burst), labelled by the teacher on the RGB patch
 (test patches kept only where it is confident); see isp_keras/data/pairs.py for the layouts.

@@ -67,7 +67,7 @@ class ServiceConfig:
 
 @dataclasses.dataclass
 class PairsConfig:
-    pairs: str | None = option(None, "csv:FILE or hdrplus:DIR", required=True)
+    pairs: str | None = option(None, "csv:FILE, hdrplus:DIR or raw:DIR (RGB rendered by LibRaw)", required=True)
     out: str | None = option(None, "Cache directory to write (or reuse).", required=True)
     teacher: str = option(
         "embedded", ".keras teacher with sidecar JSON, a .tflite classifier, `embedded`, or a keras.applications name."

@@ -2,7 +2,10 @@
 
 Inputs are pairs (RAW file, processed RGB file, group id), from a CSV manifest or from an HDR+ burst folder:
 
-  csv:FILE       a CSV with a header `raw,rgb,group`; paths relative to the CSV's folder.
+  csv:FILE       a CSV with a header `raw,rgb,group`; paths relative to the CSV's folder; an empty rgb (or
+                 `libraw`) renders the RGB from the RAW file with LibRaw (raw.render).
+  raw:DIR        every RAW file in DIR (not recursive), each its own group, the RGB rendered by LibRaw: a folder
+                 of camera files without JPEGs gives the paper's "full ISP discarded" pairs.
   hdrplus:DIR    one sub-folder per burst (the group id is the folder name), either self-contained
                    DIR/<burst>/merged.dng, final.jpg, payload_N000.dng ..., reference_frame.txt
                  or the published dataset's split layout
@@ -12,9 +15,10 @@ Inputs are pairs (RAW file, processed RGB file, group id), from a CSV manifest o
                  (payload frames sorted by name, index from reference_frame.txt). RGB = final.jpg in both.
 
 The RAW is read with `rawio.read_raw` (canonical CFA phase); the RGB is cropped by the same offset and must then
-have the same size. Both are cut into aligned non-overlapping `patch_size` squares (the mosaic's 2x2 phase is kept
-because the patch size is even). Groups are split 80/20 with a seed (no group in both splits). The teacher labels
-each RGB patch; the test split keeps only patches whose top teacher probability exceeds `min_teacher_prob`.
+have the same size (raw.render explains why LibRaw's rendering is pixel-aligned with the mosaic). Both are cut into
+aligned non-overlapping `patch_size` squares (the mosaic's 2x2 phase is kept because the patch size is even). Groups
+are split 80/20 with a seed (no group in both splits). The teacher labels each RGB patch; the test split keeps only
+patches whose top teacher probability exceeds `min_teacher_prob`.
 
 Build a cache on its own (Table 2 builds its caches itself):
   python -m isp_keras.pairs --pairs=hdrplus:DIR --out=CACHE --teacher=T.keras [--mode=short] [--patch_size=256]
@@ -45,11 +49,14 @@ from absl import logging
 from isp_keras import fsutil
 from isp_keras.data import records
 from isp_keras.errors import UserError
-from isp_keras.raw import bayer, rawio
+from isp_keras.raw import bayer, rawio, render
 
 FORMAT = "isp_keras.pairs/1"
 COMPRESSION = "GZIP"
 MODES = ("merged", "short")
+LIBRAW = "libraw"  # Pair.rgb of a pair whose RGB is rendered from its RAW file
+# What raw:DIR lists: DNG and the camera formats LibRaw reads most often.
+RAW_SUFFIXES = (".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".srw", ".orf", ".rw2", ".raf", ".pef", ".3fr", ".iiq")
 AUTOTUNE = tf.data.AUTOTUNE
 # Training keeps decoded patches in memory (cache + shuffle buffer) only up to this many bytes.
 MEMORY_BUDGET = 1 << 30
@@ -76,7 +83,20 @@ def pairs_from_csv(path) -> list[Pair]:
     if not rows or not {"raw", "rgb", "group"} <= set(rows[0]):
         raise UserError(f"{path}: the manifest needs a header raw,rgb,group and at least one row")
     base = path.parent
-    return [Pair(str(base / r["raw"]), str(base / r["rgb"]), str(r["group"])) for r in rows]
+    return [
+        Pair(str(base / r["raw"]), str(base / r["rgb"]) if r["rgb"] not in ("", LIBRAW) else LIBRAW, str(r["group"]))
+        for r in rows
+    ]
+
+
+def pairs_from_raw_folder(root) -> list[Pair]:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"raw:{root}: not a directory")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in RAW_SUFFIXES)
+    if not files:
+        raise UserError(f"raw:{root}: no RAW files ({', '.join(RAW_SUFFIXES)})")
+    return [Pair(str(p), LIBRAW, p.name) for p in files]
 
 
 def _payload_frame(burst: Path) -> tuple[str, str | None]:
@@ -130,7 +150,9 @@ def list_pairs(spec: str, mode: str = "merged") -> list[Pair]:
         return pairs_from_csv(arg)
     if kind == "hdrplus" and arg:
         return pairs_from_hdrplus(arg, mode)
-    raise UserError(f"--pairs={spec!r}: use csv:FILE or hdrplus:DIR")
+    if kind == "raw" and arg:
+        return pairs_from_raw_folder(arg)
+    raise UserError(f"--pairs={spec!r}: use csv:FILE, hdrplus:DIR or raw:DIR")
 
 
 # ---------------------------------------------------------------- one pair -> aligned patches
@@ -153,7 +175,7 @@ def aligned_pair(pair: Pair, cfa: str) -> tuple[np.ndarray, np.ndarray]:
     if pair.problem:
         raise UserError(pair.problem)
     img = rawio.read_raw(pair.raw, cfa)
-    rgb = load_rgb(pair.rgb)
+    rgb = render.libraw_srgb(pair.raw) if pair.rgb == LIBRAW else load_rgb(pair.rgb)
     if rgb.shape[:2] != tuple(img.visible_shape):
         raise UserError(
             f"{pair.rgb}: RGB is {rgb.shape[1]}x{rgb.shape[0]} but the RAW {pair.raw} has a visible area "

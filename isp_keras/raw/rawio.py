@@ -70,7 +70,7 @@ def canonical_crop(height: int, width: int, offset: tuple[int, int]) -> tuple[sl
 
 
 @contextlib.contextmanager
-def _quiet_libraw():
+def quiet_libraw():
     """LibRaw prints its own diagnostics (e.g. 'Unexpected end of file') on the C-level stderr; our one-line
     UserError replaces them, so fd 2 is pointed at /dev/null while LibRaw reads."""
     try:
@@ -160,7 +160,7 @@ def read_raw(path, cfa: str = "RGGB") -> RawImage:
         if problem:
             raise UserError(f"{path}: {problem}")
     try:
-        with _quiet_libraw(), rawpy.imread(str(path)) as raw:
+        with quiet_libraw(), rawpy.imread(str(path)) as raw:
             if raw.raw_type != rawpy.RawType.Flat:
                 raise UserError(f"{path}: a demosaiced/linear raw ({raw.raw_type.name} layout), not a Bayer mosaic")
             pattern = raw.raw_pattern

@@ -271,7 +271,7 @@ class AblationConfig(TrainConfig):
 
 @dataclasses.dataclass
 class Table2Config(TrainConfig):
-    pairs: str = option("", "csv:FILE (header raw,rgb,group) or hdrplus:DIR (see isp_keras/data/pairs.py).")
+    pairs: str = option("", "csv:FILE (header raw,rgb,group), hdrplus:DIR or raw:DIR (see isp_keras/data/pairs.py).")
     modes: list[str] = option(list(PAIR_MODES), "RAW inputs: merged and/or short (the burst's reference frame).")
     patch_size: int = option(256, "Side of the aligned non-overlapping patches (even).")
     min_teacher_prob: float = option(0.8, "Test patches kept only if the teacher's top probability exceeds this.")
@@ -294,7 +294,7 @@ class Table2Config(TrainConfig):
     def validate(self) -> Table2Config:
         super().validate()
         if not self.pairs:
-            raise UserError("--pairs: required (csv:FILE or hdrplus:DIR)")
+            raise UserError("--pairs: required (csv:FILE, hdrplus:DIR or raw:DIR)")
         self.modes = list(dict.fromkeys(self.modes))
         if not self.modes or any(m not in PAIR_MODES for m in self.modes):
             raise UserError(f"--modes={','.join(self.modes)}: each must be one of {', '.join(PAIR_MODES)}")

@@ -14,7 +14,7 @@ from PIL import Image
 from isp_keras.data import pairs
 from isp_keras.errors import UserError
 from isp_keras.models import architectures, teachers
-from isp_keras.raw import rawio
+from isp_keras.raw import rawio, render
 
 
 def _position_pair(tmp_path, h=30, w=40, file_cfa="GRBG"):
@@ -259,3 +259,21 @@ def test_cache_is_reused_and_never_half_written(bursts, tmp_path, tiny_teacher, 
         _build(bursts, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.01)
     assert not (tmp_path / ".cache.partial").exists()
     assert pairs.read_index(tmp_path / "cache") == first  # the complete old cache is untouched
+
+
+def test_raw_folder_pairs_render_their_rgb_with_libraw(tmp_path):
+    counts = (1 + 100 * np.arange(30)[:, None] + np.arange(40)[None, :]).astype(np.uint16)
+    for name, cfa in (("b.dng", "GRBG"), ("a.DNG", "RGGB")):
+        rawio.write_dng(tmp_path / name, counts, cfa, black_level=0, white_level=65535)
+    (tmp_path / "notes.txt").write_text("not a RAW file")
+    listed = pairs.list_pairs(f"raw:{tmp_path}")
+    assert listed == [pairs.Pair(str(tmp_path / n), pairs.LIBRAW, n) for n in ("a.DNG", "b.dng")]
+    mosaic, rgb = pairs.aligned_pair(listed[1], "RGGB")
+    y, x = rawio.canonical_crop(30, 40, rawio.cfa_offset("GRBG", "RGGB"))
+    assert mosaic.shape == rgb.shape[:2] == (y.stop - y.start, x.stop - x.start)
+    np.testing.assert_array_equal(rgb, render.libraw_srgb(tmp_path / "b.dng")[y, x])
+    (tmp_path / "m.csv").write_text("raw,rgb,group\na.DNG,,s1\nb.dng,libraw,s2\n")
+    assert [p.rgb for p in pairs.pairs_from_csv(tmp_path / "m.csv")] == [pairs.LIBRAW, pairs.LIBRAW]
+    (tmp_path / "none").mkdir()
+    with pytest.raises(UserError, match=r"raw:.*none: no RAW files \(\.dng, "):
+        pairs.list_pairs(f"raw:{tmp_path / 'none'}")
