@@ -73,3 +73,25 @@ class PredictConfig:
         if self.tiles_out and not self.tiles_out.endswith((".json", ".csv")):
             raise UserError(f"--tiles_out={self.tiles_out}: give a .json or .csv path")
         return self
+
+
+@dataclasses.dataclass
+class RealRawConfig:
+    pairs: str = option("", "csv:FILE, hdrplus:DIR or raw:DIR (every RAW file in DIR, its RGB rendered by LibRaw).")
+    students: list[str] = option([], "Trained students to compare: NAME=RUN_DIR (student.keras + student.json).")
+    teacher: str = option("", "The RGB teacher (default: the one named in the first student's student.json).")
+    mode: str = option("merged", "hdrplus: pairs only: merged (the merged DNG) or short (the reference frame).")
+    min_teacher_prob: float = option(0.8, "A tile counts as confident when the teacher's top probability exceeds this.")
+    batch_size: int = option(16, "Tiles per forward pass.")
+    out: str = option(paths.default_run_dir("real_raw"), "Where results.json and results.md go.")
+
+    def validate(self) -> RealRawConfig:
+        if not self.pairs:
+            raise UserError("--pairs: required (csv:FILE, hdrplus:DIR or raw:DIR)")
+        if not self.students:
+            raise UserError("--students: give one or more trained students (NAME=RUN_DIR)")
+        if not 0.0 <= self.min_teacher_prob < 1.0:
+            raise UserError(f"--min_teacher_prob={self.min_teacher_prob}: must be in [0, 1)")
+        if self.batch_size < 1:
+            raise UserError(f"--batch_size={self.batch_size}: must be >= 1")
+        return self
