@@ -8,6 +8,14 @@ with Keras on the test split; and end to end on the same DNG bytes:
             (teacher normalisation + teacher, one graph) - the same architecture, so the same model size.
 Then the same for MobileNetV2 at 224 px with random weights (latency and size only; accuracy is meaningless).
 
+Full-size file (--full_size_mp, default 12 megapixels; a DNG written from the test mosaics, as no real file here is
+that large), each path over all the model-size tiles that fit (deploy.tiles):
+  RAW path: predict's own path: rawio.read_raw (LibRaw decode, levels, CFA phase) -> tiles -> int8 student, batched
+  ISP path: LibRaw decode + rawpy.postprocess of the whole frame -> the same tiles of RGB -> float32 teacher, batched
+Latency: --full_size_runs interleaved passes per path. Peak memory: each path once in a fresh Python process, its
+peak resident set (ru_maxrss) after the work and before it (imports and models loaded): `full_*_peak_rss_mb` and
+`full_*_work_rss_mb` (their difference, what the file itself cost).
+
 The compared runtimes are timed interleaved (bench/timing.py): rounds of --latency_block calls of each, the order
 rotating per round. `*_latency_ms` is the median over rounds of a runtime's per-call time; each latency ratio is the
 median of the per-round ratios, with their spread as `<ratio>_min/_q1/_q3/_max`.
@@ -52,6 +60,8 @@ class DeployBenchConfig:
     calibration_samples: int = option(300, "Training-pipeline mosaics calibrating the int8 model.")
     e2e_images: int = option(50, "Distinct DNGs cycled through in the end-to-end timings.")
     mobilenet: bool = option(True, "Also benchmark MobileNetV2 at 224 px (random weights).")
+    full_size_mp: float = option(12.0, "Megapixels of the full-size DNG timed end to end, tiles (0: skip).")
+    full_size_runs: int = option(3, "Interleaved end-to-end passes per path over the full-size DNG.")
 
     def validate(self) -> DeployBenchConfig:
         """Check every field (one-line UserError naming the flag); cooperative, so a config composed of several
@@ -64,6 +74,8 @@ class DeployBenchConfig:
             ("latency_block", 1),
             ("warmup", 0),
             ("agreement_take", 0),
+            ("full_size_runs", 1),
+            ("full_size_mp", 0),
         ):
             if getattr(self, name) < low:
                 raise UserError(f"--{name}={getattr(self, name)}: must be >= {low}")
@@ -213,6 +225,8 @@ def measure(
             {"raw_path_speedup_over_isp_path": ("isp_path", "raw_path")},
         )
     )
+    if cfg.full_size_mp > 0:
+        fig.update(full_size(student, models["int8"], isp_path_model, np.concatenate(singles), work, cfg))
     if agreement:
         e2e_labels = labels[: len(dngs)]
         fig["raw_path_top1"] = float(
@@ -221,6 +235,109 @@ def measure(
         fig["isp_path_top1"] = float(
             100.0 * np.mean([np.argmax(isp_path(i)) == e2e_labels[i] for i in range(len(dngs))])
         )
+    return fig
+
+
+def full_size_shape(megapixels: float, tile: int) -> tuple[int, int]:
+    """(H, W), 3:4, even, at least one tile each way."""
+    h = max(tile, int(round((megapixels * 1e6 * 3 / 4) ** 0.5 / 2)) * 2)
+    return h, max(tile, int(round(h * 4 / 3 / 2)) * 2)
+
+
+def write_full_size_dng(mosaics: np.ndarray, cfa: str, megapixels: float, path: Path) -> tuple[int, int]:
+    """A DNG of `megapixels` tiled from the (even-sized) test mosaics, so the CFA phase runs through it."""
+    from isp_keras.raw import rawio
+
+    size = mosaics.shape[1]
+    h, w = full_size_shape(megapixels, size)
+    reps = (-(-h // size), -(-w // size))
+    grid = np.concatenate([np.concatenate(list(np.resize(mosaics[..., 0], (reps[1], size, size))), axis=1)] * reps[0])
+    counts = np.round(BLACK_LEVEL + np.clip(grid[:h, :w], 0, 1) * (WHITE_LEVEL - BLACK_LEVEL)).astype(np.uint16)
+    rawio.write_dng(path, counts, cfa, BLACK_LEVEL, WHITE_LEVEL)
+    return h, w
+
+
+def path_fns(student_tflite: bytes, teacher_tflite: bytes, dng: Path, cfa: str, threads: int, batch: int = 32):
+    """The two full-size paths as calls returning the file's mean probabilities."""
+    import rawpy
+
+    from isp_keras.deploy import predict, runtime, tiles
+
+    raw_runner = runtime.TFLiteRunner(student_tflite, threads)
+    isp_runner = runtime.TFLiteRunner(teacher_tflite, threads)
+    size = raw_runner.input_shape[0]
+    labels = [str(i) for i in range(int(raw_runner.output["shape"][-1]))]
+
+    def raw_path(_=0):
+        result = predict.classify(raw_runner, labels, {"cfa": cfa}, dng, k=1, fit="tiles", batch_size=batch)
+        return result.top[0]
+
+    def isp_path(_=0):
+        with rawpy.imread(str(dng)) as raw:
+            rgb = raw.postprocess(**ISP_PARAMS)
+        windows = tiles.grid(rgb.shape[0], rgb.shape[1], size)
+        total = 0.0
+        for i in range(0, len(windows), batch):
+            crops = np.stack([rgb[w.y : w.y + size, w.x : w.x + size] for w in windows[i : i + batch]])
+            total = total + isp_runner.invoke(crops).sum(axis=0, dtype=np.float64)
+        return int(np.argmax(total))
+
+    return raw_path, isp_path
+
+
+def peak_rss_child(kind: str, student_tflite: str, teacher_tflite: str, dng: str, cfa: str, threads: int) -> None:
+    """Run in a fresh process: one pass of a path; prints {"before_kb", "peak_kb"} (ru_maxrss) as JSON."""
+    import json
+    import resource
+
+    raw_path, isp_path = path_fns(
+        Path(student_tflite).read_bytes(), Path(teacher_tflite).read_bytes(), Path(dng), cfa, threads
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    (raw_path if kind == "raw" else isp_path)()
+    print(json.dumps({"before_kb": before, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+def peak_rss(kind: str, files: dict, cfa: str, threads: int) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "from isp_keras.bench.deploy import peak_rss_child; "
+        f"peak_rss_child({kind!r}, {str(files['student'])!r}, {str(files['teacher'])!r}, {str(files['dng'])!r}, "
+        f"{cfa!r}, {threads})"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    if run.returncode:
+        raise RuntimeError(f"peak-memory run of the {kind} path failed: {run.stderr.strip()[-400:]}")
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    return {
+        f"full_{kind}_path_peak_rss_mb": out["peak_kb"] / 1024,
+        f"full_{kind}_path_work_rss_mb": (out["peak_kb"] - out["before_kb"]) / 1024,
+    }
+
+
+def full_size(student, int8_model: bytes, isp_model: bytes, mosaics: np.ndarray, work: Path, cfg) -> dict:
+    """Latency and peak memory of the RAW and ISP paths on one full-size DNG (see the module docstring)."""
+    from isp_keras.deploy import tiles
+
+    files = {"student": work / "full_int8.tflite", "teacher": work / "full_isp.tflite", "dng": work / "full.dng"}
+    files["student"].write_bytes(int8_model)
+    files["teacher"].write_bytes(isp_model)
+    h, w = write_full_size_dng(mosaics, student.cfa, cfg.full_size_mp, files["dng"])
+    raw_path, isp_path = path_fns(int8_model, isp_model, files["dng"], student.cfa, cfg.threads)
+    t = timing.interleaved_ratios({"raw": raw_path, "isp": isp_path}, cfg.full_size_runs, block=1, warmup=1)
+    fig = {
+        "full_size_shape": f"{w}x{h}",
+        "full_size_tiles": len(tiles.grid(h, w, student.image_size)),
+        "full_raw_path_latency_ms": t.ms("raw"),
+        "full_isp_path_latency_ms": t.ms("isp"),
+    }
+    fig.update(t.ratio_figures("full_raw_path_speedup_over_isp_path", "isp", "raw"))
+    for kind in ("raw", "isp"):
+        fig.update(peak_rss(kind, files, student.cfa, cfg.threads))
+    fig["full_isp_over_raw_peak_rss"] = fig["full_isp_path_peak_rss_mb"] / fig["full_raw_path_peak_rss_mb"]
     return fig
 
 

@@ -38,6 +38,8 @@ def test_smoke(tiny_student):
         calibration_samples=16,
         e2e_images=2,
         mobilenet=False,
+        full_size_mp=0.02,
+        full_size_runs=1,
     )
     fig = bench_deploy.run(cfg)
     for name in ("keras", "float32", "dynamic", "int8", "raw_path", "isp_path", "isp_only"):
@@ -53,6 +55,12 @@ def test_smoke(tiny_student):
     assert fig["agreement_examples"] == 32 and fig["e2e_images"] == 2
     assert fig["int8_bytes"] < fig["float32_bytes"] and fig["keras_bytes"] > 0
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in fig.values())
+    h, w = bench_deploy.full_size_shape(0.02, 32)
+    assert (h, w) == (122, 162) and fig["full_size_shape"] == "162x122" and fig["full_size_tiles"] == 3 * 5
+    for kind in ("raw", "isp"):
+        assert fig[f"full_{kind}_path_latency_ms"] > 0
+        assert fig[f"full_{kind}_path_peak_rss_mb"] > fig[f"full_{kind}_path_work_rss_mb"] >= 0
+    assert fig["full_raw_path_speedup_over_isp_path"] > 0
 
 
 def test_bad_flags(tmp_path):
@@ -60,6 +68,8 @@ def test_bad_flags(tmp_path):
         parse(["--runs=0"])  # from_flags validates
     with pytest.raises(UserError, match=r"^--runs=0: must be >= 1$"):
         bench_deploy.run(bench_deploy.DeployBenchConfig(runs=0))
+    with pytest.raises(UserError, match="--full_size_runs=0: must be >= 1"):
+        bench_deploy.DeployBenchConfig(full_size_runs=0).validate()
     with pytest.raises(UserError, match="--latency_block=0: must be >= 1"):
         bench_deploy.DeployBenchConfig(latency_block=0).validate()
     with pytest.raises(UserError, match="no such file or run directory"):
