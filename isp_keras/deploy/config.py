@@ -7,6 +7,7 @@ import dataclasses
 from isp_keras import paths
 from isp_keras.config import option
 from isp_keras.errors import UserError
+from isp_keras.raw.config import RawFormatOptions
 
 RANGE_BATCH = 100  # calibration mosaics per batch of the activation-range estimate (quantise.activation_ranges)
 
@@ -43,7 +44,7 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
-class PredictConfig:
+class PredictConfig(RawFormatOptions):
     model: str = option(
         "export/model_int8.tflite",
         "An exported .tflite (model_int8.tflite, model_float32.tflite, "
@@ -52,9 +53,12 @@ class PredictConfig:
     top_k: int = option(5, "How many labels to print per file.")
     num_threads: int = option(2, "LiteRT interpreter threads.")
     json: str = option("", "Also write the predictions as JSON to this path.")
-    files: list[str] = option([], "RAW files: DNG (or any LibRaw format) or .npy mosaics.", positional=True)
+    files: list[str] = option(
+        [], "RAW files: DNG (or any LibRaw format), sensor dumps, PNG/TIFF mosaics or .npy mosaics.", positional=True
+    )
 
     def validate(self) -> PredictConfig:
+        super().validate()
         if not self.files:
             raise UserError("no RAW files given: python -m isp_keras.predict --model=MODEL.tflite FILE...")
         if self.top_k < 1:

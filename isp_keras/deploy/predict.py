@@ -34,7 +34,7 @@ def read_export_info(model_path) -> tuple[list, dict]:
     return labels, manifest
 
 
-def read_mosaic(path, manifest: dict) -> np.ndarray:
+def read_mosaic(path, manifest: dict, raw_format=None) -> np.ndarray:
     """A RAW file as the model's float32 input [H, W, 1]; UserError naming the file and the problem."""
     path = Path(path)
     size = manifest["input"]["shape"][1:3]
@@ -55,7 +55,7 @@ def read_mosaic(path, manifest: dict) -> np.ndarray:
     else:
         from isp_keras.raw import rawio
 
-        mosaic = rawio.read_raw(path, cfa=manifest["cfa"]).mosaic
+        mosaic = rawio.read_raw(path, cfa=manifest["cfa"], fmt=raw_format).mosaic
     h, w = mosaic.shape
     if h % 2 or w % 2:
         raise UserError(f"{path}: mosaic is {h}x{w}; a Bayer mosaic needs even height and width")
@@ -71,7 +71,7 @@ def top_k(probs: np.ndarray, labels: list, k: int) -> list[tuple[str, float]]:
     return [(labels[i] if i < len(labels) else str(i), float(probs[i])) for i in order]
 
 
-def predict(model_path, files, k: int = 5, num_threads: int = 2) -> dict:
+def predict(model_path, files, k: int = 5, num_threads: int = 2, raw_format=None) -> dict:
     """{file: [(label, probability), ...]} for each RAW file, best first."""
     if not Path(model_path).is_file():
         raise UserError(f"--model={model_path}: no such file")
@@ -79,6 +79,6 @@ def predict(model_path, files, k: int = 5, num_threads: int = 2) -> dict:
     runner = runtime.TFLiteRunner(model_path, num_threads=num_threads)
     results = {}
     for path in files:
-        probs = runner.invoke(read_mosaic(path, manifest)[np.newaxis])[0]
+        probs = runner.invoke(read_mosaic(path, manifest, raw_format)[np.newaxis])[0]
         results[str(path)] = top_k(probs, labels, k)
     return results
