@@ -260,6 +260,32 @@ def test_raw_files(capsys, tmp_path, content, words):
     assert line.startswith(f"{path}: ") and words in line
 
 
+def test_raw_dumps_and_mosaic_images(capsys, tmp_path):
+    """Sensor dumps and mosaic images (rawio via raw/dumps.py, tested in depth in tests/raw/test_dumps.py): no
+    format, a byte count that does not match, a broken sidecar, an RGB PNG, data above the declared bit depth."""
+    from isp_keras.raw.dumps import SensorFormat
+
+    shot = tmp_path / "shot.raw"
+    np.zeros((512, 768), "<u2").tofile(shot)
+    assert one_line(capsys, lambda: rawio.read_raw(shot)) == (
+        f"{shot}: a headerless sensor dump needs its format: give --raw_width, --raw_height, --raw_bits, --raw_cfa "
+        f"(or a sidecar {shot}.json)"
+    )
+    fmt = SensorFormat(width=768, height=512, bits=14, cfa="RGGB")
+    shot.write_bytes(shot.read_bytes()[:-32])
+    assert one_line(capsys, lambda: rawio.read_raw(shot, "RGGB", fmt)) == (
+        f"{shot}: 768x512 u16 needs 786432 bytes, the file has 786400"
+    )
+    (tmp_path / "shot.raw.json").write_text('{"width": 768, "hieght": 512}')
+    assert one_line(capsys, lambda: rawio.read_raw(shot)).startswith(f"{shot}.json: unknown field(s) hieght (known:")
+    _png(tmp_path / "rgb.png", _rgb(0))
+    line = one_line(capsys, lambda: rawio.read_raw(tmp_path / "rgb.png", "RGGB", fmt))
+    assert line == f"{tmp_path / 'rgb.png'}: is RGB, not a single-channel mosaic"
+    np.full((4, 4), 65535, "<u2").tofile(tmp_path / "hot.bin")
+    line = one_line(capsys, lambda: rawio.read_raw(tmp_path / "hot.bin", "RGGB", SensorFormat(4, 4, 14, cfa="RGGB")))
+    assert line.startswith(f"{tmp_path / 'hot.bin'}: values up to 65535 need 16 bits but the format says 14-bit")
+
+
 # ----------------------------------------------------------------------- outputs and run directories
 
 

@@ -8,6 +8,7 @@ from isp_keras import paths
 from isp_keras.config import option
 from isp_keras.errors import UserError
 from isp_keras.raw.cfa import CFA_PATTERNS
+from isp_keras.raw.config import RawFormatOptions
 
 PAIR_MODES = ("merged", "short")
 
@@ -66,7 +67,7 @@ class ServiceConfig:
 
 
 @dataclasses.dataclass
-class PairsConfig:
+class PairsConfig(RawFormatOptions):
     pairs: str | None = option(None, "csv:FILE, hdrplus:DIR or raw:DIR (RGB rendered by LibRaw)", required=True)
     out: str | None = option(None, "Cache directory to write (or reuse).", required=True)
     teacher: str = option(

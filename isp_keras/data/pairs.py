@@ -14,11 +14,12 @@ Inputs are pairs (RAW file, processed RGB file, group id), from a CSV manifest o
                  mode `merged`: RAW = merged.dng; mode `short`: RAW = the reference payload frame
                  (payload frames sorted by name, index from reference_frame.txt). RGB = final.jpg in both.
 
-The RAW is read with `rawio.read_raw` (canonical CFA phase); the RGB is cropped by the same offset and must then
-have the same size (raw.render explains why LibRaw's rendering is pixel-aligned with the mosaic). Both are cut into
-aligned non-overlapping `patch_size` squares (the mosaic's 2x2 phase is kept because the patch size is even). Groups
-are split 80/20 with a seed (no group in both splits). The teacher labels each RGB patch; the test split keeps only
-patches whose top teacher probability exceeds `min_teacher_prob`.
+The RAW is read with `rawio.read_raw` (canonical CFA phase; headerless dumps and mosaic images take their format
+from `--raw_*` flags over a sidecar JSON per file, see raw/dumps.py); the RGB is cropped by the same offset and must
+then have the same size (raw.render explains why LibRaw's rendering is pixel-aligned with the mosaic). Both are cut
+into aligned non-overlapping `patch_size` squares (the mosaic's 2x2 phase is kept because the patch size is even).
+Groups are split 80/20 with a seed (no group in both splits). The teacher labels each RGB patch; the test split keeps
+only patches whose top teacher probability exceeds `min_teacher_prob`.
 
 Build a cache on its own (Table 2 builds its caches itself):
   python -m isp_keras.pairs --pairs=hdrplus:DIR --out=CACHE --teacher=T.keras [--mode=short] [--patch_size=256]
@@ -49,7 +50,7 @@ from absl import logging
 from isp_keras import fsutil
 from isp_keras.data import records
 from isp_keras.errors import UserError
-from isp_keras.raw import bayer, rawio, render
+from isp_keras.raw import bayer, dumps, rawio, render
 
 FORMAT = "isp_keras.pairs/1"
 COMPRESSION = "GZIP"
@@ -170,11 +171,11 @@ def load_rgb(path) -> np.ndarray:
         raise UserError(f"{path}: not a readable RGB image ({str(exc)[:120]})") from None
 
 
-def aligned_pair(pair: Pair, cfa: str) -> tuple[np.ndarray, np.ndarray]:
+def aligned_pair(pair: Pair, cfa: str, raw_format: dumps.SensorFormat | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mosaic float32 [h, w] in the canonical phase, RGB uint8 [h, w, 3] cropped the same way)."""
     if pair.problem:
         raise UserError(pair.problem)
-    img = rawio.read_raw(pair.raw, cfa)
+    img = rawio.read_raw(pair.raw, cfa, raw_format)
     rgb = render.libraw_srgb(pair.raw) if pair.rgb == LIBRAW else load_rgb(pair.rgb)
     if rgb.shape[:2] != tuple(img.visible_shape):
         raise UserError(
@@ -230,6 +231,7 @@ class BuildConfig:
     shards: int = 4
     batch_size: int = 64
     max_patches_per_pair: int = 0  # 0: all; else a seeded sample per pair (a 12 MP HDR+ frame has ~180 of 256 px)
+    raw_format: dumps.SensorFormat | None = None  # of headerless dumps / mosaic images, over their sidecars
 
     # What a command's config (the pairs command, Table 2) passes on as it is.
     SHARED = (
@@ -245,8 +247,10 @@ class BuildConfig:
 
     @classmethod
     def of(cls, cfg, out: str, mode: str) -> BuildConfig:
-        """The cache settings of a command config holding the SHARED fields."""
-        return cls(out=out, mode=mode, **{name: getattr(cfg, name) for name in cls.SHARED})
+        """The cache settings of a command config holding the SHARED fields (and the `--raw_*` flags if it has
+        them: raw.config.RawFormatOptions)."""
+        raw_format = cfg.sensor_format() if hasattr(cfg, "sensor_format") else None
+        return cls(out=out, mode=mode, raw_format=raw_format, **{name: getattr(cfg, name) for name in cls.SHARED})
 
     def validate(self) -> BuildConfig:
         if self.mode not in MODES:
@@ -272,9 +276,16 @@ def _file_id(path) -> list:
 
 
 def cache_key(cfg: BuildConfig, pairs: list[Pair], teacher_path: str) -> str:
-    """What the cache depends on: the input files (name, size, mtime), the teacher file and the settings."""
+    """What the cache depends on: the input files (name, size, mtime; a RAW's sidecar JSON too), the teacher file and
+    the settings. Without a RAW format or sidecars the key is what it was before they existed, so old caches stay
+    valid."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "strict", "shards", "batch_size")}
-    items = [[_file_id(p.raw), _file_id(p.rgb), p.group, p.problem] for p in pairs]
+    if settings["raw_format"] is None:
+        del settings["raw_format"]
+    items = []
+    for p in pairs:
+        sidecar = dumps.sidecar_path(p.raw)
+        items.append([_file_id(p.raw), _file_id(p.rgb), p.group, p.problem] + ([_file_id(sidecar)] if sidecar else []))
     blob = json.dumps({"settings": settings, "pairs": items, "teacher": _file_id(teacher_path)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -378,7 +389,7 @@ def build_cache(
         skipped, dropped, read = [], 0, 0
         for pair in tqdm(pairs, desc=f"patches {cfg.mode}", unit="pair", disable=not progress):
             try:
-                mosaic, rgb = aligned_pair(pair, cfg.cfa)
+                mosaic, rgb = aligned_pair(pair, cfg.cfa, cfg.raw_format)
             except UserError as exc:
                 if cfg.strict:
                     raise UserError(f"{exc} (--strict: stopping; no cache written)") from None

@@ -154,6 +154,7 @@ def evaluate(
     min_teacher_prob: float = 0.8,
     batch_size: int = 16,
     command: str = "",
+    raw_format=None,
 ) -> dict:
     from tqdm import tqdm
 
@@ -171,7 +172,7 @@ def evaluate(
     rows, files, skipped = [], [], []
     for pair in tqdm(listed, desc="real files", unit="file", disable=len(listed) < 2):
         try:
-            mosaic, rgb = pairs_lib.aligned_pair(pair, first.cfa)
+            mosaic, rgb = pairs_lib.aligned_pair(pair, first.cfa, raw_format)
         except UserError as exc:
             skipped.append({"raw": pair.raw, "error": str(exc)})
             continue

@@ -7,6 +7,7 @@ import dataclasses
 from isp_keras import paths
 from isp_keras.config import option
 from isp_keras.errors import UserError
+from isp_keras.raw.config import RawFormatOptions
 
 RANGE_BATCH = 100  # calibration mosaics per batch of the activation-range estimate (quantise.activation_ranges)
 
@@ -43,7 +44,7 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
-class PredictConfig:
+class PredictConfig(RawFormatOptions):
     model: str = option(
         "export/model_int8.tflite",
         "An exported .tflite (model_int8.tflite, model_float32.tflite, "
@@ -61,9 +62,12 @@ class PredictConfig:
     json: str = option("", "Also write the predictions as JSON to this path.")
     tiles_out: str = option("", "Write every tile's position and top-k to this .json or .csv file.")
     overlay_dir: str = option("", "Write one PNG per file: the photo with each tile's top class and confidence.")
-    files: list[str] = option([], "RAW files: DNG (or any LibRaw format) or .npy mosaics.", positional=True)
+    files: list[str] = option(
+        [], "RAW files: DNG (or any LibRaw format), sensor dumps, PNG/TIFF mosaics or .npy mosaics.", positional=True
+    )
 
     def validate(self) -> PredictConfig:
+        super().validate()
         if not self.files:
             raise UserError("no RAW files given: python -m isp_keras.predict --model=MODEL.tflite FILE...")
         if self.top_k < 1:
@@ -76,7 +80,7 @@ class PredictConfig:
 
 
 @dataclasses.dataclass
-class RealRawConfig:
+class RealRawConfig(RawFormatOptions):
     pairs: str = option("", "csv:FILE, hdrplus:DIR or raw:DIR (every RAW file in DIR, its RGB rendered by LibRaw).")
     students: list[str] = option([], "Trained students to compare: NAME=RUN_DIR (student.keras + student.json).")
     teacher: str = option("", "The RGB teacher (default: the one named in the first student's student.json).")
@@ -86,6 +90,7 @@ class RealRawConfig:
     out: str = option(paths.default_run_dir("real_raw"), "Where results.json and results.md go.")
 
     def validate(self) -> RealRawConfig:
+        super().validate()
         if not self.pairs:
             raise UserError("--pairs: required (csv:FILE, hdrplus:DIR or raw:DIR)")
         if not self.students:

@@ -38,9 +38,10 @@ def read_export_info(model_path) -> tuple[list, dict]:
     return labels, manifest
 
 
-def read_mosaic(path, manifest: dict) -> tuple[np.ndarray, tuple[int, int]]:
+def read_mosaic(path, manifest: dict, raw_format=None) -> tuple[np.ndarray, tuple[int, int]]:
     """A RAW file as a float32 [H, W] mosaic in the model's CFA phase, and the (rows, cols) cropped from the file's
-    visible area to reach that phase; UserError naming the file and the problem."""
+    visible area to reach that phase; UserError naming the file and the problem. `raw_format`: a raw.dumps
+    SensorFormat for headerless dumps and mosaic images (over their sidecars)."""
     path = Path(path)
     offset = (0, 0)
     if path.suffix.lower() == ".npy":
@@ -60,7 +61,7 @@ def read_mosaic(path, manifest: dict) -> tuple[np.ndarray, tuple[int, int]]:
     else:
         from isp_keras.raw import rawio
 
-        image = rawio.read_raw(path, cfa=manifest["cfa"])
+        image = rawio.read_raw(path, cfa=manifest["cfa"], fmt=raw_format)
         mosaic, offset = image.mosaic, image.offset
     h, w = mosaic.shape
     if h % 2 or w % 2:
@@ -128,9 +129,11 @@ def load(model_path, num_threads: int = 2) -> tuple[runtime.TFLiteRunner, list, 
     return runner, labels, manifest
 
 
-def classify(runner, labels, manifest, path, k=5, fit="tiles", batch_size=32, overlay=None) -> FileResult:
+def classify(
+    runner, labels, manifest, path, k=5, fit="tiles", batch_size=32, overlay=None, raw_format=None
+) -> FileResult:
     """One file's prediction; UserError naming the file if it cannot be read or fitted."""
-    mosaic, (dy, dx) = read_mosaic(path, manifest)
+    mosaic, (dy, dx) = read_mosaic(path, manifest, raw_format)
     size = runner.input_shape[0]
     fitted, windows, factor = tiles.fit(mosaic, size, fit, str(path))
     total, results = 0.0, []
@@ -159,7 +162,9 @@ def overlay_name(folder: Path, path, used: set) -> Path:
     return folder / name
 
 
-def classify_files(model_path, files, k=5, num_threads=2, fit="tiles", batch_size=32, overlay_dir=None, progress=True):
+def classify_files(
+    model_path, files, k=5, num_threads=2, fit="tiles", batch_size=32, overlay_dir=None, progress=True, raw_format=None
+):
     """Yield a FileResult per file; a file that fails is reported in its result's `error`, the rest go on."""
     from tqdm.auto import tqdm
 
@@ -176,7 +181,7 @@ def classify_files(model_path, files, k=5, num_threads=2, fit="tiles", batch_siz
     for path in tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2, leave=False):
         target = overlay_name(folder, path, used) if folder is not None else None
         try:
-            yield classify(runner, labels, manifest, path, k, fit, batch_size, target)
+            yield classify(runner, labels, manifest, path, k, fit, batch_size, target, raw_format)
         except UserError as exc:
             message = str(exc)
             yield FileResult(str(path), error=message if message.startswith(f"{path}:") else f"{path}: {message}")

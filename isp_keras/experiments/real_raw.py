@@ -27,6 +27,7 @@ def run(cfg: RealRawConfig) -> dict:
         cfg.min_teacher_prob,
         cfg.batch_size,
         cli.command_line(),
+        cfg.sensor_format(),
     )
     print(agreement.format_table(result), end="")
     return result

@@ -10,6 +10,7 @@ import numpy as np
 from isp_keras import fsutil
 from isp_keras.errors import UserError
 from isp_keras.raw import rawio
+from isp_keras.raw.dumps import SensorFormat
 
 
 def describe(img: rawio.RawImage) -> str:
@@ -42,8 +43,9 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     fsutil.write_bytes_atomic(path, buf.getvalue())
 
 
-def run(files: list[str], cfa: str = "RGGB", dump: str | None = None) -> int:
-    """Print one line per file; returns the number of files that failed."""
+def run(files: list[str], cfa: str = "RGGB", dump: str | None = None, fmt: SensorFormat | None = None) -> int:
+    """Print one line per file; returns the number of files that failed. `fmt`: the format of headerless dumps and
+    mosaic images (over their sidecars)."""
     out_dir = Path(dump) if dump else None
     if out_dir is not None:
         try:
@@ -54,7 +56,7 @@ def run(files: list[str], cfa: str = "RGGB", dump: str | None = None) -> int:
     used: set = set()
     for name in files:
         try:
-            img = rawio.read_raw(name, cfa)
+            img = rawio.read_raw(name, cfa, fmt)
         except UserError as exc:
             failed += 1
             print(f"{exc}" if str(exc).startswith(f"{name}:") else f"{name}: {exc}", flush=True)

@@ -5,6 +5,11 @@ DNGs (tifffile) that LibRaw reads back exactly.
 the leading row and/or column needed to bring the file's CFA phase to the requested canonical one (plus a final
 row/column to keep both sides even). `RawImage.offset` says what was cropped so the matching RGB image can be cut
 the same way. Everything that is not a 2x2 RGB Bayer mosaic with real pixel data raises `UserError("<path>: ...")`.
+
+Which reader a file gets, by its first bytes and then its name: a DNG or camera TIFF (DNGVersion or Make tag) or
+another camera header -> LibRaw; a PNG or a plain TIFF -> a single-channel mosaic image; anything else with a
+sidecar JSON, a dump suffix (.raw, .bin, ...) or a given width/height -> a headerless sensor dump (`raw/dumps.py`,
+which also describes the format, its sidecar and its errors); the rest -> LibRaw.
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ import numpy as np
 
 from isp_keras import fsutil
 from isp_keras.errors import UserError
-from isp_keras.raw import bayer
+from isp_keras.raw import bayer, dumps
 from isp_keras.raw.cfa import CFA_PATTERNS
 
 # LibRaw refuses images smaller than this on either side (its identify() treats them as "not raw").
 MIN_SIDE = 22
 _CFA_CODE = {"R": 0, "G": 1, "B": 2}
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_TIFF_MAGIC = dumps.TIFF_MAGIC
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Headers of non-TIFF camera formats LibRaw reads (ORF, RW2, RAF, CRW, MRW, X3F, IIQ; CR3 is ISO BMFF, "ftyp" at 4):
+# such files go to LibRaw even when a dump format is given for the other files of a command.
+_CAMERA_MAGIC = (b"IIRO", b"IIRS", b"MMOR", b"IIU\x00", b"FUJIFILM", b"II\x1a\x00", b"\x00MRM", b"FOVb", b"IIII")
 _PHOTOMETRIC_CFA = 32803
 _PHOTOMETRIC_LINEAR_RAW = 34892
 # XYZ (D65) -> linear sRGB: the default DNG ColorMatrix1 (XYZ -> camera) of a camera whose primaries are sRGB's,
@@ -98,8 +107,6 @@ def _tiff_problem(path: Path, size: int) -> str | None:
             first = tif.pages.first
             tags = first.tags
             if "DNGVersion" not in tags:
-                if "Make" not in tags:
-                    return "a plain TIFF image (no DNGVersion or Make tag), not a camera RAW file"
                 return None  # a TIFF-based camera format (CR2, NEF, ARW, ...): LibRaw knows its layout
             pages = list(tif.pages)
             for page in list(pages):
@@ -130,6 +137,19 @@ def _tiff_problem(path: Path, size: int) -> str | None:
     return None
 
 
+def _plain_tiff(path: Path) -> bool:
+    """A TIFF without DNGVersion and Make tags: an image (e.g. a mosaic), not a camera RAW file. LibRaw would read a
+    16-bit one as a raw with an invented pattern."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages.first.tags
+            return "DNGVersion" not in tags and "Make" not in tags
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError):
+        return False  # _tiff_problem names the corruption
+
+
 def _tag(page, name, default):
     tag = page.tags.get(name)
     return default if tag is None else tag.value
@@ -140,8 +160,26 @@ def _pattern(colors: np.ndarray, desc: bytes) -> str:
     return "".join(letters[int(c)] for c in colors[:2, :2].reshape(-1))
 
 
-def read_raw(path, cfa: str = "RGGB") -> RawImage:
-    """A camera RAW file as a normalised mosaic in the canonical `cfa` phase; UserError for anything else."""
+def _from_counts(path: Path, counts: np.ndarray, fmt: dumps.SensorFormat, cfa: str) -> RawImage:
+    """The RawImage of a dump's or mosaic image's sensor counts, normalised like LibRaw's."""
+    height, width = counts.shape
+    if counts.min() == counts.max():
+        raise UserError(f"{path}: holds no real pixel data (all {counts.size} pixels equal {counts.min():g})")
+    offset = cfa_offset(fmt.cfa, cfa)
+    rows, cols = canonical_crop(height, width, offset)
+    if rows.stop - rows.start < 2 or cols.stop - cols.start < 2:
+        raise UserError(f"{path}: {width}x{height} is too small after the CFA-phase crop")
+    black4 = fmt.black4()
+    black = np.tile(np.reshape(black4, (2, 2)), (height // 2 + 1, width // 2 + 1))[:height, :width]
+    visible = counts.astype(np.float64)
+    mosaic = ((visible[rows, cols] - black[rows, cols]) / (fmt.white - black[rows, cols])).astype(np.float32)
+    gains = None if fmt.wb_gains is None else [g / fmt.wb_gains[1] for g in fmt.wb_gains]
+    return RawImage(str(path), mosaic, cfa, fmt.cfa, offset, black4, fmt.white, gains, None, (height, width))
+
+
+def read_raw(path, cfa: str = "RGGB", fmt: dumps.SensorFormat | None = None) -> RawImage:
+    """A camera RAW file, headerless sensor dump or mosaic image as a normalised mosaic in the canonical `cfa`
+    phase; UserError for anything else. `fmt`: the format of dumps and mosaic images (over their sidecars)."""
     import rawpy
 
     cfa = bayer.check_cfa(cfa)
@@ -154,8 +192,13 @@ def read_raw(path, cfa: str = "RGGB") -> RawImage:
     if size == 0:
         raise UserError(f"{path}: empty file")
     with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic in _TIFF_MAGIC:
+        magic = f.read(8)
+    if magic.startswith(_PNG_MAGIC) or (magic[:4] in _TIFF_MAGIC and _plain_tiff(path)):
+        return _from_counts(path, *dumps.read_image(path, fmt), cfa)
+    camera = magic[:4] in _TIFF_MAGIC or magic.startswith(_CAMERA_MAGIC) or magic[4:8] == b"ftyp"
+    if not camera and dumps.is_dump(path, fmt):
+        return _from_counts(path, *dumps.read_dump(path, fmt), cfa)
+    if magic[:4] in _TIFF_MAGIC:
         problem = _tiff_problem(path, size)
         if problem:
             raise UserError(f"{path}: {problem}")

@@ -277,3 +277,44 @@ def test_raw_folder_pairs_render_their_rgb_with_libraw(tmp_path):
     (tmp_path / "none").mkdir()
     with pytest.raises(UserError, match=r"raw:.*none: no RAW files \(\.dng, "):
         pairs.list_pairs(f"raw:{tmp_path / 'none'}")
+
+
+def test_dump_pairs_take_the_raw_format(tmp_path):
+    """A headerless dump pairs like a DNG: its format comes from the --raw_* flags (via BuildConfig.of) over its
+    sidecar; the sidecar and the format are part of the cache key, which is unchanged for files without them."""
+    import dataclasses
+    import hashlib
+
+    from isp_keras.data.config import PairsConfig
+    from isp_keras.raw.dumps import SensorFormat
+
+    h, w = 30, 40
+    (1 + 100 * np.arange(h)[:, None] + np.arange(w)[None, :]).astype("<u2").tofile(tmp_path / "pos.raw")
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1] = np.arange(h)[:, None], np.arange(w)[None, :]
+    Image.fromarray(rgb).save(tmp_path / "pos.png")
+    pair = pairs.Pair(str(tmp_path / "pos.raw"), str(tmp_path / "pos.png"), "g")
+    build = pairs.BuildConfig.of(
+        PairsConfig(pairs="csv:x", out="y", raw_width=w, raw_height=h, raw_bits=16, raw_cfa="GRBG"), "y", "merged"
+    )
+    assert build.raw_format == SensorFormat(width=w, height=h, bits=16, cfa="GRBG")
+    mosaic, patch_rgb = pairs.aligned_pair(pair, "RGGB", build.raw_format)
+    code = np.round(mosaic * 65535).astype(np.int64) - 1
+    np.testing.assert_array_equal(code // 100, patch_rgb[..., 0])
+    np.testing.assert_array_equal(code % 100, patch_rgb[..., 1])
+    assert patch_rgb[0, 0, 1] == 1  # GRBG -> RGGB drops the first column
+
+    plain = dataclasses.replace(build, raw_format=None)
+    settings = {
+        k: v for k, v in dataclasses.asdict(plain).items() if k not in ("out", "strict", "shards", "batch_size")
+    }
+    del settings["raw_format"]
+    items = [[pairs._file_id(pair.raw), pairs._file_id(pair.rgb), pair.group, pair.problem]]
+    blob = json.dumps({"settings": settings, "pairs": items, "teacher": pairs._file_id("t")}, sort_keys=True)
+    before = pairs.cache_key(plain, [pair], "t")
+    assert before == hashlib.sha256(blob.encode()).hexdigest()  # the key of caches built before dumps existed
+    assert pairs.cache_key(build, [pair], "t") != before
+    (tmp_path / "pos.raw.json").write_text(json.dumps({"width": w, "height": h, "bits": 16, "cfa": "GRBG"}))
+    with_sidecar = pairs.cache_key(plain, [pair], "t")
+    assert with_sidecar != before
+    np.testing.assert_array_equal(pairs.aligned_pair(pair, "RGGB")[0], mosaic)

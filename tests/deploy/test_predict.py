@@ -212,3 +212,20 @@ def test_cli_whole_photos_with_a_bad_file(setup, tmp_path):
         timeout=120,
     )
     assert wrong.returncode == 2 and wrong.stderr.strip() == "error: --tiles_out=t.txt: give a .json or .csv path"
+
+
+def test_read_mosaic_of_a_sensor_dump(tmp_path):
+    """A headerless dump reaches the model input through the --raw_* format (no export needed: only the manifest's
+    CFA and input shape are read)."""
+    from isp_keras.raw.dumps import SensorFormat
+
+    counts = np.random.default_rng(5).integers(BLACK, WHITE + 1, (32, 34)).astype("<u2")
+    counts.tofile(tmp_path / "shot.raw")
+    manifest = {"cfa": "RGGB", "input": {"shape": [1, 32, 32, 1]}}
+    fmt = SensorFormat(width=34, height=32, bits=10, cfa="GRBG", black=(BLACK,), white=WHITE)
+    x, offset = predict.read_mosaic(tmp_path / "shot.raw", manifest, fmt)
+    want = ((counts[:, 1:33].astype(np.float64) - BLACK) / (WHITE - BLACK)).astype(np.float32)
+    np.testing.assert_array_equal(x, want)
+    assert offset == (0, 1)
+    with pytest.raises(UserError, match="shot.raw: a headerless sensor dump needs its format"):
+        predict.read_mosaic(tmp_path / "shot.raw", manifest)

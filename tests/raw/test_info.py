@@ -1,16 +1,21 @@
-"""rawinfo: one line per file, .npy dumps equal read_raw's mosaic, non-zero exit when any file fails."""
+"""rawinfo: one line per file (DNGs, sensor dumps, PNG mosaics), .npy dumps equal read_raw's mosaic, non-zero exit
+when any file fails."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from absl import flags
 
-from isp_keras import rawinfo
+from isp_keras import cli, config, rawinfo
 from isp_keras.errors import UserError
 from isp_keras.raw import info, rawio
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "raw"
 
 
 def _files(tmp_path):
@@ -56,3 +61,28 @@ def test_exit_status(tmp_path):
 def test_no_files_is_a_user_error():
     with pytest.raises(UserError, match="give one or more RAW files"):
         rawinfo.RawinfoConfig().validate()
+
+
+def test_dump_and_png_mosaic_lines(capsys):
+    """Sidecars beside the fixtures give the formats; the --raw_* flags (parsed as on the command line) override
+    them for every file."""
+    dump = FIXTURES / "nikon_d750_rose_crop_96x64_gbrg_14bit.raw"
+    png = FIXTURES / "nokia_n900_dog_grbg_10bit.png"
+    assert info.run([str(dump), str(png)], "RGGB") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(
+        f"{dump}: 96x64 visible, CFA GBRG -> RGGB offset 1,0 -> 96x62; black 600,600,600,600; white 15520; "
+        "wb 1.949,1.000,1.344; range "
+    )
+    assert lines[1].startswith(
+        f"{png}: 256x344 visible, CFA GRBG -> RGGB offset 0,1 -> 254x344; black 0,0,0,0; white 1023; wb none; range "
+    )
+    fv = flags.FlagValues()
+    config.define_flags(rawinfo.RawinfoConfig, fv)
+    argv = fv(["rawinfo", "--raw_black=0,0,0,0", "--raw_white=16383", "--raw_cfa=BGGR", str(dump), str(png)])
+    cli.make_main(rawinfo.RawinfoConfig, rawinfo.run, fv)(argv)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(
+        f"{dump}: 96x64 visible, CFA BGGR -> RGGB offset 1,1 -> 94x62; black 0,0,0,0; white 16383"
+    )
+    assert lines[1].startswith(f"{png}: 256x344 visible, CFA BGGR -> RGGB offset 1,1 -> 254x342; black 0,0,0,0; white")

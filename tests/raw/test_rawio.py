@@ -187,3 +187,24 @@ def test_raw_in_a_subifd_behind_a_preview(tmp_path):
     (tmp_path / "cut.dng").write_bytes(path.read_bytes()[:-500])
     with pytest.raises(UserError, match="cut.dng: truncated"):
         rawio.read_raw(tmp_path / "cut.dng")
+
+
+def test_dispatch_dng_camera_header_dump_and_image(tmp_path, good_dng):
+    """A given dump format does not touch DNGs or files with a camera header; plain TIFFs and PNGs are mosaic images;
+    a .raw without a format is refused instead of going to LibRaw, whose file-size table would guess its geometry."""
+    from isp_keras.raw.dumps import SensorFormat
+
+    fmt = SensorFormat(width=40, height=32, bits=12, cfa="BGGR")
+    assert rawio.read_raw(good_dng, "RGGB", fmt).file_cfa == "RGGB"
+    (tmp_path / "shot.raf").write_bytes(b"FUJIFILMCCD-RAW " + bytes(2544))
+    with pytest.raises(UserError, match="shot.raf: not a RAW file LibRaw can read"):
+        rawio.read_raw(tmp_path / "shot.raf", "RGGB", fmt)
+    m = np.random.default_rng(4).integers(0, 4096, (32, 40)).astype(np.uint16)
+    m.astype("<u2").tofile(tmp_path / "shot.dat")
+    img = rawio.read_raw(tmp_path / "shot.dat", "RGGB", fmt)  # any name, when the geometry is given
+    np.testing.assert_array_equal(img.mosaic, reference(m, [0] * 4, 4095, (1, 1)))
+    tifffile.imwrite(tmp_path / "plain.tif", m)
+    np.testing.assert_array_equal(rawio.read_raw(tmp_path / "plain.tif", "RGGB", fmt).mosaic, img.mosaic)
+    m.astype("<u2").tofile(tmp_path / "shot.raw")
+    with pytest.raises(UserError, match="shot.raw: a headerless sensor dump needs its format"):
+        rawio.read_raw(tmp_path / "shot.raw")
