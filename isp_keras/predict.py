@@ -12,8 +12,6 @@ read is one `error:` line and the others are still classified; the exit status i
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 
 from isp_keras import cli
@@ -21,23 +19,9 @@ from isp_keras.deploy.config import PredictConfig
 from isp_keras.errors import UserError
 
 
-def tiles_csv(results) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    k = max((len(t.top) for r in results for t in r.tiles), default=0)
-    writer.writerow(
-        ["file", "tile", "y", "x", "size"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"probability_{i}")]
-    )
-    for r in results:
-        for i, t in enumerate(r.tiles):
-            writer.writerow([r.path, i, t.y, t.x, t.size] + [v for label, p in t.top for v in (label, f"{p:.6f}")])
-    return buf.getvalue()
-
-
 def run(cfg: PredictConfig) -> list:
     from tqdm.auto import tqdm
 
-    from isp_keras import fsutil
     from isp_keras.deploy import predict
 
     results = []
@@ -58,15 +42,8 @@ def run(cfg: PredictConfig) -> list:
             continue
         where = f" ({len(r.tiles)} tiles)" if len(r.tiles) > 1 else ""
         tqdm.write(f"{r.path}{where}: " + ", ".join(f"{label} {p:.3f}" for label, p in r.top))
-    good = [r for r in results if not r.error]
-    if good and cfg.json:
-        fsutil.write_json_atomic(cfg.json, {r.path: r.to_json(tiles=False) for r in results})
-    if good and cfg.tiles_out:
-        if cfg.tiles_out.endswith(".csv"):
-            fsutil.write_text_atomic(cfg.tiles_out, tiles_csv(good))
-        else:
-            fsutil.write_json_atomic(cfg.tiles_out, {r.path: r.to_json() for r in good})
-    failed = len(results) - len(good)
+    predict.write_results(results, cfg.json, cfg.tiles_out)
+    failed = sum(1 for r in results if r.error)
     if failed and len(results) == 1:
         sys.exit(2)
     if failed:

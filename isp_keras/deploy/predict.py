@@ -9,12 +9,15 @@ Tiles go through LiteRT in batches, so memory is bounded by the decoded mosaic p
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
+from isp_keras import fsutil
 from isp_keras.deploy import runtime, serving, tiles
 from isp_keras.errors import UserError
 from isp_keras.raw import bayer
@@ -190,3 +193,30 @@ def classify_files(
 def predict(model_path, files, k: int = 5, num_threads: int = 2, **kwargs) -> dict:
     """{file: FileResult} for each RAW file (see classify_files)."""
     return {r.path: r for r in classify_files(model_path, files, k, num_threads, progress=False, **kwargs)}
+
+
+def tiles_csv(results) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    k = max((len(t.top) for r in results for t in r.tiles), default=0)
+    writer.writerow(
+        ["file", "tile", "y", "x", "size"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"probability_{i}")]
+    )
+    for r in results:
+        for i, t in enumerate(r.tiles):
+            writer.writerow([r.path, i, t.y, t.x, t.size] + [v for label, p in t.top for v in (label, f"{p:.6f}")])
+    return buf.getvalue()
+
+
+def write_results(results: list, json_path: str = "", tiles_path: str = "") -> None:
+    """--json (every file's top-k, or its error) and --tiles_out (.csv or .json: every tile); nothing if no file
+    was classified."""
+    good = [r for r in results if not r.error]
+    if not good:
+        return
+    if json_path:
+        fsutil.write_json_atomic(json_path, {r.path: r.to_json(tiles=False) for r in results})
+    if tiles_path.endswith(".csv"):
+        fsutil.write_text_atomic(tiles_path, tiles_csv(good))
+    elif tiles_path:
+        fsutil.write_json_atomic(tiles_path, {r.path: r.to_json() for r in good})
