@@ -3,9 +3,11 @@
 Inputs are pairs (RAW file, processed RGB file, group id), from a CSV manifest or from an HDR+ burst folder:
 
   csv:FILE       a CSV with a header `raw,rgb,group`; paths relative to the CSV's folder; an empty rgb (or
-                 `libraw`) renders the RGB from the RAW file with LibRaw (raw.render).
-  raw:DIR        every RAW file in DIR (not recursive), each its own group, the RGB rendered by LibRaw: a folder
-                 of camera files without JPEGs gives the paper's "full ISP discarded" pairs.
+                 `libraw`) renders the RGB from the RAW file with LibRaw (raw.render); an optional `format` column
+                 names a dump's sidecar JSON kept apart from it (e.g. for files in a read-only folder).
+  raw:DIR        every RAW file in DIR (not recursive: camera formats, and dumps/mosaic images with a sidecar JSON),
+                 each its own group, the RGB rendered by LibRaw: a folder of camera files without JPEGs gives the
+                 paper's "full ISP discarded" pairs.
   hdrplus:DIR    one sub-folder per burst (the group id is the folder name), either self-contained
                    DIR/<burst>/merged.dng, final.jpg, payload_N000.dng ..., reference_frame.txt
                  or the published dataset's split layout
@@ -56,8 +58,23 @@ FORMAT = "isp_keras.pairs/1"
 COMPRESSION = "GZIP"
 MODES = ("merged", "short")
 LIBRAW = "libraw"  # Pair.rgb of a pair whose RGB is rendered from its RAW file
-# What raw:DIR lists: DNG and the camera formats LibRaw reads most often.
-RAW_SUFFIXES = (".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".srw", ".orf", ".rw2", ".raf", ".pef", ".3fr", ".iiq")
+# What raw:DIR lists: DNG and the camera formats LibRaw reads most often, and any file with a sidecar JSON (a sensor
+# dump or mosaic image, raw.dumps).
+CAMERA_SUFFIXES = (
+    ".dng",
+    ".cr2",
+    ".cr3",
+    ".nef",
+    ".nrw",
+    ".arw",
+    ".srw",
+    ".orf",
+    ".rw2",
+    ".raf",
+    ".pef",
+    ".3fr",
+    ".iiq",
+)
 AUTOTUNE = tf.data.AUTOTUNE
 # Training keeps decoded patches in memory (cache + shuffle buffer) only up to this many bytes.
 MEMORY_BUDGET = 1 << 30
@@ -69,6 +86,7 @@ class Pair:
     rgb: str
     group: str
     problem: str | None = None  # found while listing (e.g. a burst without its reference frame)
+    sidecar: str | None = None  # a dump's format JSON kept elsewhere (the manifest's `format` column)
 
 
 # ---------------------------------------------------------------- listing pairs
@@ -85,7 +103,12 @@ def pairs_from_csv(path) -> list[Pair]:
         raise UserError(f"{path}: the manifest needs a header raw,rgb,group and at least one row")
     base = path.parent
     return [
-        Pair(str(base / r["raw"]), str(base / r["rgb"]) if r["rgb"] not in ("", LIBRAW) else LIBRAW, str(r["group"]))
+        Pair(
+            str(base / r["raw"]),
+            str(base / r["rgb"]) if r["rgb"] not in ("", LIBRAW) else LIBRAW,
+            str(r["group"]),
+            sidecar=str(base / r["format"]) if r.get("format") else None,
+        )
         for r in rows
     ]
 
@@ -94,9 +117,15 @@ def pairs_from_raw_folder(root) -> list[Pair]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"raw:{root}: not a directory")
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in RAW_SUFFIXES)
+    files = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_file() and (p.suffix.lower() in CAMERA_SUFFIXES or (p.suffix != ".json" and dumps.sidecar_path(p)))
+    )
     if not files:
-        raise UserError(f"raw:{root}: no RAW files ({', '.join(RAW_SUFFIXES)})")
+        raise UserError(
+            f"raw:{root}: no RAW files (camera formats {', '.join(CAMERA_SUFFIXES)}, or files with a sidecar JSON)"
+        )
     return [Pair(str(p), LIBRAW, p.name) for p in files]
 
 
@@ -175,8 +204,10 @@ def aligned_pair(pair: Pair, cfa: str, raw_format: dumps.SensorFormat | None = N
     """(mosaic float32 [h, w] in the canonical phase, RGB uint8 [h, w, 3] cropped the same way)."""
     if pair.problem:
         raise UserError(pair.problem)
+    if pair.sidecar:
+        raw_format = dumps.SensorFormat.from_sidecar(pair.sidecar).merged(raw_format)
     img = rawio.read_raw(pair.raw, cfa, raw_format)
-    rgb = render.libraw_srgb(pair.raw) if pair.rgb == LIBRAW else load_rgb(pair.rgb)
+    rgb = render.libraw_srgb(pair.raw, raw_format) if pair.rgb == LIBRAW else load_rgb(pair.rgb)
     if rgb.shape[:2] != tuple(img.visible_shape):
         raise UserError(
             f"{pair.rgb}: RGB is {rgb.shape[1]}x{rgb.shape[0]} but the RAW {pair.raw} has a visible area "
@@ -284,7 +315,7 @@ def cache_key(cfg: BuildConfig, pairs: list[Pair], teacher_path: str) -> str:
         del settings["raw_format"]
     items = []
     for p in pairs:
-        sidecar = dumps.sidecar_path(p.raw)
+        sidecar = p.sidecar or dumps.sidecar_path(p.raw)
         items.append([_file_id(p.raw), _file_id(p.rgb), p.group, p.problem] + ([_file_id(sidecar)] if sidecar else []))
     blob = json.dumps({"settings": settings, "pairs": items, "teacher": _file_id(teacher_path)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

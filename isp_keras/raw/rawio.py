@@ -177,6 +177,18 @@ def _from_counts(path: Path, counts: np.ndarray, fmt: dumps.SensorFormat, cfa: s
     return RawImage(str(path), mosaic, cfa, fmt.cfa, offset, black4, fmt.white, gains, None, (height, width))
 
 
+def sensor_counts(path: Path, fmt: dumps.SensorFormat | None) -> tuple[np.ndarray, dumps.SensorFormat] | None:
+    """(counts [H, W], format) of a mosaic image or headerless dump; None for a file LibRaw reads (camera header)."""
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic.startswith(_PNG_MAGIC) or (magic[:4] in _TIFF_MAGIC and _plain_tiff(path)):
+        return dumps.read_image(path, fmt)
+    camera = magic[:4] in _TIFF_MAGIC or magic.startswith(_CAMERA_MAGIC) or magic[4:8] == b"ftyp"
+    if not camera and dumps.is_dump(path, fmt):
+        return dumps.read_dump(path, fmt)
+    return None
+
+
 def read_raw(path, cfa: str = "RGGB", fmt: dumps.SensorFormat | None = None) -> RawImage:
     """A camera RAW file, headerless sensor dump or mosaic image as a normalised mosaic in the canonical `cfa`
     phase; UserError for anything else. `fmt`: the format of dumps and mosaic images (over their sidecars)."""
@@ -191,13 +203,11 @@ def read_raw(path, cfa: str = "RGGB", fmt: dumps.SensorFormat | None = None) -> 
     size = path.stat().st_size
     if size == 0:
         raise UserError(f"{path}: empty file")
+    counts = sensor_counts(path, fmt)
+    if counts is not None:
+        return _from_counts(path, *counts, cfa)
     with open(path, "rb") as f:
         magic = f.read(8)
-    if magic.startswith(_PNG_MAGIC) or (magic[:4] in _TIFF_MAGIC and _plain_tiff(path)):
-        return _from_counts(path, *dumps.read_image(path, fmt), cfa)
-    camera = magic[:4] in _TIFF_MAGIC or magic.startswith(_CAMERA_MAGIC) or magic[4:8] == b"ftyp"
-    if not camera and dumps.is_dump(path, fmt):
-        return _from_counts(path, *dumps.read_dump(path, fmt), cfa)
     if magic[:4] in _TIFF_MAGIC:
         problem = _tiff_problem(path, size)
         if problem:

@@ -8,10 +8,15 @@ pixel-aligned with `rawio.read_raw`'s mosaic:
   of a DNG), pixel (y, x) at visible pixel (y, x). A file whose output differs in size (non-square pixels, Fuji's
   rotated layouts) is refused rather than silently misaligned.
 `rawio.read_raw` then crops the same leading row/column (its `offset`) from both to reach the canonical CFA phase.
+
+Headerless dumps and mosaic images carry no colour metadata; they are written to a temporary DNG with their CFA,
+black and white levels and, if the sidecar gives them, white-balance gains, and LibRaw renders that. Their camera RGB
+is taken as sRGB (no colour matrix is known), so the colours are approximate; the geometry is exact.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +24,34 @@ import numpy as np
 from isp_keras.errors import UserError
 
 
-def libraw_srgb(path) -> np.ndarray:
-    """uint8 [H, W, 3] sRGB of the file's visible sensor area; UserError naming the file otherwise."""
-    import rawpy
-
+def libraw_srgb(path, raw_format=None) -> np.ndarray:
+    """uint8 [H, W, 3] sRGB of the file's visible sensor area; UserError naming the file otherwise. `raw_format`:
+    the raw.dumps.SensorFormat of a dump or mosaic image (over its sidecar)."""
     from isp_keras.raw import rawio
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    counts = rawio.sensor_counts(path, raw_format)
+    if counts is None:
+        return _render(path, path)
+    counts, fmt = counts
+    with tempfile.TemporaryDirectory(prefix="isp_keras_render_") as tmp:
+        dng = Path(tmp) / "mosaic.dng"
+        try:
+            rawio.write_dng(dng, counts.astype(np.uint16), fmt.cfa, fmt.black4(), fmt.white, wb_gains=fmt.wb_gains)
+        except ValueError as exc:
+            raise UserError(f"{path}: cannot be rendered by LibRaw ({exc})") from None
+        return _render(dng, path)
+
+
+def _render(source: Path, path: Path) -> np.ndarray:
+    import rawpy
+
+    from isp_keras.raw import rawio
+
     try:
-        with rawio.quiet_libraw(), rawpy.imread(str(path)) as raw:
+        with rawio.quiet_libraw(), rawpy.imread(str(source)) as raw:
             visible = tuple(raw.raw_image_visible.shape)
             rgb = raw.postprocess(use_camera_wb=True, output_color=rawpy.ColorSpace.sRGB, output_bps=8, user_flip=0)
     except (rawpy.LibRawError, OSError, ValueError) as exc:

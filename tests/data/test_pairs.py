@@ -275,7 +275,9 @@ def test_raw_folder_pairs_render_their_rgb_with_libraw(tmp_path):
     (tmp_path / "m.csv").write_text("raw,rgb,group\na.DNG,,s1\nb.dng,libraw,s2\n")
     assert [p.rgb for p in pairs.pairs_from_csv(tmp_path / "m.csv")] == [pairs.LIBRAW, pairs.LIBRAW]
     (tmp_path / "none").mkdir()
-    with pytest.raises(UserError, match=r"raw:.*none: no RAW files \(\.dng, "):
+    with pytest.raises(
+        UserError, match=r"raw:.*none: no RAW files \(camera formats \.dng, .*or files with a sidecar JSON\)"
+    ):
         pairs.list_pairs(f"raw:{tmp_path / 'none'}")
 
 
@@ -318,3 +320,20 @@ def test_dump_pairs_take_the_raw_format(tmp_path):
     with_sidecar = pairs.cache_key(plain, [pair], "t")
     assert with_sidecar != before
     np.testing.assert_array_equal(pairs.aligned_pair(pair, "RGGB")[0], mosaic)
+
+
+def test_manifest_format_column_names_a_sidecar_kept_elsewhere(tmp_path):
+    h, w = 30, 40
+    counts = (1 + 100 * np.arange(h)[:, None] + np.arange(w)[None, :]).astype("<u2")
+    (tmp_path / "ro").mkdir()
+    counts.tofile(tmp_path / "ro" / "shot.raw")
+    (tmp_path / "formats").mkdir()
+    (tmp_path / "formats" / "shot.json").write_text(json.dumps({"width": w, "height": h, "bits": 16, "cfa": "GBRG"}))
+    (tmp_path / "m.csv").write_text("raw,rgb,group,format\nro/shot.raw,,s1,formats/shot.json\n")
+    (pair,) = pairs.list_pairs(f"csv:{tmp_path / 'm.csv'}")
+    assert pair.sidecar == str(tmp_path / "formats" / "shot.json") and pair.rgb == pairs.LIBRAW
+    mosaic, rgb = pairs.aligned_pair(pair, "RGGB")
+    assert mosaic.shape == rgb.shape[:2] == (28, 40)  # GBRG -> RGGB drops the first row and, to stay even, the last
+    np.testing.assert_array_equal(np.round(mosaic * 65535).astype(np.int64) - 1, (counts[1:29] - 1).astype(np.int64))
+    with pytest.raises(UserError, match="shot.raw: a headerless sensor dump needs its format"):
+        pairs.aligned_pair(pairs.Pair(pair.raw, pair.rgb, pair.group), "RGGB")

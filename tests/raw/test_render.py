@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -42,3 +44,21 @@ def test_unreadable_files_are_one_line(tmp_path):
     (tmp_path / "text.dng").write_text("not a raw file")
     with pytest.raises(UserError, match=r"text\.dng: LibRaw could not render it"):
         render.libraw_srgb(tmp_path / "text.dng")
+
+
+def test_a_sensor_dump_renders_through_a_temporary_dng(tmp_path):
+    h, w, top, left, bottom, right = 60, 80, 20, 30, 44, 62
+    counts = np.full((h, w), 200, "<u2")
+    counts[top:bottom, left:right] = 3800
+    counts.tofile(tmp_path / "box.raw")
+    fmt = {"width": w, "height": h, "bits": 12, "cfa": "GRBG", "black": 100, "white": 4000}
+    (tmp_path / "box.raw.json").write_text(json.dumps(fmt))
+    rgb = render.libraw_srgb(tmp_path / "box.raw")
+    rawio.write_dng(tmp_path / "box.dng", counts.astype(np.uint16), "GRBG", 100, 4000)
+    np.testing.assert_array_equal(rgb, render.libraw_srgb(tmp_path / "box.dng"))
+    bright = rgb.mean(axis=-1) > (rgb.mean(axis=-1).max() + rgb.mean(axis=-1).min()) / 2
+    rows, cols = np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0))
+    assert (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1) == (top, bottom, left, right)
+    (tmp_path / "box.raw.json").unlink()
+    with pytest.raises(UserError, match="box.raw: a headerless sensor dump needs its format"):
+        render.libraw_srgb(tmp_path / "box.raw")
