@@ -24,7 +24,7 @@ import tensorflow as tf
 from isp_keras import fsutil
 from isp_keras.data import pairs as pairs_lib
 from isp_keras.data import pipeline
-from isp_keras.deploy import parity, serving
+from isp_keras.deploy import serving
 from isp_keras.errors import UserError
 
 TEACHER_RAW = "teacher_raw"
@@ -69,29 +69,34 @@ def load_students(specs: list[str]) -> dict:
     return students
 
 
-def _probabilities(model, x: np.ndarray, prepare, batch_size: int) -> np.ndarray:
-    fn = tf.function(lambda t: tf.nn.softmax(model(prepare(t), training=False), axis=-1))
+def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([fn(tf.constant(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
+
+
+def _softmax_fn(model, prepare):
+    """One traced function per model (shapes vary only in the batch), so files do not retrace it."""
+    return tf.function(lambda t: tf.nn.softmax(model(prepare(t), training=False), axis=-1), reduce_retracing=True)
 
 
 def _top5(probs: np.ndarray) -> np.ndarray:
     return np.argsort(-probs, axis=-1, kind="stable")[:, :5]
 
 
-def classify_pair(students: dict, teacher, raws: np.ndarray, rgbs: np.ndarray, batch_size: int) -> Rows:
+def classifiers(students: dict, teacher) -> tuple:
+    """(teacher on RGB in [0, 1], {row: fn on mosaics}): the teacher_raw row and every student."""
     first = next(iter(students.values()))
-    rgb = rgbs.astype(np.float32) / 255.0
-    teacher_probs = _probabilities(teacher, rgb, lambda t: pipeline.teacher_input(t, norm=first.norm), batch_size)
-    mosaics = raws[..., np.newaxis].astype(np.float32)
-    top5 = {
-        TEACHER_RAW: _top5(
-            _probabilities(
-                teacher, mosaics, lambda t: pipeline.student_input(t, cfa=first.cfa, norm=first.norm), batch_size
-            )
-        )
-    }
+    on_rgb = _softmax_fn(teacher, lambda t: pipeline.teacher_input(t, norm=first.norm))
+    on_raw = {TEACHER_RAW: _softmax_fn(teacher, lambda t: pipeline.student_input(t, cfa=first.cfa, norm=first.norm))}
     for name, student in students.items():
-        top5[name] = _top5(parity.keras_probabilities(student, mosaics, batch_size))
+        serve = serving.probabilities_fn(student)
+        on_raw[name] = tf.function(lambda t, serve=serve: serve(t)[serving.OUTPUT_NAME], reduce_retracing=True)
+    return on_rgb, on_raw
+
+
+def classify_pair(on_rgb, on_raw: dict, raws: np.ndarray, rgbs: np.ndarray, batch_size: int) -> Rows:
+    teacher_probs = _batched(on_rgb, rgbs.astype(np.float32) / 255.0, batch_size)
+    mosaics = raws[..., np.newaxis].astype(np.float32)
+    top5 = {name: _top5(_batched(fn, mosaics, batch_size)) for name, fn in on_raw.items()}
     return Rows(teacher_probs.argmax(-1), teacher_probs.max(-1), top5)
 
 
@@ -169,6 +174,7 @@ def evaluate(
     teacher_model, _ = teachers.load_teacher(teacher_path)
     pairs_lib.check_patch_size(teacher_model, first.image_size, teacher_path)
     listed = pairs_lib.list_pairs(pairs, mode)
+    on_rgb, on_raw = classifiers(loaded, teacher_model)
     rows, files, skipped = [], [], []
     for pair in tqdm(listed, desc="real files", unit="file", disable=len(listed) < 2):
         try:
@@ -180,7 +186,7 @@ def evaluate(
         if not len(raws):
             skipped.append({"raw": pair.raw, "error": f"{mosaic.shape[1]}x{mosaic.shape[0]} holds no whole tile"})
             continue
-        r = classify_pair(loaded, teacher_model, raws, rgbs, batch_size)
+        r = classify_pair(on_rgb, on_raw, raws, rgbs, batch_size)
         rows.append(r)
         per_file = figures([r], min_teacher_prob)
         files.append(
