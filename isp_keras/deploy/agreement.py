@@ -10,6 +10,11 @@ the run's normalisation), classifies the RAW tile. Per row:
 - `agreement_top5`: the teacher's class among the row's top 5, on the same tiles;
 - `agreement_all`: top-1 agreement on every tile;
 - the number of tiles each figure rests on, overall and per file.
+
+`bin` > 1 first shrinks both sides by that factor, so that a tile sees more of a small photo: the mosaic by Bayer
+binning (deploy.tiles.bin_mosaic: the mean of the f x f same-colour sites of each 2f x 2f block, the CFA kept), the
+RGB by the mean of each f x f block. A binned site's centre and its RGB pixel's centre then differ by less than half
+a binned pixel (binning's own phase shift), which does not matter at tile scale.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import tensorflow as tf
 from isp_keras import fsutil
 from isp_keras.data import pairs as pairs_lib
 from isp_keras.data import pipeline
-from isp_keras.deploy import serving
+from isp_keras.deploy import serving, tiles
 from isp_keras.errors import UserError
 
 TEACHER_RAW = "teacher_raw"
@@ -82,6 +87,16 @@ def _top5(probs: np.ndarray) -> np.ndarray:
     return np.argsort(-probs, axis=-1, kind="stable")[:, :5]
 
 
+def bin_pair(mosaic: np.ndarray, rgb: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides of a pair shrunk by `factor` (see the module docstring); the same shape."""
+    if factor == 1:
+        return mosaic, rgb
+    binned = tiles.bin_mosaic(mosaic, factor)
+    h, w = binned.shape
+    blocks = rgb[: h * factor, : w * factor].reshape(h, factor, w, factor, 3).astype(np.float64)
+    return binned, np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
+
+
 def classifiers(students: dict, teacher) -> tuple:
     """(teacher on RGB in [0, 1], {row: fn on mosaics}): the teacher_raw row and every student."""
     first = next(iter(students.values()))
@@ -125,9 +140,10 @@ def _pct(v) -> str:
 
 
 def format_table(result: dict) -> str:
+    binned = f" after {result['bin']}x{result['bin']} binning" if result.get("bin", 1) > 1 else ""
     lines = [
         f"Agreement with the teacher on {result['pairs_read']} real RAW file(s) ({result['pairs']}), "
-        f"{result['patch_size']} px tiles; teacher on {result['rgb_source']}; confident: teacher p > "
+        f"{result['patch_size']} px tiles{binned}; teacher on {result['rgb_source']}; confident: teacher p > "
         f"{result['min_teacher_prob']:g}",
         "",
         "| row | agreement % | top-5 agreement % | confident tiles | agreement % (all tiles) | tiles |",
@@ -160,6 +176,7 @@ def evaluate(
     batch_size: int = 16,
     command: str = "",
     raw_format=None,
+    bin_factor: int = 1,
 ) -> dict:
     from tqdm import tqdm
 
@@ -182,6 +199,7 @@ def evaluate(
         except UserError as exc:
             skipped.append({"raw": pair.raw, "error": str(exc)})
             continue
+        mosaic, rgb = bin_pair(mosaic, rgb, bin_factor)
         raws, rgbs, _ = pairs_lib.cut_patches(mosaic, rgb, first.image_size)
         if not len(raws):
             skipped.append({"raw": pair.raw, "error": f"{mosaic.shape[1]}x{mosaic.shape[0]} holds no whole tile"})
@@ -210,6 +228,7 @@ def evaluate(
         "students": dict(parse_students(students)),
         "rgb_source": rgb_source,
         "patch_size": first.image_size,
+        "bin": bin_factor,
         "cfa": first.cfa,
         "min_teacher_prob": min_teacher_prob,
         "pairs_read": len(files),

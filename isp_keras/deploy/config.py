@@ -87,6 +87,7 @@ class RealRawConfig(RawFormatOptions):
     mode: str = option("merged", "hdrplus: pairs only: merged (the merged DNG) or short (the reference frame).")
     min_teacher_prob: float = option(0.8, "A tile counts as confident when the teacher's top probability exceeds this.")
     batch_size: int = option(16, "Tiles per forward pass.")
+    bin: int = option(1, "Shrink each pair by this factor first (Bayer binning / RGB block mean) so tiles see more.")
     out: str = option(paths.default_run_dir("real_raw"), "Where results.json and results.md go.")
 
     def validate(self) -> RealRawConfig:
@@ -99,4 +100,6 @@ class RealRawConfig(RawFormatOptions):
             raise UserError(f"--min_teacher_prob={self.min_teacher_prob}: must be in [0, 1)")
         if self.batch_size < 1:
             raise UserError(f"--batch_size={self.batch_size}: must be >= 1")
+        if self.bin < 1:
+            raise UserError(f"--bin={self.bin}: must be >= 1")
         return self

@@ -28,6 +28,7 @@ def run(cfg: RealRawConfig) -> dict:
         cfg.batch_size,
         cli.command_line(),
         cfg.sensor_format(),
+        cfg.bin,
     )
     print(agreement.format_table(result), end="")
     return result

@@ -108,3 +108,15 @@ def test_cli_and_bad_input(raw_folder, tiny_student, tmp_path):
         bad.returncode == 2
         and bad.stderr.strip() == "error: --students: give one or more trained students (NAME=RUN_DIR)"
     )
+
+
+def test_bin_pair_shrinks_both_sides_alike():
+    rng = np.random.default_rng(0)
+    mosaic = rng.random((26, 38)).astype(np.float32)
+    rgb = rng.integers(0, 256, (26, 38, 3)).astype(np.uint8)
+    binned, small = agreement.bin_pair(mosaic, rgb, 3)
+    assert binned.shape == small.shape[:2] == (8, 12)
+    assert binned[3, 5] == pytest.approx(mosaic[6 + 1 : 12 : 2, 12 + 1 : 18 : 2].mean(), abs=1e-6)  # site (1, 1)
+    assert small[3, 5, 2] == np.round(rgb[9:12, 15:18, 2].astype(np.float64).mean())
+    same = agreement.bin_pair(mosaic, rgb, 1)
+    assert same[0] is mosaic and same[1] is rgb
