@@ -162,7 +162,7 @@ def format_table(result: dict) -> str:
         cells = [_pct(f["rows"][n]["agreement"]) for n in names]
         lines.append(f"| {Path(f['raw']).name} | {f['confident_tiles']}/{f['tiles']} | " + " | ".join(cells) + " |")
     for s in result["skipped"]:
-        lines.append(f"| {Path(s['raw']).name} | skipped: {s['error']} |" + " |" * (len(names) - 1))
+        lines.append(f"| {Path(s['raw']).name} | skipped: {s['error']} |" + " |" * len(names))
     return "\n".join(lines) + "\n"
 
 
