@@ -150,7 +150,7 @@ def classify(
     if overlay is not None:
         from isp_keras.deploy import overlay as picture
 
-        boxes = [(t.y - dy, t.x - dx, t.size, f"{t.top[0][0][:24]} {t.top[0][1]:.2f}") for t in results]
+        boxes = [(t.y - dy, t.x - dx, t.size, f"{t.top[0][0].split(',')[0][:20]} {t.top[0][1]:.2f}") for t in results]
         picture.draw(overlay, mosaic, manifest["cfa"], boxes)
     return FileResult(str(path), top_k(total / len(windows), labels, k), results, mosaic.shape, fit, factor)
 
