@@ -84,6 +84,10 @@ class DepthToSpace(layers.Layer):
         return {**super().get_config(), "block_size": self.block_size}
 
 
+# What loading a packed student needs besides Keras' own layers.
+CUSTOM_OBJECTS = {keras.saving.get_registered_name(DepthToSpace): DepthToSpace}
+
+
 def _teacher_padding(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
     """(pad before, outputs) of the teacher's convolution along one axis, as TensorFlow computes them: SAME pads
     max((out - 1) * stride + kernel - size, 0) in total, the smaller half first (none before for 3x3/2 on an even
