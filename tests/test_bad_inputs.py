@@ -377,3 +377,23 @@ def test_data_error_message_ignores_bugs():
         None, None, "Invalid JPEG data or crop window, data size 512\n\t [[{{node x}}]]"
     )
     assert errors.data_error_message(data) == "data pipeline: Invalid JPEG data or crop window, data size 512"
+
+
+def test_packed_student_input_needs_even_sides(capsys):
+    line = one_line(capsys, lambda: TrainConfig(student_input="packed", image_size=33).validate())
+    assert line == "--student_input=packed: image size 33 is odd; packing needs even sides"
+
+
+def test_resume_of_a_run_recorded_before_a_field_existed(capsys, tmp_path):
+    """A config.json without student_input (written before the flag) resumes as the default, infill."""
+    from isp_keras.training import runner
+
+    runner.prepare_out(train_plan(tmp_path))
+    path = tmp_path / runner.CONFIG_FILE
+    record = json.loads(path.read_text())
+    del record["config"]["student_input"]
+    path.write_text(json.dumps(record))
+    runner.prepare_out(train_plan(tmp_path))
+    path.write_text(json.dumps(record))
+    line = one_line(capsys, lambda: runner.prepare_out(train_plan(tmp_path, student_input="packed")))
+    assert line.startswith(f"{tmp_path}: its rows were made with --student_input=infill (now packed)")

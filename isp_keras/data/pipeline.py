@@ -2,7 +2,8 @@
 
 A source yields (uint8 RGB image [h, w, 3], int32 label). The builder turns it into
 ((student_input, teacher_input), label): the teacher sees the RGB crop normalised with its own statistics,
-the student sees the noisy Bayer mosaic of the same crop, bilinearly infilled and normalised per Bayer site.
+the student sees the noisy Bayer mosaic of the same crop, bilinearly infilled and normalised per Bayer site (or,
+for a packed student, the mosaic's 2x2 tiles).
 """
 
 from __future__ import annotations
@@ -131,7 +132,14 @@ def raw_simulator(cfg: PipelineConfig):
     return functools.partial(simulate_raw, cfa=cfg.cfa, noise_std=cfg.noise_std)
 
 
-def student_input(raw, *, cfa: str, norm: normalisation.Normalisation):
+def student_input(raw, *, cfa: str, norm: normalisation.Normalisation, kind: str = "infill"):
+    """What the student sees. infill: the normalised bilinear infill [.., H, W, 3] in the teacher's channel order.
+    packed: the mosaic's 2x2 tiles [.., H/2, W/2, 4]; a packed student's first layer holds the infill and the
+    normalisation (models.packed)."""
+    if kind == "packed":
+        return bayer.pack(raw)
+    if kind != "infill":
+        raise ValueError(f"unknown student input {kind!r}; expected infill or packed")
     x = bayer.raw_to_input(raw, cfa, norm.raw_mean, norm.raw_std)
     return x[..., ::-1] if norm.channel_order == "BGR" else x
 
@@ -141,15 +149,16 @@ def teacher_input(rgb, *, norm: normalisation.Normalisation):
     return x[..., ::-1] if norm.channel_order == "BGR" else x
 
 
-def to_model_inputs(raw, rgb, label, *, cfa: str, norm: normalisation.Normalisation, mode: str):
+def to_model_inputs(raw, rgb, label, *, cfa: str, norm: normalisation.Normalisation, mode: str, kind: str = "infill"):
+    student = functools.partial(student_input, cfa=cfa, norm=norm, kind=kind)
     if mode == "cached":  # label carries (label, precomputed teacher logits): they replace the teacher input
         label, logits = label
-        return (student_input(raw, cfa=cfa, norm=norm), logits), label
+        return (student(raw), logits), label
     if mode == "rgb":
         return teacher_input(rgb, norm=norm), label
     if mode == "raw":
-        return student_input(raw, cfa=cfa, norm=norm), label
-    return (student_input(raw, cfa=cfa, norm=norm), teacher_input(rgb, norm=norm)), label
+        return student(raw), label
+    return (student(raw), teacher_input(rgb, norm=norm)), label
 
 
 @dataclasses.dataclass
@@ -164,6 +173,7 @@ class PipelineConfig:
     shuffle_buffer: int = 20000
     sensor: str = "gaussian"  # or "realistic": sensor.simulate_raw (unprocessing, shot + read noise)
     augment: bool = True  # random crop + flip of the training RGB; off: the teacher input is deterministic
+    student_input: str = "infill"  # or "packed": the mosaic's 2x2 tiles (student_input)
 
 
 def base_examples(
@@ -248,7 +258,7 @@ def build(
     ds = ds.batch(cfg.batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=True)
     if mode != "mosaic":
         ds = ds.map(
-            functools.partial(to_model_inputs, cfa=cfg.cfa, norm=norm, mode=mode),
+            functools.partial(to_model_inputs, cfa=cfg.cfa, norm=norm, mode=mode, kind=cfg.student_input),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )

@@ -1,7 +1,8 @@
 """The deployed student: a serving graph that takes the sensor's Bayer mosaic and returns class probabilities.
 
 mosaic [batch, H, W, 1] -> pipeline.student_input (bayer.raw_to_input: bilinear infill + per-site normalisation,
-the very functions the training pipeline runs, in the run's channel order) -> student -> softmax.
+the very functions the training pipeline runs, in the run's channel order; for a packed student one space-to-depth,
+its first layer holding the rest) -> student -> softmax.
 Also: loading a trained student with its run description, the SavedModel archive, and the mosaics of the training
 pipeline used for calibration and parity.
 """
@@ -43,10 +44,12 @@ class Student:
     dataset: str = "embedded"
     path: str = ""
     wnids: list | None = None  # WordNet ids of the outputs (an ImageNet teacher's), to match a dataset's classes
+    student_input: str = "infill"  # or "packed": the model takes the mosaic's 2x2 tiles [batch, H/2, W/2, 4]
 
 
-def check_student(model, image_size: int, num_classes: int, source: str) -> None:
-    """One-line UserError unless `model` is a plain Keras classifier of 3-channel infilled RAW of the run's size."""
+def check_student(model, image_size: int, num_classes: int, source: str, student_input: str = "infill") -> None:
+    """One-line UserError unless `model` is a plain Keras classifier of the run's size taking 3-channel infilled RAW
+    (`student_input` infill) or the mosaic's 2x2 tiles (packed)."""
     from isp_keras.training import distiller
 
     if isinstance(model, distiller.Distiller):
@@ -62,14 +65,19 @@ def check_student(model, image_size: int, num_classes: int, source: str) -> None
             "a student has one image input and one logits output"
         )
     shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or shape[-1] != 3:
-        raise UserError(
-            f"{source}: the model takes input of shape {shape}; a RAW student takes the 3-channel "
-            "bilinearly infilled mosaic [batch, H, W, 3]"
+    packed = student_input == "packed"
+    channels, side = (4, image_size // 2) if packed else (3, image_size)
+    if len(shape) != 4 or shape[-1] != channels:
+        expected = (
+            "the mosaic's 2x2 tiles [batch, H/2, W/2, 4] (student.json says student_input packed)"
+            if packed
+            else "the 3-channel bilinearly infilled mosaic [batch, H, W, 3]"
         )
-    if any(s is not None and s != image_size for s in shape[1:3]):
+        raise UserError(f"{source}: the model takes input of shape {shape}; a RAW student takes {expected}")
+    if any(s is not None and s != side for s in shape[1:3]):
         raise UserError(
-            f"{source}: the model takes {shape[1]}x{shape[2]} images but student.json says image_size {image_size}"
+            f"{source}: the model takes {shape[1]}x{shape[2]} {'tiles' if packed else 'images'} but student.json "
+            f"says image_size {image_size}{' (tiles of half that side)' if packed else ''}"
         )
     outputs = int(model.outputs[0].shape[-1])
     if outputs != num_classes:
@@ -113,12 +121,15 @@ def load_student(path) -> Student:
         norm = normalisation.Normalisation(**meta["normalisation"])
         cfa = bayer.check_cfa(meta["cfa"])
         image_size, classes = int(meta["image_size"]), list(meta["classes"])
+        student_input = str(meta.get("student_input", "infill"))
+        if student_input not in ("infill", "packed"):
+            raise ValueError(f"student_input {student_input!r} is neither infill nor packed")
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise UserError(f"{meta_path}: not a student description ({type(exc).__name__}: {exc})") from None
     if image_size % 2:
         raise UserError(f"{meta_path}: image_size {image_size} is odd; a Bayer mosaic needs an even size")
     model = teachers.load_model_file(keras_path)
-    check_student(model, image_size, len(classes), str(keras_path))
+    check_student(model, image_size, len(classes), str(keras_path), student_input)
     dataset = meta.get("dataset", "embedded")
     config_path = keras_path.parent / "config.json"
     if "dataset" not in meta and config_path.exists():
@@ -137,6 +148,7 @@ def load_student(path) -> Student:
         dataset,
         str(keras_path),
         meta.get("wnids"),
+        student_input,
     )
 
 
@@ -144,7 +156,7 @@ def probabilities_fn(student: Student):
     """mosaic float32 [batch, H, W, 1] in [0, 1] -> {"probabilities": [batch, classes]}: the serving graph."""
 
     def serve(mosaic):
-        x = pipeline.student_input(mosaic, cfa=student.cfa, norm=student.norm)
+        x = pipeline.student_input(mosaic, cfa=student.cfa, norm=student.norm, kind=student.student_input)
         return {OUTPUT_NAME: tf.nn.softmax(student.model(x, training=False), axis=-1)}
 
     return serve
@@ -165,7 +177,9 @@ def write_archive(model: keras.Model, endpoints: dict, directory) -> None:
 
 def export_saved_model(student: Student, directory, black_level: float = 0.0, white_level: float = 65535.0) -> None:
     """SavedModel: `serving_default` (float32 mosaic in [0,1]) and `serving_uint16` (sensor counts, fixed levels)."""
-    check_student(student.model, student.image_size, len(student.classes), student.path or "student")
+    check_student(
+        student.model, student.image_size, len(student.classes), student.path or "student", student.student_input
+    )
     if not white_level > black_level >= 0:
         raise UserError(f"--black_level={black_level}, --white_level={white_level}: need 0 <= black < white")
     serve = probabilities_fn(student)

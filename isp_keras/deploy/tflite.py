@@ -59,7 +59,9 @@ def int8_tflite(
     RAW front end calibrated by the converter on the same representative mosaics. Returns (model, ranges)."""
     if range_batch < 1:
         raise UserError(f"range batch {range_batch}: must be >= 1")
-    inputs = pipeline.student_input(tf.constant(representative), cfa=student.cfa, norm=student.norm).numpy()
+    inputs = pipeline.student_input(
+        tf.constant(representative), cfa=student.cfa, norm=student.norm, kind=student.student_input
+    ).numpy()
     try:
         ranges = quantise.activation_ranges(
             student.model, [inputs[i : i + range_batch] for i in range(0, len(inputs), range_batch)]

@@ -9,7 +9,7 @@ import keras
 from keras import layers
 
 from isp_keras.errors import UserError
-from isp_keras.models import teachers
+from isp_keras.models import packed, teachers
 
 
 def load_student_init(path, teacher: keras.Model) -> keras.Model:
@@ -26,8 +26,13 @@ def load_student_init(path, teacher: keras.Model) -> keras.Model:
     return model
 
 
-def student_from_teacher(teacher: keras.Model, sync_bn: bool = False) -> keras.Model:
-    """Same architecture, same starting weights, every layer trainable. `sync_bn` syncs BN across replicas."""
+def student_from_teacher(
+    teacher: keras.Model, sync_bn: bool = False, packing: packed.Packing | None = None
+) -> keras.Model:
+    """Same architecture, same starting weights, every layer trainable. `sync_bn` syncs BN across replicas.
+
+    `packing`: a packed-Bayer student, which takes the mosaic's 2x2 tiles and whose first convolution is the
+    teacher's composed with the infill and the per-site normalisation (models.packed)."""
 
     def clone_layer(layer):
         config = layer.get_config()
@@ -36,8 +41,11 @@ def student_from_teacher(teacher: keras.Model, sync_bn: bool = False) -> keras.M
             config["synchronized"] = True
         return layer.__class__.from_config(config)
 
-    student = keras.models.clone_model(teacher, clone_function=clone_layer)
-    student.set_weights(teacher.get_weights())
+    if packing is not None:
+        student = packed.pack_model(teacher, packing, clone_layer)
+    else:
+        student = keras.models.clone_model(teacher, clone_function=clone_layer)
+        student.set_weights(teacher.get_weights())
     student.trainable = True
     if not student.trainable_variables:
         raise RuntimeError("the student has no trainable variables after cloning the teacher")

@@ -11,6 +11,7 @@ import keras
 
 from isp_keras import paths
 from isp_keras.errors import UserError
+from isp_keras.models import packed
 
 
 @dataclasses.dataclass
@@ -96,7 +97,7 @@ def load_model_file(path) -> keras.Model:
     if path.suffix != ".keras":
         raise UserError(f"{path}: expected a .keras file, a .tflite file or a SavedModel directory")
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True, custom_objects=packed.CUSTOM_OBJECTS)
     except Exception as exc:
         raise UserError(
             f"{path}: not a loadable Keras model ({type(exc).__name__}: "

@@ -57,8 +57,9 @@ def add_noise(raw: tf.Tensor, std: float, seed) -> tf.Tensor:
     return raw + noise
 
 
-def _kernel() -> np.ndarray:
-    return np.stack([_RB_KERNEL, _G_KERNEL, _RB_KERNEL], axis=-1)  # [3, 3, channel]
+def infill_kernel() -> np.ndarray:
+    """The bilinear interpolation kernel of each colour, float32 [3, 3, channel] (R, G, B); symmetric."""
+    return np.stack([_RB_KERNEL, _G_KERNEL, _RB_KERNEL], axis=-1)
 
 
 def _border_weights(height: int, width: int, cfa: str) -> np.ndarray:
@@ -66,7 +67,7 @@ def _border_weights(height: int, width: int, cfa: str) -> np.ndarray:
 
     It is 1 inside the image; at the borders it renormalises the kernel over the samples that exist."""
     masks = np.pad(cfa_masks(height, width, cfa), [(1, 1), (1, 1), (0, 0)])
-    k = _kernel()
+    k = infill_kernel()
     mass = sum(k[dy, dx] * masks[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3))
     return (1.0 / mass).astype(np.float32)
 
@@ -77,7 +78,7 @@ def _tile_conv_weights(cfa: str, scale) -> np.ndarray:
     Input channel i*2+j holds the sample at phase (i, j) of each 2x2 tile; output channel (a*2+b)*3+c is colour c
     at phase (a, b), in tf.nn.depth_to_space order. `scale` [3] multiplies colour c (the 1/std of normalisation).
     """
-    site, kernel = site_index(cfa), _kernel()
+    site, kernel = site_index(cfa), infill_kernel()
     weights = np.zeros((3, 3, 4, 12), np.float64)
     for a in range(2):
         for b in range(2):
@@ -176,6 +177,19 @@ def raw_to_input(raw: tf.Tensor, cfa: str, mean, std) -> tf.Tensor:
     mean = np.asarray(mean, np.float64)
     std = np.asarray(std, np.float64)
     return _batched(_affine_infill, raw, check_cfa(cfa), 1.0 / std, -mean / std)
+
+
+def _pack(raw: tf.Tensor) -> tf.Tensor:
+    if raw.shape[1] is None or raw.shape[2] is None:
+        raise ValueError("Bayer ops need a static image height and width")
+    check_even(int(raw.shape[1]), int(raw.shape[2]), "mosaic")
+    return tf.nn.space_to_depth(raw, 2)
+
+
+def pack(raw: tf.Tensor) -> tf.Tensor:
+    """Mosaic [B, H, W, 1] (or [H, W, 1]) -> its 2x2 tiles [B, H/2, W/2, 4], channel i*2+j holding phase (i, j):
+    the input of a packed student, whose first layer already holds the infill and the normalisation."""
+    return _batched(_pack, raw)
 
 
 def scale_levels(raw: tf.Tensor, black_level: float, white_level: float) -> tf.Tensor:

@@ -12,6 +12,7 @@ from isp_keras.errors import UserError
 from isp_keras.raw.cfa import CFA_PATTERNS
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+STUDENT_INPUTS = ("infill", "packed")
 
 
 @dataclasses.dataclass
@@ -33,6 +34,13 @@ class TrainConfig:
         "With a .tflite teacher (BatchNorm folded into its convolutions): give the student a BatchNormalization after "
         "every convolution but the classifier, fitted to a batch of RAW training inputs so that the student starts "
         "as the teacher's function, and trains with BatchNorm's tolerance of larger learning rates.",
+    )
+    student_input: str = option(
+        "infill",
+        "What the student sees: infill (the bilinearly infilled, normalised mosaic [H, W, 3]) or packed (the "
+        "mosaic's 2x2 tiles [H/2, W/2, 4]; its first convolution is the teacher's composed with the infill and "
+        "the normalisation, so nothing is infilled in training or serving).",
+        choices=STUDENT_INPUTS,
     )
     model_dir: str = option("", "Run directory (default: runs/<command>).")
     alpha: float = option(0.9, "Weight of the hard-label cross-entropy, in [0, 1].")
@@ -140,6 +148,10 @@ class TrainConfig:
             )
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("--epochs and --batch_size must be >= 1")
+        if self.student_input not in STUDENT_INPUTS:
+            raise UserError(f"--student_input={self.student_input}: must be one of {', '.join(STUDENT_INPUTS)}")
+        if self.student_input == "packed" and self.image_size is not None and self.image_size % 2:
+            raise UserError(f"--student_input=packed: image size {self.image_size} is odd; packing needs even sides")
         if self.image_size is not None and (self.image_size < 2 or self.image_size % 2):
             raise UserError(f"--image_size={self.image_size}: must be even (the Bayer pattern tiles 2x2)")
         for name in ("train_take", "test_take"):
@@ -295,6 +307,8 @@ class Table2Config(TrainConfig):
         super().validate()
         if not self.pairs:
             raise UserError("--pairs: required (csv:FILE, hdrplus:DIR or raw:DIR)")
+        if self.student_input != "infill":
+            raise UserError(f"--student_input={self.student_input}: table2 trains infill students only")
         self.modes = list(dict.fromkeys(self.modes))
         if not self.modes or any(m not in PAIR_MODES for m in self.modes):
             raise UserError(f"--modes={','.join(self.modes)}: each must be one of {', '.join(PAIR_MODES)}")

@@ -16,7 +16,7 @@ from absl import logging
 from isp_keras import fsutil
 from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.errors import UserError
-from isp_keras.models import students, teachers
+from isp_keras.models import packed, students, teachers
 from isp_keras.training import checkpoint, distiller, quantise, schedule
 from isp_keras.training.config import TrainConfig
 
@@ -71,9 +71,24 @@ class Setup:
             Path(self.cfg.model_dir) / "teacher_logits",
         )
 
-    def test_ds(self):
+    def test_ds(self, student_input: str | None = None):
+        """The test batches; `student_input` overrides the run's (the teacher_raw baseline sees the infill)."""
         cfg = dataclasses.replace(self.pipeline, take=self.cfg.test_take, batch_size=max(self.pipeline.batch_size, 256))
+        if student_input is not None:
+            cfg = dataclasses.replace(cfg, student_input=student_input)
         return pipeline.build(self.source, self.source.test_split, cfg, training=False, norm=self.norm)
+
+    def packing(self) -> packed.Packing | None:
+        """What a packed student's first layer folds in (None for an infill student)."""
+        if self.pipeline.student_input != "packed":
+            return None
+        return packed.Packing(
+            self.cfg.cfa,
+            tuple(self.norm.raw_mean),
+            tuple(self.norm.raw_std),
+            self.norm.channel_order,
+            self.pipeline.image_size,
+        )
 
     def steps_per_epoch(self) -> int:
         n = self.source.counts[self.source.train_split]
@@ -98,6 +113,7 @@ def pipeline_config(cfg: TrainConfig, image_size: int) -> pipeline.PipelineConfi
         take=cfg.train_take,
         sensor=cfg.sensor,
         augment=cfg.augment,
+        student_input=cfg.student_input,
     )
 
 
@@ -110,6 +126,8 @@ def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> 
     image_size = cfg.image_size or (spec.image_size if spec else teachers.input_size(teacher)[0])
     if image_size is None:
         raise UserError(f"--teacher={cfg.teacher}: the teacher takes any size; set --image_size")
+    if image_size % 2 and cfg.student_input == "packed":
+        raise UserError(f"--student_input=packed: image size {image_size} is odd; packing needs even sides")
     if image_size % 2:
         raise UserError(f"--image_size={image_size}: must be even (the Bayer pattern tiles 2x2)")
     teachers.check_teacher_matches(teacher, image_size, None, cfg.teacher)
@@ -156,7 +174,8 @@ def batchnorm_student(cfg: TrainConfig, source, pcfg, norm, count: int = 64) -> 
         )
     model, _ = tflite_import.import_tflite(path, batchnorm=True)
     count = min(count, source.counts[source.train_split])  # one whole batch (training batches drop remainders)
-    probe_cfg = dataclasses.replace(pcfg, take=count, batch_size=count, cache=False)
+    # The imported model takes the infilled image; a packed student is made from it afterwards (build_student).
+    probe_cfg = dataclasses.replace(pcfg, take=count, batch_size=count, cache=False, student_input="infill")
     (inputs, _), _ = next(iter(pipeline.build(source, source.train_split, probe_cfg, training=True, norm=norm)))
     logging.info("student: BatchNorm restored after %d convolutions", sum("_bn" in x.name for x in model.layers))
     return students.init_identity_batchnorm(model, inputs)
@@ -176,13 +195,13 @@ def label_space(source: sources.Source, teacher: keras.Model, spec, cfg: TrainCo
     return sources.in_label_space(source, names, spec.wnids if spec else None, what=f"--teacher={cfg.teacher}")
 
 
-def evaluate(s: Setup, model: keras.Model | None = None, on: str = "student") -> dict:
-    return distiller.evaluate(s.test_ds(), s.teacher, model, on=on, subset=s.source.subset)
+def evaluate(s: Setup, model: keras.Model | None = None, on: str = "student", student_input: str | None = None) -> dict:
+    return distiller.evaluate(s.test_ds(student_input), s.teacher, model, on=on, subset=s.source.subset)
 
 
 def baseline_rows(s: Setup) -> list[dict]:
     clean = evaluate(s, on="teacher_rgb")
-    raw = evaluate(s, s.teacher, on="student")
+    raw = evaluate(s, s.teacher, on="student", student_input="infill")  # the teacher takes the infilled image
     return [metric_row("teacher_clean", clean), metric_row("teacher_raw", raw)]
 
 
@@ -246,7 +265,9 @@ class ScalarLog(keras.callbacks.Callback):
 
 
 def build_student(s: Setup, start_from: keras.Model | None, sync_bn: bool) -> keras.Model:
-    return students.student_from_teacher(start_from if start_from is not None else s.student_source(), sync_bn=sync_bn)
+    if start_from is not None:  # an earlier row's student, already packed if the run's students are
+        return students.student_from_teacher(start_from, sync_bn=sync_bn)
+    return students.student_from_teacher(s.student_source(), sync_bn=sync_bn, packing=s.packing())
 
 
 def train_student(
@@ -378,6 +399,7 @@ def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
         run_dir / "student.json",
         {
             "cfa": s.cfg.cfa,
+            "student_input": s.pipeline.student_input,
             "noise_std": s.cfg.noise_std,
             "image_size": s.pipeline.image_size,
             "classes": list(s.source.classes),

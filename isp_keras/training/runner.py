@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from isp_keras import fsutil, paths
+from isp_keras.config import default_of
 from isp_keras.data import normalisation, pipeline, records, sources
 from isp_keras.errors import UserError
 from isp_keras.models import students, teachers
@@ -514,6 +515,13 @@ def guarded_config(plan: Plan) -> dict:
     return {k: v for k, v in run_config(plan).items() if k not in RESUMABLE}
 
 
+def recorded_config(plan: Plan, recorded: dict) -> dict:
+    """A config.json's settings, a field it lacks (written before that field existed) read as the field's default,
+    the value such a run was made with."""
+    defaults = {f.name: default_of(f) for f in dataclasses.fields(plan.cfg)}
+    return {**{k: v for k, v in defaults.items() if k in run_config(plan)}, **recorded}
+
+
 def prepare_out(plan: Plan) -> None:
     """Start, resume (same settings only) or, with --overwrite, redo the planned rows in --model_dir."""
     out = plan.out
@@ -532,7 +540,7 @@ def prepare_out(plan: Plan) -> None:
             )
         new = guarded_config(plan)
         skip = set(RESUMABLE) | level_fields(plan)
-        before = {k: v for k, v in old.get("config", {}).items() if k not in skip}
+        before = {k: v for k, v in recorded_config(plan, old.get("config", {})).items() if k not in skip}
         changed = [k for k in sorted(set(new) | set(before)) if new.get(k) != before.get(k)]
         if changed:
             k = changed[0]

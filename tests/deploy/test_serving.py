@@ -136,3 +136,29 @@ def test_parity_gates():
     figures = parity.parity_figures(reference, {"int8": np.array([[0.6, 0.4], [0.9, 0.1], [0.5, 0.5]])})
     assert figures["int8_top1_agreement"] == pytest.approx(200 / 3)
     assert figures["int8_max_abs_prob_diff"] == pytest.approx(0.7)
+
+
+def test_packed_student_serving_graph_packs_in_graph(tmp_path):
+    from isp_keras.models import packed, students
+
+    infill = make_student("GBRG", "BGR")
+    norm = infill.norm
+    packing = packed.Packing("GBRG", tuple(norm.raw_mean), tuple(norm.raw_std), "BGR", 8)
+    student = serving.Student(
+        students.student_from_teacher(infill.model, packing=packing),
+        "GBRG",
+        8,
+        infill.classes,
+        norm,
+        path="packed",
+        student_input="packed",
+    )
+    mosaic = np.random.default_rng(0).uniform(size=(2, 8, 8, 1)).astype(np.float32)
+    expected = tf.nn.softmax(student.model(tf.nn.space_to_depth(mosaic, 2))).numpy()
+    np.testing.assert_allclose(parity.keras_probabilities(student, mosaic), expected, atol=1e-6)
+    serving.export_saved_model(student, tmp_path / "sm")
+    np.testing.assert_allclose(parity.saved_model_probabilities(tmp_path / "sm", mosaic), expected, atol=1e-6)
+    with pytest.raises(UserError, match=r"takes the mosaic's 2x2 tiles \[batch, H/2, W/2, 4\]"):
+        serving.check_student(infill.model, 8, 4, "m.keras", "packed")
+    with pytest.raises(UserError, match=r"the 3-channel bilinearly infilled mosaic"):
+        serving.check_student(student.model, 8, 4, "m.keras")
