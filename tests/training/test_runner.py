@@ -121,7 +121,8 @@ def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsy
         assert cfg.teacher.endswith(".tflite") and cfg.dataset.startswith("folder:") and cfg.hard_labels == "teacher"
         assert cfg.epochs == 4 and cfg.alpha == 0.9 and cfg.temperature == 4 and cfg.noise_std == 0.1
         if kind == "table" and flagfile != "imagenette.flags":  # that one is the presets' shared base
-            assert cfg.rows == [*DEFAULT_TABLE_ROWS, "distilled_gt"]
+            deployed = ["distilled_qat"] if flagfile == "imagenette_mobilenetv2.flags" else []  # the arm to deploy
+            assert cfg.rows == [*DEFAULT_TABLE_ROWS, "distilled_gt", *deployed]
     elif kind == "table":
         assert [r.name for r in plan.rows] == DEFAULT_TABLE_ROWS
     if kind == "sweep":
