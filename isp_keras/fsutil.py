@@ -30,6 +30,16 @@ def write_error(path, exc: OSError, what: str = "could not write") -> WriteError
     return WriteError(exc.errno or 0, f"{path}: {what}: {reason}{hint}; any previous version is kept")
 
 
+def make_dir(path, flag: str) -> Path:
+    """Create the output folder `path` (and its parents) or raise a one-line UserError naming `--flag=path`."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--{flag}={path}: cannot create the folder ({exc.strerror or exc})") from None
+    return folder
+
+
 def write_bytes_atomic(path, data: bytes) -> None:
     path = Path(path)
     tmp = None

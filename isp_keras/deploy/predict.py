@@ -174,12 +174,7 @@ def classify_files(
     if fit not in tiles.FITS:
         raise UserError(f"--fit={fit}: must be one of {', '.join(tiles.FITS)}")
     runner, labels, manifest = load(model_path, num_threads)
-    folder = Path(overlay_dir) if overlay_dir else None
-    if folder is not None:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"--overlay_dir={overlay_dir}: cannot create the folder ({exc.strerror or exc})") from None
+    folder = fsutil.make_dir(overlay_dir, "overlay_dir") if overlay_dir else None
     used: set = set()
     for path in tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2, leave=False):
         target = overlay_name(folder, path, used) if folder is not None else None

@@ -46,12 +46,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 def run(files: list[str], cfa: str = "RGGB", dump: str | None = None, fmt: SensorFormat | None = None) -> int:
     """Print one line per file; returns the number of files that failed. `fmt`: the format of headerless dumps and
     mosaic images (over their sidecars)."""
-    out_dir = Path(dump) if dump else None
-    if out_dir is not None:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"--dump={dump}: cannot create the folder ({exc.strerror or exc})") from None
+    out_dir = fsutil.make_dir(dump, "dump") if dump else None
     failed = 0
     used: set = set()
     for name in files:

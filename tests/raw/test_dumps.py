@@ -23,21 +23,11 @@ OPENISP = FIXTURES / "openisp_chart_crop_128x96_rggb_10bit.raw"
 N900 = FIXTURES / "nokia_n900_dog_grbg_10bit.png"
 
 
-def reference(counts: np.ndarray, black4, white, offset):
-    """NumPy reference of read_raw: per-site black, divide by (white - black), crop to phase and even sides."""
-    h, w = counts.shape
-    black = np.tile(np.asarray(black4, np.float64).reshape(2, 2), (h // 2 + 1, w // 2 + 1))[:h, :w]
-    norm = ((counts.astype(np.float64) - black) / (white - black)).astype(np.float32)
-    dy, dx = offset
-    norm = norm[dy:, dx:]
-    return norm[: norm.shape[0] // 2 * 2, : norm.shape[1] // 2 * 2]
-
-
 @pytest.mark.parametrize("canonical, offset", [("RGGB", (0, 0)), ("GRBG", (0, 1)), ("BGGR", (1, 1))])
-def test_u16_dump_with_sidecar_matches_numpy(canonical, offset):
+def test_u16_dump_with_sidecar_matches_numpy(canonical, offset, read_raw_reference):
     img = rawio.read_raw(str(NIKON).format("rggb"), canonical)
     counts = np.fromfile(str(NIKON).format("rggb"), "<u2").reshape(64, 96)
-    np.testing.assert_array_equal(img.mosaic, reference(counts, [600] * 4, 15520, offset))
+    np.testing.assert_array_equal(img.mosaic, read_raw_reference(counts, [600] * 4, 15520, offset))
     assert (img.file_cfa, img.cfa, img.offset, img.visible_shape) == ("RGGB", canonical, offset, (64, 96))
     assert img.black_level == [600.0] * 4 and img.white_level == 15520.0 and img.color_matrix is None
     np.testing.assert_allclose(img.wb_gains, [1.949, 1.0, 1.344])
@@ -58,14 +48,14 @@ def test_gbrg_file_is_the_rggb_file_with_each_tile_rotated():
     assert not np.array_equal(m, a[:62]) and not np.array_equal(m, a[1:63])
 
 
-def test_stem_sidecar_and_flags_over_the_sidecar(tmp_path):
+def test_stem_sidecar_and_flags_over_the_sidecar(tmp_path, read_raw_reference):
     assert dumps.sidecar_path(OPENISP) == FIXTURES / "openisp_chart_crop_128x96_rggb_10bit.json"
     img = rawio.read_raw(OPENISP)
     counts = np.fromfile(OPENISP, "<u2").reshape(96, 128)
-    np.testing.assert_array_equal(img.mosaic, reference(counts, [0] * 4, 1023, (0, 0)))
+    np.testing.assert_array_equal(img.mosaic, read_raw_reference(counts, [0] * 4, 1023, (0, 0)))
     assert img.wb_gains is None
     flagged = rawio.read_raw(OPENISP, "RGGB", SensorFormat(black=(1.0, 2.0, 3.0, 4.0), white=1000.0))
-    np.testing.assert_array_equal(flagged.mosaic, reference(counts, [1, 2, 3, 4], 1000, (0, 0)))
+    np.testing.assert_array_equal(flagged.mosaic, read_raw_reference(counts, [1, 2, 3, 4], 1000, (0, 0)))
     assert flagged.black_level == [1.0, 2.0, 3.0, 4.0] and flagged.white_level == 1000.0
     shutil.copy(OPENISP, tmp_path / "shot.raw")  # <file>.json wins over <stem>.json
     (tmp_path / "shot.json").write_text('{"cfa": "BGGR"}')
@@ -73,12 +63,12 @@ def test_stem_sidecar_and_flags_over_the_sidecar(tmp_path):
     assert rawio.read_raw(tmp_path / "shot.raw").file_cfa == "GBRG"
 
 
-def test_png_mosaic_matches_numpy_and_tiff_reads_the_same(tmp_path):
+def test_png_mosaic_matches_numpy_and_tiff_reads_the_same(tmp_path, read_raw_reference):
     counts = np.asarray(Image.open(N900))
     assert counts.shape == (344, 256) and counts.dtype == np.uint16
     img = rawio.read_raw(N900, "RGGB")
     assert (img.file_cfa, img.offset, img.visible_shape, img.mosaic.shape) == ("GRBG", (0, 1), (344, 256), (344, 254))
-    np.testing.assert_array_equal(img.mosaic, reference(counts, [0] * 4, 1023, (0, 1)))
+    np.testing.assert_array_equal(img.mosaic, read_raw_reference(counts, [0] * 4, 1023, (0, 1)))
     tifffile.imwrite(tmp_path / "dog.tif", counts)
     (tmp_path / "dog.json").write_text('{"cfa": "GRBG", "white": 1023}')
     np.testing.assert_array_equal(rawio.read_raw(tmp_path / "dog.tif").mosaic, img.mosaic)
@@ -106,7 +96,7 @@ def test_the_packers_follow_the_csi2_layout():
 
 @pytest.mark.parametrize("pad", [0, 24])
 @pytest.mark.parametrize("packing", ["mipi10", "mipi12"])
-def test_mipi_roundtrip_exact(tmp_path, packing, pad):
+def test_mipi_roundtrip_exact(tmp_path, packing, pad, read_raw_reference):
     if packing == "mipi10":  # real data: the Nikon crop's top 10 bits (the openISP chart's 2 LSBs are all zero)
         m = np.fromfile(str(NIKON).format("rggb"), "<u2").reshape(64, 96) >> 4
         assert len(np.unique(m % 4)) == 4
@@ -124,7 +114,7 @@ def test_mipi_roundtrip_exact(tmp_path, packing, pad):
     np.testing.assert_array_equal(counts, m)
     assert full.bits == bits and full.white == 2**bits - 1 and full.stride == rows.shape[1]
     img = rawio.read_raw(tmp_path / "cap.bin", "RGGB", fmt)
-    np.testing.assert_array_equal(img.mosaic, reference(m, [16] * 4, 2**bits - 1, (1, 0)))
+    np.testing.assert_array_equal(img.mosaic, read_raw_reference(m, [16] * 4, 2**bits - 1, (1, 0)))
 
 
 def test_sidecar_format_checks(tmp_path):

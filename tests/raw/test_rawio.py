@@ -13,19 +13,9 @@ from isp_keras.raw import bayer, rawio
 PHASES = ["RGGB", "GRBG", "GBRG", "BGGR"]
 
 
-def reference(m: np.ndarray, black4, white, offset):
-    """NumPy reference of read_raw: per-site black, divide by (white - black), crop to phase and even sides."""
-    h, w = m.shape
-    black = np.tile(np.asarray(black4, np.float64).reshape(2, 2), (h // 2 + 1, w // 2 + 1))[:h, :w]
-    norm = ((m.astype(np.float64) - black) / (white - black)).astype(np.float32)
-    dy, dx = offset
-    norm = norm[dy:, dx:]
-    return norm[: norm.shape[0] // 2 * 2, : norm.shape[1] // 2 * 2]
-
-
 @pytest.mark.parametrize("white", [1023, 4095, 16383])
 @pytest.mark.parametrize("file_cfa", PHASES)
-def test_dng_roundtrip_exact_all_phases(tmp_path, file_cfa, white):
+def test_dng_roundtrip_exact_all_phases(tmp_path, file_cfa, white, read_raw_reference):
     rng = np.random.default_rng(PHASES.index(file_cfa) * 100000 + white)
     m = rng.integers(0, white + 1, (29, 38)).astype(np.uint16)  # odd height: a final row must go
     black = [60, 61, 62, 63] if white > 1023 else [16, 17, 18, 19]
@@ -39,7 +29,7 @@ def test_dng_roundtrip_exact_all_phases(tmp_path, file_cfa, white):
     assert img.black_level == [float(b) for b in black] and img.white_level == float(white)
     assert img.visible_shape == (29, 38)
     assert img.mosaic.dtype == np.float32 and img.mosaic.shape[0] % 2 == 0 and img.mosaic.shape[1] % 2 == 0
-    np.testing.assert_array_equal(img.mosaic, reference(m, black, white, expected_offset))
+    np.testing.assert_array_equal(img.mosaic, read_raw_reference(m, black, white, expected_offset))
 
 
 @pytest.mark.parametrize("canonical", PHASES)
@@ -161,7 +151,7 @@ def test_bad_files_give_one_line_errors_naming_the_file(tmp_path, good_dng, capf
     assert "Unexpected end of file" not in capfd.readouterr().err  # LibRaw's own chatter is silenced
 
 
-def test_raw_in_a_subifd_behind_a_preview(tmp_path):
+def test_raw_in_a_subifd_behind_a_preview(tmp_path, read_raw_reference):
     """Camera DNGs keep a preview in IFD0 and the raw in a SubIFD: the raw is found, checked and read exactly."""
     m = np.random.default_rng(3).integers(64, 1024, (40, 48)).astype(np.uint16)
     cfa_tags = [
@@ -183,13 +173,13 @@ def test_raw_in_a_subifd_behind_a_preview(tmp_path):
         tw.write(m, photometric=32803, subfiletype=0, extratags=cfa_tags)
     img = rawio.read_raw(path)
     assert img.file_cfa == "GBRG" and img.offset == (1, 0)
-    np.testing.assert_array_equal(img.mosaic, reference(m, [64] * 4, 1023, (1, 0)))
+    np.testing.assert_array_equal(img.mosaic, read_raw_reference(m, [64] * 4, 1023, (1, 0)))
     (tmp_path / "cut.dng").write_bytes(path.read_bytes()[:-500])
     with pytest.raises(UserError, match="cut.dng: truncated"):
         rawio.read_raw(tmp_path / "cut.dng")
 
 
-def test_dispatch_dng_camera_header_dump_and_image(tmp_path, good_dng):
+def test_dispatch_dng_camera_header_dump_and_image(tmp_path, good_dng, read_raw_reference):
     """A given dump format does not touch DNGs or files with a camera header; plain TIFFs and PNGs are mosaic images;
     a .raw without a format is refused instead of going to LibRaw, whose file-size table would guess its geometry."""
     from isp_keras.raw.dumps import SensorFormat
@@ -202,7 +192,7 @@ def test_dispatch_dng_camera_header_dump_and_image(tmp_path, good_dng):
     m = np.random.default_rng(4).integers(0, 4096, (32, 40)).astype(np.uint16)
     m.astype("<u2").tofile(tmp_path / "shot.dat")
     img = rawio.read_raw(tmp_path / "shot.dat", "RGGB", fmt)  # any name, when the geometry is given
-    np.testing.assert_array_equal(img.mosaic, reference(m, [0] * 4, 4095, (1, 1)))
+    np.testing.assert_array_equal(img.mosaic, read_raw_reference(m, [0] * 4, 4095, (1, 1)))
     tifffile.imwrite(tmp_path / "plain.tif", m)
     np.testing.assert_array_equal(rawio.read_raw(tmp_path / "plain.tif", "RGGB", fmt).mosaic, img.mosaic)
     m.astype("<u2").tofile(tmp_path / "shot.raw")
