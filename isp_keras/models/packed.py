@@ -19,6 +19,7 @@ import tensorflow as tf
 from keras import layers
 
 from isp_keras.errors import UserError
+from isp_keras.models import adapter
 from isp_keras.raw import bayer
 
 FLAG = "--student_input=packed"
@@ -27,13 +28,17 @@ FLAG = "--student_input=packed"
 @dataclasses.dataclass(frozen=True)
 class Packing:
     """What the packed first layer folds in: the run's CFA, its per-site statistics (R, G, B) and the channel
-    order the teacher reads (BGR: the infilled image's channels reversed), at the run's image size."""
+    order the teacher reads (BGR: the infilled image's channels reversed), at the run's image size; and the
+    learnable RAW adapter in front of it (models.adapter: none, affine or curve, and the curve's initial values,
+    None for the identity)."""
 
     cfa: str
     raw_mean: tuple
     raw_std: tuple
     channel_order: str
     image_size: int
+    raw_adapter: str = "none"
+    adapter_curve: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -85,7 +90,7 @@ class DepthToSpace(layers.Layer):
 
 
 # What loading a packed student needs besides Keras' own layers.
-CUSTOM_OBJECTS = {keras.saving.get_registered_name(DepthToSpace): DepthToSpace}
+CUSTOM_OBJECTS = {keras.saving.get_registered_name(cls): cls for cls in (DepthToSpace, adapter.ToneCurve)}
 
 
 def _teacher_padding(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
@@ -211,9 +216,9 @@ def packed_conv(model: keras.Model, packing: Packing) -> tuple[layers.Conv2D, Pa
 
 def pack_model(model: keras.Model, packing: Packing, clone_layer) -> keras.Model:
     """`model` with its first convolution replaced by the packed one: input [H/2, W/2, 4] (the mosaic's tiles),
-    then Rescaling (centring) [+ ZeroPadding2D] + Conv2D [+ DepthToSpace] and the rest of the graph, every other
-    layer made by `clone_layer` with `model`'s weights. A functional rebuild through keras.models.clone_model; the
-    layer names stay."""
+    then [the RAW adapter, identity at the start +] Rescaling (centring) [+ ZeroPadding2D] + Conv2D
+    [+ DepthToSpace] and the rest of the graph, every other layer made by `clone_layer` with `model`'s weights. A
+    functional rebuild through keras.models.clone_model; the layer names stay."""
     conv, stem = packed_conv(model, packing)
     config = conv.get_config()
     config.update(
@@ -232,7 +237,8 @@ def pack_model(model: keras.Model, packing: Packing, clone_layer) -> keras.Model
     def call(layer, *args, **kwargs):
         if layer is not replacement:
             return layer(*args, **kwargs)
-        x = layers.Rescaling(1.0, offset=(-stem.centre).tolist(), name=f"{layer.name}_centre")(args[0])
+        x = adapter.apply(args[0], packing.raw_adapter, packing.adapter_curve, prefix=layer.name)
+        x = layers.Rescaling(1.0, offset=(-stem.centre).tolist(), name=f"{layer.name}_centre")(x)
         if stem.keras_padding is None:
             x = layers.ZeroPadding2D(stem.pads, name=f"{layer.name}_pad")(x)
         x = layer(x)
@@ -244,6 +250,7 @@ def pack_model(model: keras.Model, packing: Packing, clone_layer) -> keras.Model
     for layer in student.layers:
         if layer is replacement:
             layer.set_weights([stem.kernel, stem.bias])
-        elif layer.weights:
+        elif layer.weights and not adapter.parts_of(layer):
             layer.set_weights(model.get_layer(layer.name).get_weights())
+    adapter.init_identity(student)
     return student

@@ -9,6 +9,7 @@ import math
 from isp_keras import paths
 from isp_keras.config import option
 from isp_keras.errors import UserError
+from isp_keras.models.curves import ADAPTERS, curve_problem
 from isp_keras.raw.cfa import CFA_PATTERNS
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -41,6 +42,19 @@ class TrainConfig:
         "mosaic's 2x2 tiles [H/2, W/2, 4]; its first convolution is the teacher's composed with the infill and "
         "the normalisation, so nothing is infilled in training or serving).",
         choices=STUDENT_INPUTS,
+    )
+    raw_adapter: str = option(
+        "none",
+        "A learnable RAW adapter in front of a packed student (--student_input=packed), identity at the start: "
+        "affine (per-site gain and offset, then a 1x1 colour mix of the four sites) or curve (the same with a "
+        "learnable monotone tone curve between them). See models/adapter.py.",
+        choices=ADAPTERS,
+    )
+    raw_adapter_curve: list[float] = option(
+        [],
+        "--raw_adapter=curve: the tone curve's initial values at evenly spaced knots over [0, 1], non-decreasing "
+        "(e.g. a gamma for linear sensor data). Empty: the identity (9 knots), so training starts from the "
+        "teacher's function.",
     )
     model_dir: str = option("", "Run directory (default: runs/<command>).")
     alpha: float = option(0.9, "Weight of the hard-label cross-entropy, in [0, 1].")
@@ -150,6 +164,19 @@ class TrainConfig:
             raise UserError("--epochs and --batch_size must be >= 1")
         if self.student_input not in STUDENT_INPUTS:
             raise UserError(f"--student_input={self.student_input}: must be one of {', '.join(STUDENT_INPUTS)}")
+        if self.raw_adapter not in ADAPTERS:
+            raise UserError(f"--raw_adapter={self.raw_adapter}: must be one of {', '.join(ADAPTERS)}")
+        if self.raw_adapter != "none" and self.student_input != "packed":
+            raise UserError(
+                f"--raw_adapter={self.raw_adapter}: needs --student_input=packed (the adapter acts on the sensor's "
+                f"values per CFA site, which the {self.student_input} input has already mixed)"
+            )
+        if self.raw_adapter_curve:
+            if self.raw_adapter != "curve":
+                raise UserError(f"--raw_adapter_curve: only with --raw_adapter=curve (got {self.raw_adapter})")
+            problem = curve_problem(self.raw_adapter_curve)
+            if problem:
+                raise UserError(f"--raw_adapter_curve={','.join(f'{v:g}' for v in self.raw_adapter_curve)}: {problem}")
         if self.student_input == "packed" and self.image_size is not None and self.image_size % 2:
             raise UserError(f"--student_input=packed: image size {self.image_size} is odd; packing needs even sides")
         if self.image_size is not None and (self.image_size < 2 or self.image_size % 2):
@@ -198,6 +225,15 @@ def _unique(values: list, flag: str) -> list:
     return values
 
 
+STUDENT_VARIANTS = ("infill", "packed", "packed_affine", "packed_curve")
+
+
+def student_variant(name: str) -> tuple[str, str]:
+    """(--student_input, --raw_adapter) of a --student_inputs entry."""
+    student_input, _, adapter = name.partition("_")
+    return student_input, adapter or "none"
+
+
 @dataclasses.dataclass
 class TableConfig(TrainConfig):
     rows: list[str] = option(
@@ -210,12 +246,26 @@ class TableConfig(TrainConfig):
         "Run every row once per seed (sub-directories seed_N) and report mean +- std and the paired difference "
         "of distilled against each other row with a 95% interval. Empty: one run with --seed.",
     )
+    student_inputs: list[str] = option(
+        [],
+        f"Run every row once per student input, side by side (sub-directories input_<input>; replaces "
+        f"--student_input and --raw_adapter): {', '.join(STUDENT_VARIANTS)} (packed_<adapter>: packed with that "
+        "--raw_adapter). Reports the paired difference of each input's distilled student against the first's.",
+    )
     dry_run: bool = option(False, "Validate the flags and print the plan; read no data, train nothing.")
 
     def validate(self) -> TableConfig:
         super().validate()
         if self.seeds:
             _unique(self.seeds, "seeds")
+        if self.student_inputs:
+            unknown = [v for v in _unique(self.student_inputs, "student_inputs") if v not in STUDENT_VARIANTS]
+            if unknown:
+                raise UserError(
+                    f"--student_inputs: unknown input {unknown[0]!r}; choose from {', '.join(STUDENT_VARIANTS)}"
+                )
+            if self.image_size is not None and self.image_size % 2 and any(v != "infill" for v in self.student_inputs):
+                raise UserError(f"--student_inputs: image size {self.image_size} is odd; packing needs even sides")
         unknown = [n for n in _unique(self.rows, "rows") if n not in TABLE_ROWS]
         if unknown:
             raise UserError(f"--rows: unknown row {unknown[0]!r}; choose from {', '.join(TABLE_ROWS)}")
@@ -230,8 +280,10 @@ class SweepConfig(TableConfig):
 
     def validate(self) -> SweepConfig:
         super().validate()
-        if self.seeds:
-            raise UserError("--seeds: not supported by the sweep; run the table once per noise std instead")
+        if self.seeds or self.student_inputs:
+            raise UserError(
+                "--seeds and --student_inputs: not supported by the sweep; run the table once per noise std instead"
+            )
         if min(_unique(self.noise_stds, "noise_stds")) < 0:
             raise UserError(f"--noise_stds: {min(self.noise_stds):g} is negative")
         return self
@@ -252,8 +304,10 @@ class TuneConfig(TableConfig):
 
     def validate(self) -> TuneConfig:
         super().validate()
-        if self.seeds or self.row_lrs:
-            raise UserError("--seeds and --row_lrs: not used by tune (it tries each of --lrs on every row)")
+        if self.seeds or self.row_lrs or self.student_inputs:
+            raise UserError(
+                "--seeds, --row_lrs and --student_inputs: not used by tune (it tries each of --lrs on every row)"
+            )
         if not self.holdout_fraction > 0:
             raise UserError("--holdout_fraction: tune scores on held-out training data; must be > 0")
         students = [r for r in self.rows if r in TUNE_ROWS]  # the baselines of a table's --rows train nothing

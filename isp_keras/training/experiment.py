@@ -88,6 +88,8 @@ class Setup:
             tuple(self.norm.raw_std),
             self.norm.channel_order,
             self.pipeline.image_size,
+            self.cfg.raw_adapter,
+            tuple(self.cfg.raw_adapter_curve) or None,
         )
 
     def steps_per_epoch(self) -> int:
@@ -400,6 +402,7 @@ def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
         {
             "cfa": s.cfg.cfa,
             "student_input": s.pipeline.student_input,
+            "raw_adapter": s.cfg.raw_adapter,
             "noise_std": s.cfg.noise_std,
             "image_size": s.pipeline.image_size,
             "classes": list(s.source.classes),

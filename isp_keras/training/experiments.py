@@ -45,6 +45,8 @@ def plan_for(kind: str, cfg: TrainConfig, command: str = "", verbose: int | str 
         rows = runner.table_rows(cfg, cfg.rows)
         if kind == "sweep":
             levels = runner.noise_levels(cfg, cfg.noise_stds)
+        if kind == "table" and cfg.student_inputs:
+            levels = runner.input_levels(levels, cfg.student_inputs)
         levels = runner.seed_levels(levels, cfg.seeds)
     elif kind == "tune":
         rows = runner.table_rows(cfg, cfg.rows)
@@ -67,6 +69,8 @@ def finish(plan: runner.Plan, levels: list[dict], seconds: dict, start: float, e
         body = f"Top-1 % ({plot.name}):\n\n{runner.format_sweep(levels)}"
     elif plan.kind == "tune":
         body = runner.format_tune(plan, results["rows"])
+    elif "inputs" in results:
+        body = runner.format_inputs(results["inputs"]) + "\n\nPer run:\n\n" + runner.format_table(results["rows"])
     elif "seeds" in results:
         body = runner.format_seeds(results["seeds"]) + "\n\nPer seed:\n\n" + runner.format_table(results["rows"])
     else:
@@ -102,8 +106,11 @@ def table(cfg: TableConfig | SweepConfig | AblationConfig | TuneConfig, kind: st
     extra = {"finetune_ks": list(cfg.finetune_ks)} if kind == "ablation" else {}
     if kind == "sweep":
         extra["plot"] = runner.PLOT_FILE
-    if kind == "table" and cfg.seeds:
-        extra["seeds"] = runner.seed_summary([row for level in levels for row in level["rows"]])
+    rows = [row for level in levels for row in level["rows"]]
+    if kind == "table" and cfg.student_inputs:
+        extra["inputs"] = runner.input_summary(rows)
+    elif kind == "table" and cfg.seeds:
+        extra["seeds"] = runner.seed_summary(rows)
     if kind == "tune":
         extra["best"] = runner.best_lrs(plan, [row for level in levels for row in level["rows"]])
     return finish(plan, levels, seconds, start, extra)

@@ -61,6 +61,7 @@ RESUMABLE = (
     "modes",
     "seeds",
     "lrs",
+    "student_inputs",
 )
 BASELINES = ("teacher_clean", "teacher_raw")
 
@@ -192,6 +193,20 @@ def seed_levels(levels: list[Level], seeds) -> list[Level]:
         for lvl in levels
         for seed in seeds
     ]
+
+
+def input_levels(levels: list[Level], variants) -> list[Level]:
+    """Each level once per student input (infill, packed, packed_affine, packed_curve: same data, seed and budget),
+    in sub-directories input_<variant>."""
+    from isp_keras.training.config import student_variant
+
+    out = []
+    for lvl in levels:
+        for variant in variants:
+            student_input, raw_adapter = student_variant(variant)
+            cfg = dataclasses.replace(lvl.cfg, student_input=student_input, raw_adapter=raw_adapter)
+            out.append(Level(cfg, lvl.dir / f"input_{variant}", {**lvl.tag, "input": variant}))
+    return out
 
 
 def lr_levels(cfg: TrainConfig, lrs, names) -> list[Level]:
@@ -501,8 +516,10 @@ def _pipeline_spec(cfg: TrainConfig, image_size: int):
 
 
 def level_fields(plan: Plan) -> set:
-    """Config fields each level sets for itself (a sweep's noise_std, replaced by noise_stds): not run settings."""
-    return {k for level in plan.levels for k in level.tag}
+    """Config fields each level sets for itself (a sweep's noise_std, replaced by noise_stds; the student input and
+    RAW adapter of --student_inputs): not run settings."""
+    fields = {k for level in plan.levels for k in level.tag}
+    return fields | {"student_input", "raw_adapter"} if "input" in fields else fields
 
 
 def run_config(plan: Plan) -> dict:
@@ -614,7 +631,7 @@ def write_results(plan: Plan, levels: list[dict], wall_seconds: float, extra: di
 
 
 def format_table(rows: list[dict]) -> str:
-    tagged = [k for k in ("raw", "seed", "lr") if any(k in r for r in rows)]
+    tagged = [k for k in ("raw", "input", "seed", "lr") if any(k in r for r in rows)]
     metrics = [k for k in LABELS if any(k in r for r in rows)]
     head = "".join(f"| {k} " for k in tagged) + "| row | " + " | ".join(f"{LABELS[k]} %" for k in metrics) + " |"
     lines = [head, "|---" * len(tagged) + "|---|" + "---:|" * len(metrics)]
@@ -758,6 +775,35 @@ def seed_summary(rows: list[dict]) -> dict:
     return summary
 
 
+def input_summary(rows: list[dict], metrics=PAIRED_METRICS) -> dict:
+    """Per student input, its seed_summary; and the paired difference (same seed) of each input's distilled
+    student against the first input's."""
+    by_input: dict = {}
+    for r in rows:
+        by_input.setdefault(r["input"], []).append({"seed": None, **r})  # one run without --seeds
+    summary = {"inputs": {v: seed_summary(rs) for v, rs in by_input.items()}, "paired": {}}
+    first, *others = list(by_input)
+    base = {r["seed"]: r for r in by_input[first] if r["name"] == "distilled"}
+    for v in others:
+        mine = {r["seed"]: r for r in by_input[v] if r["name"] == "distilled"}
+        common = sorted(set(base) & set(mine))
+        if common:
+            summary["paired"][f"distilled ({v}) - distilled ({first})"] = {
+                k: mean_interval([mine[s][k] - base[s][k] for s in common])
+                for k in metrics
+                if all(mine[s].get(k) is not None and base[s].get(k) is not None for s in common)
+            }
+    return summary
+
+
+def format_inputs(summary: dict) -> str:
+    parts = [f"### Student input {v}\n\n{format_seeds(s)}" for v, s in summary["inputs"].items()]
+    if summary["paired"]:
+        first = next(iter(summary["inputs"]))
+        parts.append(f"### Student inputs against {first}\n\n{format_paired(summary['paired'])}")
+    return "\n\n".join(parts)
+
+
 def _pm(stat: dict) -> str:
     if "std" not in stat:
         return f"{stat['mean']:.2f}"
@@ -777,27 +823,31 @@ def format_seeds(summary: dict) -> str:
     for name, stats in rows.items():
         lines.append(f"| {name} | " + " | ".join(_pm(stats[k]) if k in stats else "-" for k in metrics) + " |")
     if summary["paired"]:
-        keys = [k for k in PAIRED_METRICS if any(k in v for v in summary["paired"].values())]
-        lines += [
-            "",
-            "Paired differences (points; mean [95 % interval] over seeds):",
-            "",
-            "| difference | " + " | ".join(LABELS[k] for k in keys) + " |",
-            "|---|" + "---:|" * len(keys),
-        ]
-        for name, stats in summary["paired"].items():
-            cells = []
-            for k in keys:
-                s = stats.get(k)
-                if s is None:
-                    cells.append("-")
-                elif "ci95" in s:
-                    cells.append(f"{s['mean']:+.2f} [{s['ci95'][0]:+.2f}, {s['ci95'][1]:+.2f}]")
-                else:
-                    cells.append(f"{s['mean']:+.2f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", format_paired(summary["paired"])]
     if "recovered_agreement" in summary:
         lines += ["", f"Agreement lost on RAW recovered by distilled: {_pm(summary['recovered_agreement'])} %"]
+    return "\n".join(lines)
+
+
+def format_paired(paired: dict) -> str:
+    keys = [k for k in PAIRED_METRICS if any(k in v for v in paired.values())]
+    lines = [
+        "Paired differences (points; mean [95 % interval] over seeds):",
+        "",
+        "| difference | " + " | ".join(LABELS[k] for k in keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for name, stats in paired.items():
+        cells = []
+        for k in keys:
+            s = stats.get(k)
+            if s is None:
+                cells.append("-")
+            elif "ci95" in s:
+                cells.append(f"{s['mean']:+.2f} [{s['ci95'][0]:+.2f}, {s['ci95'][1]:+.2f}]")
+            else:
+                cells.append(f"{s['mean']:+.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

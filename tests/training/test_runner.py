@@ -515,3 +515,54 @@ def test_student_batchnorm_starts_from_the_teachers_function(tmp_path, tiny_teac
     np.testing.assert_allclose(student(x, training=False), s.teacher(x, training=False), atol=1e-3)
     with pytest.raises(UserError, match=r"^--student_batchnorm: restores the BatchNorm a TFLite file folded away"):
         experiment.setup(TrainConfig(teacher=str(tiny_teacher), student_batchnorm=True, stats_images=64).validate())
+
+
+def test_input_summary_against_numpy():
+    from isp_keras.training import runner
+
+    agree = {"infill": [60.0, 62.0, 61.0], "packed": [61.0, 61.5, 63.0], "packed_curve": [59.0, 60.0, 64.0]}
+    rows = [
+        {"name": name, "input": v, "seed": seed, "top1": 50.0 + i, "agreement": agree[v][i] - (name == "teacher_raw")}
+        for v in agree
+        for i, seed in enumerate((0, 1, 2))
+        for name in ("teacher_raw", "distilled")
+    ]
+    got = runner.input_summary(rows)
+    assert list(got["inputs"]) == list(agree)
+    assert got["inputs"]["packed"]["rows"]["distilled"]["agreement"]["mean"] == pytest.approx(
+        np.mean(agree["packed"]), abs=1e-3
+    )
+    d = np.array(agree["packed_curve"]) - agree["infill"]
+    paired = got["paired"]["distilled (packed_curve) - distilled (infill)"]["agreement"]
+    half = 4.303 * d.std(ddof=1) / np.sqrt(3)
+    assert paired["mean"] == pytest.approx(d.mean(), abs=1e-3)
+    assert paired["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-3)
+    assert set(got["paired"]) == {
+        "distilled (packed) - distilled (infill)",
+        "distilled (packed_curve) - distilled (infill)",
+    }
+    text = runner.format_inputs(got)
+    assert "### Student input packed_curve" in text and "### Student inputs against infill" in text
+    assert f"| distilled (packed_curve) - distilled (infill) | {d.mean():+.2f} [" in text
+
+
+def test_table_with_student_inputs_runs_each_input_side_by_side(tiny_teacher, tmp_path):
+    from isp_keras.models import adapter, teachers
+    from isp_keras.training import runner
+
+    out = tmp_path / "inputs"
+    argv = tiny_argv(tiny_teacher, out, "--rows=teacher_raw,distilled", "--student_inputs=infill,packed_curve")
+    results = run("table", *argv)
+    assert [(r["input"], r["name"]) for r in results["rows"]] == [
+        (v, n) for v in ("infill", "packed_curve") for n in ("teacher_raw", "distilled")
+    ]
+    by = {(r["input"], r["name"]): r for r in results["rows"]}
+    assert by["infill", "teacher_raw"]["agreement"] == by["packed_curve", "teacher_raw"]["agreement"]
+    student = teachers.load_model_file(out / "input_packed_curve" / "distilled" / "student.keras")
+    assert student.input_shape[1:] == (16, 16, 4) and set(adapter.parts(student)) == {"gain", "curve", "mix"}
+    meta = json.loads((out / "input_packed_curve" / "distilled" / "student.json").read_text())
+    assert (meta["student_input"], meta["raw_adapter"]) == ("packed", "curve")
+    assert "student_input" not in results["config"] and "raw_adapter" not in results["config"]
+    md = (out / runner.RESULTS_MD).read_text()
+    assert "| input |" in md and "distilled (packed_curve) - distilled (infill)" in md
+    assert results["inputs"]["paired"]["distilled (packed_curve) - distilled (infill)"]["agreement"]["n"] == 1
