@@ -90,7 +90,7 @@ def test_a_gamma_curve_starts_as_given_and_stays_monotone_in_training():
     assert slopes.min() == 0.0  # the constraint held slopes at 0 that the gradient pushed below
     assert np.all(np.diff(curve.curve()) >= 0)
     ys = curve(np.linspace(-0.2, 1.2, 141, dtype=np.float32)[None]).numpy()[0]
-    assert np.all(np.diff(ys) >= 0)
+    assert np.all(np.diff(ys) >= -1e-5)  # float32 rounding of the flat segments at |y| ~ 15
 
 
 def test_round_trip_and_reclone(tmp_path):
