@@ -384,6 +384,37 @@ def test_packed_student_input_needs_even_sides(capsys):
     assert line == "--student_input=packed: image size 33 is odd; packing needs even sides"
 
 
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (
+            dict(raw_adapter="curve", student_input="packed", raw_adapter_curve=[0.0, 0.6, 0.5, 1.0]),
+            "--raw_adapter_curve=0,0.6,0.5,1: not monotone: value 2 (0.5) is below value 1 (0.6)",
+        ),
+        (
+            dict(raw_adapter="affine"),
+            "--raw_adapter=affine: needs --student_input=packed (the adapter acts on the sensor's values per CFA "
+            "site, which the infill input has already mixed)",
+        ),
+        (
+            dict(raw_adapter="affine", student_input="packed", raw_adapter_curve=[0.0, 1.0]),
+            "--raw_adapter_curve: only with --raw_adapter=curve (got affine)",
+        ),
+    ],
+)
+def test_raw_adapter_flags(capsys, settings, expected):
+    assert one_line(capsys, lambda: TrainConfig(**settings).validate()) == expected
+
+
+def test_unknown_student_input_variant(capsys):
+    from isp_keras.training.config import TableConfig
+
+    line = one_line(capsys, lambda: TableConfig(student_inputs=["infill", "packed_gamma"]).validate())
+    assert line == (
+        "--student_inputs: unknown input 'packed_gamma'; choose from infill, packed, packed_affine, packed_curve"
+    )
+
+
 def test_resume_of_a_run_recorded_before_a_field_existed(capsys, tmp_path):
     """A config.json without student_input (written before the flag) resumes as the default, infill."""
     from isp_keras.training import runner

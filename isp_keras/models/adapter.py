@@ -26,7 +26,7 @@ from isp_keras.models.curves import ADAPTERS, curve_problem, identity_curve
 @keras.saving.register_keras_serializable(package="isp_keras")
 class ToneCurve(layers.Layer):
     """y = v0 + s_0 x + sum_k (s_k - s_{k-1}) relu(x - k/K): the piecewise linear curve through (k/K, v_k), with
-    slopes s_k = K (v_{k+1} - v_k) >= 0, applied elementwise."""
+    slopes s_k = K (v_{k+1} - v_k) >= 0, applied to each channel of the last axis."""
 
     def __init__(self, values=None, **kwargs):
         super().__init__(**kwargs)
@@ -51,11 +51,18 @@ class ToneCurve(layers.Layer):
         self.knots = np.arange(1, self.segments, dtype=np.float32) / self.segments
 
     def call(self, x):
+        # One 1x1 convolution over [x, relu(x - knot_1), ...]: in int8 the terms are summed in the int32
+        # accumulator and rounded once, not after every knot.
         slopes = keras.ops.convert_to_tensor(self.slopes)
-        y = self.start + slopes[0] * x
-        for k, knot in enumerate(self.knots, start=1):
-            y = y + (slopes[k] - slopes[k - 1]) * keras.ops.relu(x - float(knot))
-        return y
+        steps = keras.ops.concatenate([slopes[:1], slopes[1:] - slopes[:-1]], axis=0)  # [K]
+        channels = x.shape[-1]
+        features = keras.ops.concatenate([x] + [keras.ops.relu(x - float(k)) for k in self.knots], axis=-1)
+        eye = np.eye(channels, dtype=np.float32)
+        kernel = keras.ops.reshape(steps[:, None, None] * eye[None], (1, 1, self.segments * channels, channels))
+        return keras.ops.conv(features, kernel) + self.start
+
+    def compute_output_shape(self, shape):
+        return shape
 
     def curve(self) -> np.ndarray:
         """The current values at the knots (monotone by construction)."""
