@@ -111,6 +111,9 @@ def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsy
     for row in plan.rows:
         assert row.name in text
     assert cfg.epochs >= 1 and cfg.lr > 0
+    inputs = getattr(cfg, "student_inputs", [])
+    for variant in inputs:
+        assert f"/input_{variant}/" in text
     if flagfile.startswith("embedded"):
         assert cfg.teacher == "embedded" and "resnet20" in text  # resolved from the project, wherever we run
     if flagfile.startswith("imagenet_"):
@@ -120,9 +123,13 @@ def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsy
     if flagfile.startswith("imagenette"):
         assert cfg.teacher.endswith(".tflite") and cfg.dataset.startswith("folder:") and cfg.hard_labels == "teacher"
         assert cfg.epochs == 4 and cfg.alpha == 0.9 and cfg.temperature == 4 and cfg.noise_std == 0.1
-        if kind == "table" and flagfile != "imagenette.flags":  # that one is the presets' shared base
+        if inputs:  # the inputs side by side: the deployable student of each
+            assert cfg.rows == ["teacher_clean", "teacher_raw", "distilled", "distilled_qat"]
+        elif kind == "table" and flagfile != "imagenette.flags":  # that one is the presets' shared base
             deployed = ["distilled_qat"] if flagfile == "imagenette_mobilenetv2.flags" else []  # the arm to deploy
             assert cfg.rows == [*DEFAULT_TABLE_ROWS, "distilled_gt", *deployed]
+    elif inputs:
+        assert [r.name for r in plan.rows] == ["teacher_clean", "teacher_raw", "distilled", "distilled_qat"]
     elif kind == "table":
         assert [r.name for r in plan.rows] == DEFAULT_TABLE_ROWS
     if kind == "sweep":
