@@ -6,6 +6,8 @@ with Keras on the test split; and end to end on the same DNG bytes:
   RAW path: LibRaw decode -> uint16 counts -> float32 TFLite (levels + bayer infill + norm + student, one graph)
   ISP path: LibRaw decode + LibRaw ISP (rawpy.postprocess: AHD demosaic, colour matrix, 8-bit) -> float32 TFLite
             (teacher normalisation + teacher, one graph) - the same architecture, so the same model size.
+  TF ISP path: LibRaw decode -> uint16 counts -> float32 TFLite (levels + bilinear demosaic + clip + teacher
+            normalisation + teacher, one graph): the cheapest ISP the teacher can be served with (tf_isp_fn).
 Then the same for MobileNetV2 at 224 px with random weights (latency and size only; accuracy is meaningless).
 
 Full-size file (--full_size_mp, default 12 megapixels; a DNG written from the test mosaics, as no real file here is
@@ -112,6 +114,25 @@ def teacher_fn(teacher, norm):
     return serve
 
 
+def tf_isp_fn(teacher, norm, cfa: str):
+    """uint16 sensor counts [batch, H, W, 1] -> probabilities through a minimal ISP in TensorFlow: levels, bilinear
+    demosaic (the same infill the RAW path's student sees), clipping to the displayable range, then the teacher. The
+    simulated sensor records sRGB values, so no white balance, colour matrix or gamma is needed here: this is the
+    cheapest ISP the teacher can be served with, and the RAW path's fairest competitor."""
+    import tensorflow as tf
+
+    from isp_keras.data import pipeline
+    from isp_keras.deploy import serving
+    from isp_keras.raw import bayer
+
+    def serve(counts):
+        rgb = tf.clip_by_value(bayer.infill(bayer.scale_levels(counts, BLACK_LEVEL, WHITE_LEVEL), cfa), 0.0, 1.0)
+        x = pipeline.teacher_input(rgb, norm=norm)
+        return {serving.OUTPUT_NAME: tf.nn.softmax(teacher(x, training=False), axis=-1)}
+
+    return serve
+
+
 def write_dngs(mosaics: np.ndarray, cfa: str, folder: Path) -> list[bytes]:
     """The test mosaics as 12-bit DNGs (clipped to the sensor range, as a real sensor would); their bytes."""
     from isp_keras.raw import rawio
@@ -170,7 +191,15 @@ def measure(
         teacher_dir,
     )
     isp_path_model = tflite.to_tflite(teacher_dir, "float32")
+    tf_isp_dir = work / "tf_isp_savedmodel"
+    serving.write_archive(
+        teacher,
+        {serving.SIGNATURE: (tf_isp_fn(teacher, student.norm, student.cfa), serving.mosaic_spec(size, tf.uint16))},
+        tf_isp_dir,
+    )
+    tf_isp_model = tflite.to_tflite(tf_isp_dir, "float32")
     fig["raw_path_model_bytes"], fig["isp_path_model_bytes"] = len(raw_path_model), len(isp_path_model)
+    fig["tf_isp_path_model_bytes"] = len(tf_isp_model)
 
     take = (cfg.agreement_take or None) if agreement else cfg.e2e_images
     test, labels = serving.pipeline_mosaics(student, source, source.test_split, take)
@@ -202,11 +231,17 @@ def measure(
     dngs = write_dngs(np.concatenate(singles), student.cfa, work)
     raw_runner = runtime.TFLiteRunner(raw_path_model, cfg.threads)
     isp_runner = runtime.TFLiteRunner(isp_path_model, cfg.threads)
+    tf_isp_runner = runtime.TFLiteRunner(tf_isp_model, cfg.threads)
+
+    def decode(i):
+        with rawpy.imread(io.BytesIO(dngs[i % len(dngs)])) as raw:
+            return raw.raw_image_visible.copy()[np.newaxis, ..., np.newaxis]
 
     def raw_path(i):
-        with rawpy.imread(io.BytesIO(dngs[i % len(dngs)])) as raw:
-            counts = raw.raw_image_visible.copy()
-        return raw_runner.invoke(counts[np.newaxis, ..., np.newaxis])
+        return raw_runner.invoke(decode(i))
+
+    def tf_isp_path(i):
+        return tf_isp_runner.invoke(decode(i))
 
     def isp(i):
         with rawpy.imread(io.BytesIO(dngs[i % len(dngs)])) as raw:
@@ -220,9 +255,12 @@ def measure(
     fig["e2e_images"] = len(dngs)
     fig.update(
         latencies(
-            {"raw_path": raw_path, "isp_path": isp_path, "isp_only": isp},
+            {"raw_path": raw_path, "isp_path": isp_path, "tf_isp_path": tf_isp_path, "isp_only": isp},
             cfg,
-            {"raw_path_speedup_over_isp_path": ("isp_path", "raw_path")},
+            {
+                "raw_path_speedup_over_isp_path": ("isp_path", "raw_path"),
+                "raw_path_speedup_over_tf_isp_path": ("tf_isp_path", "raw_path"),
+            },
         )
     )
     if cfg.full_size_mp > 0:
@@ -234,6 +272,9 @@ def measure(
         )
         fig["isp_path_top1"] = float(
             100.0 * np.mean([np.argmax(isp_path(i)) == e2e_labels[i] for i in range(len(dngs))])
+        )
+        fig["tf_isp_path_top1"] = float(
+            100.0 * np.mean([np.argmax(tf_isp_path(i)) == e2e_labels[i] for i in range(len(dngs))])
         )
     return fig
 

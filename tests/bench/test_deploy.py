@@ -18,6 +18,7 @@ RATIOS = (
     ("int8_over_float32_latency", "int8_latency_ms", "float32_latency_ms"),
     ("dynamic_over_float32_latency", "dynamic_latency_ms", "float32_latency_ms"),
     ("raw_path_speedup_over_isp_path", "isp_path_latency_ms", "raw_path_latency_ms"),
+    ("raw_path_speedup_over_tf_isp_path", "tf_isp_path_latency_ms", "raw_path_latency_ms"),
 )
 
 
@@ -42,7 +43,7 @@ def test_smoke(tiny_student):
         full_size_runs=1,
     )
     fig = bench_deploy.run(cfg)
-    for name in ("keras", "float32", "dynamic", "int8", "raw_path", "isp_path", "isp_only"):
+    for name in ("keras", "float32", "dynamic", "int8", "raw_path", "isp_path", "tf_isp_path", "isp_only"):
         assert fig[f"{name}_latency_ms"] > 0
     assert fig["latency_rounds"] == 3
     for name, num, den in RATIOS:
@@ -54,6 +55,7 @@ def test_smoke(tiny_student):
     assert 0 <= fig["int8_top1_agreement"] <= 100 and fig["float32_top1_agreement"] == 100.0
     assert fig["agreement_examples"] == 32 and fig["e2e_images"] == 2
     assert fig["int8_bytes"] < fig["float32_bytes"] and fig["keras_bytes"] > 0
+    assert 0 <= fig["tf_isp_path_top1"] <= 100 and fig["tf_isp_path_model_bytes"] > 0
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in fig.values())
     h, w = bench_deploy.full_size_shape(0.02, 32)
     assert (h, w) == (122, 162) and fig["full_size_shape"] == "162x122" and fig["full_size_tiles"] == 3 * 5
@@ -61,6 +63,29 @@ def test_smoke(tiny_student):
         assert fig[f"full_{kind}_path_latency_ms"] > 0
         assert fig[f"full_{kind}_path_peak_rss_mb"] > fig[f"full_{kind}_path_work_rss_mb"] >= 0
     assert fig["full_raw_path_speedup_over_isp_path"] > 0
+
+
+def test_tf_isp_path_is_the_teacher_on_the_clipped_demosaic(tiny_student):
+    """The TF ISP's graph against its parts: levels, bilinear infill, clip, teacher normalisation, teacher."""
+    import numpy as np
+    import tensorflow as tf
+
+    from isp_keras.data import pipeline
+    from isp_keras.deploy import serving
+    from isp_keras.models import teachers
+    from isp_keras.raw import bayer
+
+    student = serving.load_student(tiny_student)
+    teacher, _ = teachers.load_teacher(student.teacher)
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 4096, size=(2, 32, 32, 1)).astype(np.uint16)  # some below black, some at white
+    got = bench_deploy.tf_isp_fn(teacher, student.norm, student.cfa)(tf.constant(counts))[serving.OUTPUT_NAME]
+    levels = (counts.astype(np.float32) - bench_deploy.BLACK_LEVEL) / (
+        bench_deploy.WHITE_LEVEL - bench_deploy.BLACK_LEVEL
+    )
+    rgb = np.clip(bayer.infill(tf.constant(levels), student.cfa).numpy(), 0, 1)
+    expected = tf.nn.softmax(teacher(pipeline.teacher_input(tf.constant(rgb), norm=student.norm))).numpy()
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
 
 
 def test_bad_flags(tmp_path):
