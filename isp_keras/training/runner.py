@@ -446,16 +446,22 @@ def plan_text(plan: Plan) -> str:
         f"{plan.kind} (dry run: no data read, nothing trained) -> {plan.out}",
         f"  data:     {data_desc}; test {cfg.test_take or 'all'} images",
         f"  teacher:  {teacher_desc}",
-        f"  raw:      {image_size or '? (from the teacher)'} px, CFA {cfg.cfa}, noise std {noise}, seed {cfg.seed}",
+        f"  raw:      {image_size or '? (from the teacher)'} px, CFA {cfg.cfa}, "
+        + (f"noise std {noise}" if cfg.sensor == "gaussian" else "realistic sensor (shot and read noise)")
+        + f", seed {cfg.seed}",
         f"  budget:   per student row {cfg.epochs} epochs x {steps}, batch {cfg.batch_size}; Nesterov SGD lr "
         f"{cfg.lr:g} (warmup {cfg.warmup_epochs:g} epochs, cosine), weight decay {cfg.weight_decay:g}",
     ]
     if image_size:
-        student_spec, teacher_spec = _pipeline_spec(cfg, image_size)[0]
-        lines.append(
-            f"  pipeline: student input {student_spec.shape} {student_spec.dtype.name}, "
-            f"teacher input {teacher_spec.shape} {teacher_spec.dtype.name}"
-        )
+        inputs = {(lvl.cfg.student_input, lvl.cfg.raw_adapter): lvl.cfg for lvl in plan.levels}
+        for (student_input, adapter), level_cfg in inputs.items():
+            student_spec, teacher_spec = _pipeline_spec(level_cfg, image_size)[0]
+            front = f" + RAW adapter {adapter}" if adapter != "none" else ""
+            which = f" ({student_input}{front})" if len(inputs) > 1 or front else ""
+            lines.append(
+                f"  pipeline{which}: student input {student_spec.shape} {student_spec.dtype.name}, "
+                f"teacher input {teacher_spec.shape} {teacher_spec.dtype.name}"
+            )
     if ks and teacher is None:
         lines.append("  k values are checked against the model when the teacher loads")
     lines.append("  rows:")
