@@ -27,11 +27,12 @@ def test_tone_curve_against_numpy():
     values = [0.0, 0.3, 0.45, 0.55, 0.62, 0.7, 0.8, 0.8, 1.1]  # a flat segment is monotone too
     x = np.linspace(-0.3, 1.3, 161).astype(np.float32)
     layer = adapter.ToneCurve(values)
-    np.testing.assert_allclose(layer(x[None]).numpy()[0], numpy_curve(x, values), atol=1e-6)
+    image = np.stack([x, x[::-1]], axis=-1).reshape(1, 7, 23, 2)  # [batch, h, w, channels], as in a student
+    np.testing.assert_allclose(layer(image).numpy(), numpy_curve(image, values), atol=1e-6)
     np.testing.assert_allclose(layer.curve(), values, atol=1e-6)
     identity = adapter.ToneCurve()
     assert identity.values == curves.identity_curve() and len(identity.values) == 9
-    np.testing.assert_array_equal(identity(x[None]).numpy()[0], x)
+    np.testing.assert_array_equal(identity(image).numpy(), image)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +90,7 @@ def test_a_gamma_curve_starts_as_given_and_stays_monotone_in_training():
     slopes = np.asarray(curve.slopes)
     assert slopes.min() == 0.0  # the constraint held slopes at 0 that the gradient pushed below
     assert np.all(np.diff(curve.curve()) >= 0)
-    ys = curve(np.linspace(-0.2, 1.2, 141, dtype=np.float32)[None]).numpy()[0]
+    ys = curve(np.linspace(-0.2, 1.2, 141, dtype=np.float32).reshape(1, 1, 141, 1)).numpy().reshape(-1)
     assert np.all(np.diff(ys) >= -1e-5)  # float32 rounding of the flat segments at |y| ~ 15
 
 
