@@ -264,8 +264,6 @@ class TableConfig(TrainConfig):
                 raise UserError(
                     f"--student_inputs: unknown input {unknown[0]!r}; choose from {', '.join(STUDENT_VARIANTS)}"
                 )
-            if self.image_size is not None and self.image_size % 2 and any(v != "infill" for v in self.student_inputs):
-                raise UserError(f"--student_inputs: image size {self.image_size} is odd; packing needs even sides")
         unknown = [n for n in _unique(self.rows, "rows") if n not in TABLE_ROWS]
         if unknown:
             raise UserError(f"--rows: unknown row {unknown[0]!r}; choose from {', '.join(TABLE_ROWS)}")

@@ -112,7 +112,7 @@ def table(cfg: TableConfig | SweepConfig | AblationConfig | TuneConfig, kind: st
     elif kind == "table" and cfg.seeds:
         extra["seeds"] = runner.seed_summary(rows)
     if kind == "tune":
-        extra["best"] = runner.best_lrs(plan, [row for level in levels for row in level["rows"]])
+        extra["best"] = runner.best_lrs(plan, rows)
     return finish(plan, levels, seconds, start, extra)
 
 

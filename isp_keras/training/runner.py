@@ -763,15 +763,9 @@ def seed_summary(rows: list[dict]) -> dict:
     pairs = [("distilled", name) for name in by_name if name != "distilled"]
     pairs += [("distilled_gt", "gt_labels")]  # the ground-truth pair, compared by accuracy
     for a, b in pairs:
-        first, second = by_name.get(a, {}), by_name.get(b, {})
-        common = sorted(set(first) & set(second))
-        if not common:
-            continue
-        summary["paired"][f"{a} - {b}"] = {
-            k: mean_interval([first[s][k] - second[s][k] for s in common])
-            for k in PAIRED_METRICS
-            if all(first[s].get(k) is not None and second[s].get(k) is not None for s in common)
-        }
+        diff = paired_difference(by_name.get(a, {}), by_name.get(b, {}))
+        if diff is not None:
+            summary["paired"][f"{a} - {b}"] = diff
     raw = by_name.get("teacher_raw", {})
     common = sorted(set(raw) & set(distilled))
     if common and all(raw[s]["agreement"] < 100 for s in common):
@@ -781,7 +775,19 @@ def seed_summary(rows: list[dict]) -> dict:
     return summary
 
 
-def input_summary(rows: list[dict], metrics=PAIRED_METRICS) -> dict:
+def paired_difference(first: dict, second: dict) -> dict | None:
+    """{metric: mean_interval of first - second} over the seeds both have ({seed: row} each); None if none."""
+    common = sorted(set(first) & set(second))
+    if not common:
+        return None
+    return {
+        k: mean_interval([first[s][k] - second[s][k] for s in common])
+        for k in PAIRED_METRICS
+        if all(first[s].get(k) is not None and second[s].get(k) is not None for s in common)
+    }
+
+
+def input_summary(rows: list[dict]) -> dict:
     """Per student input, its seed_summary; and the paired difference (same seed) of each input's distilled
     student against the first input's."""
     by_input: dict = {}
@@ -791,14 +797,9 @@ def input_summary(rows: list[dict], metrics=PAIRED_METRICS) -> dict:
     first, *others = list(by_input)
     base = {r["seed"]: r for r in by_input[first] if r["name"] == "distilled"}
     for v in others:
-        mine = {r["seed"]: r for r in by_input[v] if r["name"] == "distilled"}
-        common = sorted(set(base) & set(mine))
-        if common:
-            summary["paired"][f"distilled ({v}) - distilled ({first})"] = {
-                k: mean_interval([mine[s][k] - base[s][k] for s in common])
-                for k in metrics
-                if all(mine[s].get(k) is not None and base[s].get(k) is not None for s in common)
-            }
+        diff = paired_difference({r["seed"]: r for r in by_input[v] if r["name"] == "distilled"}, base)
+        if diff is not None:
+            summary["paired"][f"distilled ({v}) - distilled ({first})"] = diff
     return summary
 
 

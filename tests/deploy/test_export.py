@@ -158,23 +158,20 @@ def test_cli_rejects_a_bad_range_batch_in_one_line(tmp_path):
     assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == ["error: --range_batch=0: must be >= 1"]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not REAL_TEACHER.exists(), reason="the embedded ResNet-20 teacher is not in data/teacher yet")
-def test_real_resnet20_student(tmp_path):
-    """The embedded ResNet-20 as a RAW student (per-site statistics of 512 training mosaics, no distillation) on 512
-    real test mosaics: the float gates hold, the int8 model agrees on well over 90% and the gate's verdict follows
-    its figure (measured: 98.24% on these 512, 97.85% on all 10,000; the distilled default student 98.11%, see
-    docs/decisions/int8-pinned-ranges-and-qat.md)."""
+def export_embedded_student(tmp_path, **settings) -> dict:
+    """The embedded ResNet-20 as an untrained RAW student (`settings`: TrainConfig fields; per-site statistics of
+    512 training mosaics) saved to tmp_path/run and exported to tmp_path/deploy, parity on 512 test mosaics, no
+    gate. Returns the parity figures."""
     from isp_keras.models import students
     from isp_keras.training import experiment
     from isp_keras.training.config import TrainConfig
 
     cfg = TrainConfig(
-        teacher=str(REAL_TEACHER), model_dir=str(tmp_path / "run"), stats_images=512, noise_std=0.1
+        teacher=str(REAL_TEACHER), model_dir=str(tmp_path / "run"), stats_images=512, noise_std=0.1, **settings
     ).validate()
     s = experiment.setup(cfg)
     (tmp_path / "run").mkdir()
-    experiment.save_student(students.student_from_teacher(s.teacher), tmp_path / "run", s)
+    experiment.save_student(students.student_from_teacher(s.teacher, packing=s.packing()), tmp_path / "run", s)
     manifest = export.run(
         ExportConfig(
             student=str(tmp_path / "run"),
@@ -185,7 +182,17 @@ def test_real_resnet20_student(tmp_path):
             parity_gate=False,
         )
     )
-    figures = manifest["parity"]
+    return manifest["parity"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_TEACHER.exists(), reason="the embedded ResNet-20 teacher is not in data/teacher yet")
+def test_real_resnet20_student(tmp_path):
+    """The embedded ResNet-20 as a RAW student (per-site statistics of 512 training mosaics, no distillation) on 512
+    real test mosaics: the float gates hold, the int8 model agrees on well over 90% and the gate's verdict follows
+    its figure (measured: 98.24% on these 512, 97.85% on all 10,000; the distilled default student 98.11%, see
+    docs/decisions/int8-pinned-ranges-and-qat.md)."""
+    figures = export_embedded_student(tmp_path)
     assert figures["saved_model_max_abs_prob_diff"] <= 1e-4 and figures["float32_max_abs_prob_diff"] <= 1e-4
     assert 90.0 < figures["int8_top1_agreement"]
     assert parity.parity_failures(figures) == (
@@ -204,35 +211,12 @@ def test_real_packed_resnet20_student(tmp_path, adapter_kind):
     hold, int8 agrees on well over 90 % (measured on these 512: 98.24 % packed, 94.14 % with the gamma curve,
     an untrained student that is rarely sure), and `predict` runs its export on a DNG like the Keras student."""
     from isp_keras.deploy import predict
-    from isp_keras.models import students
     from isp_keras.raw import rawio
-    from isp_keras.training import experiment
-    from isp_keras.training.config import TrainConfig
 
     gamma = [round((k / 8) ** (1 / 2.2), 6) for k in range(9)] if adapter_kind == "curve" else []
-    cfg = TrainConfig(
-        teacher=str(REAL_TEACHER),
-        model_dir=str(tmp_path / "run"),
-        stats_images=512,
-        noise_std=0.1,
-        student_input="packed",
-        raw_adapter=adapter_kind,
-        raw_adapter_curve=gamma,
-    ).validate()
-    s = experiment.setup(cfg)
-    (tmp_path / "run").mkdir()
-    experiment.save_student(students.student_from_teacher(s.teacher, packing=s.packing()), tmp_path / "run", s)
-    manifest = export.run(
-        ExportConfig(
-            student=str(tmp_path / "run"),
-            out=str(tmp_path / "deploy"),
-            calibration_samples=200,
-            parity_take=512,
-            dynamic=False,
-            parity_gate=False,
-        )
+    figures = export_embedded_student(
+        tmp_path, student_input="packed", raw_adapter=adapter_kind, raw_adapter_curve=gamma
     )
-    figures = manifest["parity"]
     assert figures["saved_model_max_abs_prob_diff"] <= 1e-4 and figures["float32_max_abs_prob_diff"] <= 1e-4
     assert 90.0 < figures["int8_top1_agreement"]
     student = serving.load_student(tmp_path / "run")
