@@ -326,17 +326,30 @@ def path_fns(student_tflite: bytes, teacher_tflite: bytes, dng: Path, cfa: str, 
     return raw_path, isp_path
 
 
-def peak_rss_child(kind: str, student_tflite: str, teacher_tflite: str, dng: str, cfa: str, threads: int) -> None:
-    """Run in a fresh process: one pass of a path; prints {"before_kb", "peak_kb"} (ru_maxrss) as JSON."""
-    import json
+def peak_rss_kb() -> int:
+    """This process's peak resident memory in KiB: VmHWM where /proc has it, which starts afresh at exec (Linux
+    carries ru_maxrss across exec, so a child of a large parent would report the parent's peak)."""
     import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def peak_rss_child(kind: str, student_tflite: str, teacher_tflite: str, dng: str, cfa: str, threads: int) -> None:
+    """Run in a fresh process: one pass of a path; prints {"before_kb", "peak_kb"} (`peak_rss_kb`) as JSON."""
+    import json
 
     raw_path, isp_path = path_fns(
         Path(student_tflite).read_bytes(), Path(teacher_tflite).read_bytes(), Path(dng), cfa, threads
     )
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kb()
     (raw_path if kind == "raw" else isp_path)()
-    print(json.dumps({"before_kb": before, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    print(json.dumps({"before_kb": before, "peak_kb": peak_rss_kb()}))
 
 
 def peak_rss(kind: str, files: dict, cfa: str, threads: int) -> dict:
@@ -405,12 +418,20 @@ def mobilenet_pair(work: Path) -> tuple:
     return student, model, keras_path
 
 
+def labelled_source(student, flag_value: str):
+    """The student's dataset with labels in its output space (Imagenette's folders among an ImageNet teacher's 1001
+    outputs), so the benchmark's top-1 figures count the right class."""
+    from isp_keras.data import sources
+
+    source = sources.get_source(student.dataset)
+    return sources.in_label_space(source, student.classes, student.wnids, what=f"--student={flag_value}")
+
+
 def run(cfg: DeployBenchConfig) -> dict:
     """All figures of the deployment benchmark: {name: value}; MobileNetV2's carry a `mobilenetv2_224_` prefix."""
     cfg.validate()
     import tensorflow as tf
 
-    from isp_keras.data import sources
     from isp_keras.deploy import serving
     from isp_keras.models import teachers
 
@@ -423,7 +444,7 @@ def run(cfg: DeployBenchConfig) -> dict:
     if not student.teacher:
         raise UserError(f"--student={cfg.student}: student.json names no teacher; the ISP path needs it")
     teacher, _ = teachers.load_teacher(student.teacher)
-    source = sources.get_source(student.dataset)
+    source = labelled_source(student, cfg.student)
     figures = {
         "student": student.path,
         "teacher": student.teacher,

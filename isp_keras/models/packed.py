@@ -3,9 +3,10 @@ one first layer over the packed mosaic (2x2 tiles, [H/2, W/2, 4]).
 
 normalise(bilinear_infill(mosaic)) is an affine map of the mosaic and the teacher's stem a linear one, so inside
 the image their composition is one convolution over the tiles: stride 1 for a stride-2 stem, and for a stride-1
-stem one convolution per output phase (4x the channels) followed by depth-to-space. Only the one-pixel border
-differs: there the infill renormalises over the samples that exist and the teacher's convolution zero-pads the
-normalised image, while the packed convolution zero-pads the mosaic (docs/models/packed-students.md).
+stem one convolution per output phase (4x the channels) followed by depth-to-space. On the one-pixel frame the
+infill renormalises over the samples that exist and the teacher's convolution zero-pads the normalised image,
+which no padding of the tiles reproduces; a border term over the outermost tiles (models/border.py) makes the
+packed layer exact there too (docs/models/packed-students.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tensorflow as tf
 from keras import layers
 
 from isp_keras.errors import UserError
-from isp_keras.models import adapter
+from isp_keras.models import adapter, border
 from isp_keras.raw import bayer
 
 FLAG = "--student_input=packed"
@@ -44,8 +45,9 @@ class Packing:
 @dataclasses.dataclass
 class PackedConv:
     """The composed first layer: the per-site means `centre` [4] subtracted from the tiles, their zero padding
-    ((top, bottom), (left, right)) before a VALID convolution of kernel [K_h, K_w, 4, P*C] and bias [P*C], and
-    whether depth_to_space(2) follows (P = 4 output phases for a stride-1 stem, else P = 1).
+    ((top, bottom), (left, right)) before a VALID convolution of kernel [K_h, K_w, 4, P*C] and bias [P*C], the
+    border term added to its output (`border_spec` and `border_weights`, models/border.py), and whether
+    depth_to_space(2) follows (P = 4 output phases for a stride-1 stem, else P = 1).
 
     Centring first makes the padded samples the site means, which the normalisation maps to 0: the value the
     teacher's convolution pads the normalised image with. (Padding the raw tiles with 0 instead would show the
@@ -56,6 +58,8 @@ class PackedConv:
     bias: np.ndarray
     pads: tuple
     depth_to_space: bool
+    border_spec: dict
+    border_weights: dict
 
     @property
     def keras_padding(self) -> str | None:
@@ -90,7 +94,9 @@ class DepthToSpace(layers.Layer):
 
 
 # What loading a packed student needs besides Keras' own layers.
-CUSTOM_OBJECTS = {keras.saving.get_registered_name(cls): cls for cls in (DepthToSpace, adapter.ToneCurve)}
+CUSTOM_OBJECTS = {
+    keras.saving.get_registered_name(cls): cls for cls in (DepthToSpace, adapter.ToneCurve, border.BorderCorrection)
+}
 
 
 def _teacher_padding(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
@@ -104,7 +110,8 @@ def _teacher_padding(size: int, kernel: int, stride: int, padding: str) -> tuple
 
 
 def compose(kernel, bias, stride: int, padding: str, packing: Packing) -> PackedConv:
-    """The first layer over the tiles equal, inside the image, to conv(normalise(infill(mosaic))).
+    """The first layer over the tiles equal to conv(normalise(infill(mosaic))): a convolution exact inside the
+    image, plus the border term exact on the frame (`_border`).
 
     `kernel` [k_h, k_w, 3, C] and `bias` [C] (None: no bias) of the teacher's first convolution, `stride` 1 or 2,
     `padding` "same" or "valid". Colour c of the teacher's input at pixel p is (sum_q k_c[q - p] x[q] m_c[q] - mean_c)
@@ -113,7 +120,7 @@ def compose(kernel, bias, stride: int, padding: str, packing: Packing) -> Packed
     q lands at one tile offset and tile channel given by its position. The means are subtracted from the tiles
     (each colour's infill weights sum to 1 inside the image, so mean_c comes out of the infill unchanged).
     """
-    kernel = np.asarray(kernel, np.float64)
+    teacher_kernel = kernel = np.asarray(kernel, np.float64)
     kh, kw, cin, cout = kernel.shape
     if cin != 3:
         raise UserError(f"{FLAG}: the teacher's first convolution takes {cin} channels, not 3 (RGB)")
@@ -160,13 +167,41 @@ def compose(kernel, bias, stride: int, padding: str, packing: Packing) -> Packed
     for (ty, tx, channel, phase), weights in taps.items():
         packed[ty - lo_y, tx - lo_x, channel, phase * cout : (phase + 1) * cout] += weights
     bias = np.zeros(cout) if bias is None else np.asarray(bias, np.float64)
-    return PackedConv(
+    stem = PackedConv(
         mean[site.reshape(-1)].astype(np.float32),
         packed.astype(np.float32),
         np.tile(bias, len(phases)).astype(np.float32),
         (pad_rows, pad_cols),
         stride == 1,
+        {},
+        {},
     )
+    stem.border_spec, stem.border_weights = _border(teacher_kernel, stride, padding, packing, stem)
+    return stem
+
+
+def _border(kernel: np.ndarray, stride: int, padding: str, packing: Packing, stem: PackedConv) -> tuple[dict, dict]:
+    """The border term (models/border.py) from unit impulses on the centred tiles of a probe image, pushed through
+    the exact path (the infill students' bayer.raw_to_input and the teacher's convolution) and the packed one, in
+    float64."""
+    size = min(packing.image_size, border.PROBE_SIZE)
+    half = size // 2
+    count = half * half * 4
+    impulses = np.eye(count).reshape(count, half, half, 4)
+    raw = tf.nn.depth_to_space(tf.constant(impulses + stem.centre.astype(np.float64)), 2)
+    image = bayer.raw_to_input(raw, packing.cfa, packing.raw_mean, packing.raw_std)
+    if packing.channel_order == "BGR":
+        image = image[..., ::-1]
+    exact = tf.nn.conv2d(image, tf.constant(kernel), stride, padding.upper())
+    if stem.depth_to_space:
+        exact = tf.nn.space_to_depth(exact, 2)
+    tiles = tf.pad(tf.constant(impulses), [[0, 0], list(stem.pads[0]), list(stem.pads[1]), [0, 0]])
+    packed = tf.nn.conv2d(tiles, tf.constant(stem.kernel, tf.float64), 1, "VALID")
+    difference = (exact - packed).numpy()
+    try:
+        return border.geometry(difference.reshape(half, half, 4, *difference.shape[1:]))
+    except ValueError as e:
+        raise UserError(f"{FLAG}: image size {packing.image_size}: {e}") from None
 
 
 def first_conv(model: keras.Model) -> layers.Conv2D:
@@ -216,8 +251,8 @@ def packed_conv(model: keras.Model, packing: Packing) -> tuple[layers.Conv2D, Pa
 
 def pack_model(model: keras.Model, packing: Packing, clone_layer) -> keras.Model:
     """`model` with its first convolution replaced by the packed one: input [H/2, W/2, 4] (the mosaic's tiles),
-    then [the RAW adapter, identity at the start +] Rescaling (centring) [+ ZeroPadding2D] + Conv2D
-    [+ DepthToSpace] and the rest of the graph, every other layer made by `clone_layer` with `model`'s weights. A
+    then [the RAW adapter, identity at the start +] Rescaling (centring) [+ ZeroPadding2D] + Conv2D + the border
+    term [+ DepthToSpace] and the rest of the graph, every other layer made by `clone_layer` with `model`'s weights. A
     functional rebuild through keras.models.clone_model; the layer names stay."""
     conv, stem = packed_conv(model, packing)
     config = conv.get_config()
@@ -230,6 +265,7 @@ def pack_model(model: keras.Model, packing: Packing, clone_layer) -> keras.Model
         trainable=True,
     )
     replacement = layers.Conv2D.from_config(config)
+    border_layer = border.BorderCorrection(stem.border_spec, name=f"{conv.name}_border")
 
     def clone(layer):
         return replacement if layer is conv else clone_layer(layer)
@@ -238,10 +274,13 @@ def pack_model(model: keras.Model, packing: Packing, clone_layer) -> keras.Model
         if layer is not replacement:
             return layer(*args, **kwargs)
         x = adapter.apply(args[0], packing.raw_adapter, packing.adapter_curve, prefix=layer.name)
-        x = layers.Rescaling(1.0, offset=(-stem.centre).tolist(), name=f"{layer.name}_centre")(x)
+        centred = layers.Rescaling(1.0, offset=(-stem.centre).tolist(), name=f"{layer.name}_centre")(x)
+        x = centred
         if stem.keras_padding is None:
             x = layers.ZeroPadding2D(stem.pads, name=f"{layer.name}_pad")(x)
         x = layer(x)
+        if stem.border_weights:
+            x = border_layer([centred, x])
         return DepthToSpace(2, name=f"{layer.name}_depth_to_space")(x) if stem.depth_to_space else x
 
     half = packing.image_size // 2
@@ -250,6 +289,8 @@ def pack_model(model: keras.Model, packing: Packing, clone_layer) -> keras.Model
     for layer in student.layers:
         if layer is replacement:
             layer.set_weights([stem.kernel, stem.bias])
+        elif layer is border_layer:
+            layer.set_weights([stem.border_weights[name] for name in border.weight_names(stem.border_spec)])
         elif layer.weights and not adapter.parts_of(layer):
             layer.set_weights(model.get_layer(layer.name).get_weights())
     adapter.init_identity(student)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 from absl import flags
@@ -61,7 +62,7 @@ def test_smoke(tiny_student):
     assert (h, w) == (122, 162) and fig["full_size_shape"] == "162x122" and fig["full_size_tiles"] == 3 * 5
     for kind in ("raw", "isp"):
         assert fig[f"full_{kind}_path_latency_ms"] > 0
-        assert fig[f"full_{kind}_path_peak_rss_mb"] > fig[f"full_{kind}_path_work_rss_mb"] >= 0
+        assert fig[f"full_{kind}_path_peak_rss_mb"] > fig[f"full_{kind}_path_work_rss_mb"] > 0
     assert fig["full_raw_path_speedup_over_isp_path"] > 0
 
 
@@ -120,3 +121,33 @@ def test_config_defaults_and_composition():
         parse(["--runs=0"], cls=BenchmarkConfig)
     with pytest.raises(UserError, match="--train_steps=0"):
         parse(["--train_steps=0"], cls=BenchmarkConfig)
+
+
+def test_peak_rss_starts_afresh_in_a_child_of_a_large_process():
+    """A fresh interpreter that touches 300 MB reports about that much work, whatever its parent's peak was (Linux
+    carries ru_maxrss across exec; VmHWM starts again)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, numpy as np; from isp_keras.bench.deploy import peak_rss_kb; b = peak_rss_kb(); "
+        "x = np.ones(300 * 2**20 // 8); print(json.dumps([b, peak_rss_kb()]))"
+    )
+    before, after = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
+    assert 290 * 1024 <= after - before <= 400 * 1024, (before, after)
+
+
+def test_benchmark_labels_are_in_the_students_output_space():
+    """Imagenette's WordNet-id folders land on an ImageNet student's outputs, not on 0..9."""
+
+    from isp_keras.deploy import serving
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    labels = (fixtures / "imagenet" / "imagenet_labels.txt").read_text().splitlines()
+    wnids = [""] + (fixtures / "imagenet" / "imagenet_synsets.txt").read_text().split()
+    student = serving.Student(None, "RGGB", 32, labels, None, dataset=f"folder:{fixtures / 'imagenette'}", wnids=wnids)
+    source = bench_deploy.labelled_source(student, "fixture")
+    _, got = serving.pipeline_mosaics(student, source, source.test_split, None)
+    folders = sorted(p.name for p in (fixtures / "imagenette" / "val").iterdir())
+    assert sorted(set(got.tolist())) == sorted(wnids.index(w) for w in folders)

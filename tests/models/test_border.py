@@ -1,0 +1,83 @@
+"""The border term of packed first layers: the geometry read off a probe, its assembly, bad maps, the layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from isp_keras.models import border
+
+
+def edge_map(size: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A linear map [H, W, 4, H, W, C] of the kind a packed stem's border is: each output on the frame reads the
+    tiles within one of it on the outermost tile row or column, with weights that depend only on which edge (and
+    at the corners on both, plus a term of their own)."""
+    rng = np.random.default_rng(seed)
+    kernels = {side: rng.normal(size=(3, 3, 4, channels)) for side in border.SIDES}
+    d = np.zeros((size, size, 4, size, size, channels))
+    frame = {"top": lambda y, x: y == 0, "bottom": lambda y, x: y == size - 1,
+             "left": lambda y, x: x == 0, "right": lambda y, x: x == size - 1}  # fmt: skip
+    for side, on in frame.items():
+        for y in range(size):
+            for x in range(size):
+                if not on(y, x):
+                    continue
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        iy, ix = y + dy, x + dx
+                        if 0 <= iy < size and 0 <= ix < size and on(iy, ix):
+                            d[iy, ix, :, y, x] += kernels[side][dy + 1, dx + 1]
+    for y in (0, size - 1):
+        for x in (0, size - 1):
+            d[y, x, :, y, x] += rng.normal(size=(4, channels))  # what only a corner has (say, its own gain)
+    return d
+
+
+def assemble(d: np.ndarray, spec: dict, weights: dict) -> np.ndarray:
+    h, w, cin, ho, wo, cout = d.shape
+    eye = tf.constant(np.eye(h * w * cin).reshape(-1, h, w, cin))
+    out = border.apply(eye, (ho, wo), spec, {k: tf.constant(v, tf.float64) for k, v in weights.items()})
+    return np.asarray(out).reshape(d.shape)
+
+
+def test_geometry_reassembles_an_edge_and_corner_map():
+    d = edge_map(10)
+    spec, weights = border.geometry(d)
+    assert all(spec["edges"][side]["lines"] == 1 and spec["edges"][side]["depth"] == 1 for side in border.SIDES)
+    assert set(spec["corners"]) == set(border.CORNERS)
+    assert list(weights) == border.weight_names(spec)
+    np.testing.assert_allclose(assemble(d, spec, weights), d, atol=1e-6)
+
+
+def test_a_map_that_is_not_edge_and_corner_is_refused():
+    d = edge_map(10)
+    d[4, 5, 0, 5, 5, 0] = 1.0  # an interior output reading an interior tile
+    with pytest.raises(ValueError, match="not an edge-and-corner map at 20 px"):
+        border.geometry(d)
+
+
+def test_no_difference_gives_no_border():
+    spec, weights = border.geometry(np.zeros((6, 6, 4, 6, 6, 2)))
+    assert weights == {} and border.weight_names(spec) == []
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (-1, 0), (1, -2), (0, 0)])
+def test_fit_pads_or_crops(before, after):
+    x = tf.reshape(tf.range(5.0), [1, 5])
+    got = border._fit(x, 1, before, after).numpy()[0]
+    expected = np.pad(np.arange(5.0)[max(-before, 0) : 5 - max(-after, 0)], (max(before, 0), max(after, 0)))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_layer_adds_the_border_to_the_convolution():
+    d = edge_map(8, channels=2)
+    spec, weights = border.geometry(d)
+    layer = border.BorderCorrection(spec)
+    tiles = np.random.default_rng(1).normal(size=(2, 8, 8, 4)).astype(np.float32)
+    conv = np.random.default_rng(2).normal(size=(2, 8, 8, 2)).astype(np.float32)
+    layer.build([tiles.shape, conv.shape])
+    layer.set_weights([weights[name] for name in border.weight_names(spec)])
+    expected = conv + np.einsum("byxi,yxiovc->bovc", tiles, d)
+    np.testing.assert_allclose(layer([tiles, conv]).numpy(), expected, atol=1e-4)
+    assert border.BorderCorrection.from_config(layer.get_config()).spec == spec
