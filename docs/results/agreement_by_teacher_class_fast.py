@@ -1,7 +1,8 @@
 """Where the label-free pair of the fast arm gains or loses agreement with the teacher: the Table 1 students of
 runs/table_fast (teacher_labels and distilled, seeds 0-2) on the validation mosaics, split by whether the teacher's
 clean-RGB top-1 is one of Imagenette's 10 classes and by how sure the teacher is. Run from the repository root:
-    python docs/results/agreement_by_teacher_class_fast.py runs/table_fast docs/results/agreement_by_teacher_class_fast.json
+    python docs/results/agreement_by_teacher_class_fast.py runs/table_fast \
+        docs/results/agreement_by_teacher_class_fast.json
 """
 
 import dataclasses
@@ -48,8 +49,9 @@ def split(pred: dict) -> dict:
     groups["teacher's top-1 outside them"] = ~inside
     for name, (lo, hi) in BINS.items():
         groups[f"teacher {name}"] = (pred["teacher_p"] >= lo) & (pred["teacher_p"] < hi)
+    agree = {row: pred[row] == pred["teacher"] for row in ROWS}
     return {
-        name: {"images": int(m.sum()), **{row: float(100 * np.mean(pred[row][m] == pred["teacher"][m])) for row in ROWS}}
+        name: {"images": int(m.sum()), **{row: float(100 * np.mean(agree[row][m])) for row in ROWS}}
         for name, m in groups.items()
     }
 
