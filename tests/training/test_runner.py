@@ -558,11 +558,15 @@ def test_table_with_student_inputs_runs_each_input_side_by_side(tiny_teacher, tm
     from isp_keras.training import runner
 
     out = tmp_path / "inputs"
-    argv = tiny_argv(tiny_teacher, out, "--rows=teacher_raw,distilled", "--student_inputs=infill,packed_curve")
+    argv = tiny_argv(
+        tiny_teacher, out, "--rows=teacher_raw,distilled,distilled_qat", "--student_inputs=infill,packed_curve"
+    )
     results = run("table", *argv)
     assert [(r["input"], r["name"]) for r in results["rows"]] == [
-        (v, n) for v in ("infill", "packed_curve") for n in ("teacher_raw", "distilled")
+        (v, n) for v in ("infill", "packed_curve") for n in ("teacher_raw", "distilled", "distilled_qat")
     ]
+    qat = teachers.load_model_file(out / "input_packed_curve" / "distilled_qat" / "student.keras")
+    assert any(layer.name.endswith("_border") for layer in qat.layers)  # quantisation-aware through the border
     by = {(r["input"], r["name"]): r for r in results["rows"]}
     assert by["infill", "teacher_raw"]["agreement"] == by["packed_curve", "teacher_raw"]["agreement"]
     student = teachers.load_model_file(out / "input_packed_curve" / "distilled" / "student.keras")
