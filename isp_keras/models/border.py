@@ -76,19 +76,28 @@ def _fit(x: tf.Tensor, axis: int, before: int, after: int) -> tf.Tensor:
     return x
 
 
-def apply(tiles: tf.Tensor, out_hw: tuple, spec: dict, weights: dict) -> tf.Tensor:
-    """The border term [B, Ho, Wo, C] for centred tiles [B, Hi, Wi, 4]. `spec` is the geometry (`geometry`),
-    `weights` maps `weight_names(spec)` to kernels (native: convolution kernels per edge line, [n_in, n_out]
-    matrices per corner)."""
+def _add_at(x: tf.Tensor, term: tf.Tensor, axis: int, start: int) -> tf.Tensor:
+    """x with `term` added to its slice [start, start + len(term)) along `axis`: the slice and its neighbours
+    concatenated, so only the frame is touched (one copy of x, not a full-size add per term)."""
+    n, size = int(term.shape[axis]), int(x.shape[axis])
+
+    def part(lo, hi):
+        begin, length = [0] * x.shape.rank, [-1] * x.shape.rank
+        begin[axis], length[axis] = lo, hi - lo
+        return tf.slice(x, begin, length)
+
+    pieces = [part(0, start)] if start else []
+    pieces.append(part(start, start + n) + term)
+    if start + n < size:
+        pieces.append(part(start + n, size))
+    return pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=axis)
+
+
+def _edge_terms(tiles: tf.Tensor, out_hw: tuple, spec: dict, weights: dict) -> dict:
+    """Each edge's band [B, lines, Wo, C] (top, bottom) or [B, Ho, lines, C] (left, right), corners not included."""
     hi_, wi_ = int(tiles.shape[1]), int(tiles.shape[2])
     ho, wo = out_hw
-    total = None
-
-    def add(term, top, left):
-        nonlocal total
-        term = _fit(_fit(term, 1, top, ho - top - int(term.shape[1])), 2, left, wo - left - int(term.shape[2]))
-        total = term if total is None else total + term
-
+    bands = {}
     for side in SIDES:
         edge = spec["edges"][side]
         n, depth, lo, width = edge["lines"], edge["depth"], edge["offset"], edge["width"]
@@ -108,8 +117,17 @@ def apply(tiles: tf.Tensor, out_hw: tuple, spec: dict, weights: dict) -> tf.Tens
         outs = [tf.nn.conv2d(strip, weights[f"{side}_{k}"], 1, "VALID") for k in range(n)]
         if side in ("bottom", "right"):
             outs = outs[::-1]
-        band = tf.concat(outs, axis=1 if across else 2)
-        add(band, ho - n if side == "bottom" else 0, wo - n if side == "right" else 0)
+        bands[side] = outs[0] if n == 1 else tf.concat(outs, axis=1 if across else 2)
+    return bands
+
+
+def add(tiles: tf.Tensor, conv: tf.Tensor, spec: dict, weights: dict) -> tf.Tensor:
+    """`conv` [B, Ho, Wo, C] (the packed convolution's output) plus the border term of the centred tiles
+    [B, Hi, Wi, 4]. `spec` is the geometry (`geometry`), `weights` maps `weight_names(spec)` to kernels (native:
+    convolution kernels per edge line, [n_in, n_out] matrices per corner)."""
+    hi_, wi_, channels = int(tiles.shape[1]), int(tiles.shape[2]), int(tiles.shape[3])
+    ho, wo = int(conv.shape[1]), int(conv.shape[2])
+    bands = _edge_terms(tiles, (ho, wo), spec, weights)
     for name, (rows_side, cols_side) in CORNERS.items():
         corner = spec["corners"].get(name)
         if not corner:
@@ -118,10 +136,14 @@ def apply(tiles: tf.Tensor, out_hw: tuple, spec: dict, weights: dict) -> tf.Tens
         br, bc = spec["edges"][rows_side]["lines"], spec["edges"][cols_side]["lines"]
         r0 = 0 if rows_side == "top" else hi_ - nr
         c0 = 0 if cols_side == "left" else wi_ - nc
-        patch = tf.reshape(tiles[:, r0 : r0 + nr, c0 : c0 + nc], [-1, nr * nc * int(tiles.shape[3])])
+        patch = tf.reshape(tiles[:, r0 : r0 + nr, c0 : c0 + nc], [-1, nr * nc * channels])
         block = tf.reshape(tf.matmul(patch, weights[name]), [-1, br, bc, weights[name].shape[-1] // (br * bc)])
-        add(block, 0 if rows_side == "top" else ho - br, 0 if cols_side == "left" else wo - bc)
-    return total
+        bands[rows_side] = _add_at(bands[rows_side], block, 2, 0 if cols_side == "left" else wo - bc)
+    for side, axis, length in (("left", 2, wo), ("right", 2, wo), ("top", 1, ho), ("bottom", 1, ho)):
+        if side in bands:
+            start = 0 if side in ("left", "top") else length - int(bands[side].shape[axis])
+            conv = _add_at(conv, bands[side], axis, start)
+    return conv
 
 
 def weight_names(spec: dict) -> list[str]:
@@ -148,7 +170,8 @@ def geometry(difference: np.ndarray) -> tuple[dict, dict]:
     spec = {"edges": edges, "corners": {}}
     hi_, wi_, cin, ho, wo, cout = d.shape
     eye = np.eye(hi_ * wi_ * cin).reshape(-1, hi_, wi_, cin)
-    edge_terms = apply(tf.constant(eye), (ho, wo), spec, {k: tf.constant(v) for k, v in weights.items()})
+    zero = tf.zeros([len(eye), ho, wo, cout], tf.float64)
+    edge_terms = add(tf.constant(eye), zero, spec, {k: tf.constant(v) for k, v in weights.items()})
     residual = d - np.asarray(edge_terms).reshape(hi_, wi_, cin, ho, wo, cout)
     for name, (rows_side, cols_side) in CORNERS.items():
         br, bc = edges[rows_side]["lines"], edges[cols_side]["lines"]
@@ -167,7 +190,7 @@ def geometry(difference: np.ndarray) -> tuple[dict, dict]:
         c0 = 0 if cols_side == "left" else wi_ - nc
         spec["corners"][name] = {"rows": nr, "cols": nc}
         weights[name] = block[r0 : r0 + nr, c0 : c0 + nc].reshape(nr * nc * cin, br * bc * cout)
-    assembled = apply(tf.constant(eye), (ho, wo), spec, {k: tf.constant(v) for k, v in weights.items()})
+    assembled = add(tf.constant(eye), zero, spec, {k: tf.constant(v) for k, v in weights.items()})
     error = np.abs(d - np.asarray(assembled).reshape(d.shape)).max()
     if error > CHECK * scale:
         raise ValueError(f"the border is not an edge-and-corner map at {2 * hi_} px (error {error / scale:.1e})")
@@ -204,8 +227,7 @@ class BorderCorrection(layers.Layer):
     def call(self, inputs):
         tiles, conv = inputs
         kernels = {name: keras.ops.convert_to_tensor(v) for name, v in self.kernels.items()}
-        border = apply(tiles, (int(conv.shape[1]), int(conv.shape[2])), self.spec, kernels)
-        return conv if border is None else conv + border
+        return add(tiles, conv, self.spec, kernels)
 
     def compute_output_shape(self, shapes):
         return shapes[1]

@@ -37,7 +37,8 @@ def edge_map(size: int, channels: int = 3, seed: int = 0) -> np.ndarray:
 def assemble(d: np.ndarray, spec: dict, weights: dict) -> np.ndarray:
     h, w, cin, ho, wo, cout = d.shape
     eye = tf.constant(np.eye(h * w * cin).reshape(-1, h, w, cin))
-    out = border.apply(eye, (ho, wo), spec, {k: tf.constant(v, tf.float64) for k, v in weights.items()})
+    zero = tf.zeros([h * w * cin, ho, wo, cout], tf.float64)
+    out = border.add(eye, zero, spec, {k: tf.constant(v, tf.float64) for k, v in weights.items()})
     return np.asarray(out).reshape(d.shape)
 
 
@@ -81,3 +82,12 @@ def test_layer_adds_the_border_to_the_convolution():
     expected = conv + np.einsum("byxi,yxiovc->bovc", tiles, d)
     np.testing.assert_allclose(layer([tiles, conv]).numpy(), expected, atol=1e-4)
     assert border.BorderCorrection.from_config(layer.get_config()).spec == spec
+
+
+@pytest.mark.parametrize("start, n", [(0, 2), (3, 2), (5, 1), (0, 6)])
+def test_add_at_adds_to_one_slice_only(start, n):
+    x = np.arange(12.0).reshape(2, 6)
+    term = np.full((2, n), 10.0)
+    expected = x.copy()
+    expected[:, start : start + n] += term
+    np.testing.assert_array_equal(border._add_at(tf.constant(x), tf.constant(term), 1, start).numpy(), expected)

@@ -27,8 +27,7 @@ def packed_stem(raw, stem):
     centred = bayer.pack(tf.constant(raw)) - stem.centre
     tiles = tf.pad(centred, [[0, 0], list(stem.pads[0]), list(stem.pads[1]), [0, 0]])
     out = tf.nn.conv2d(tiles, stem.kernel, 1, "VALID") + stem.bias
-    term = border.apply(centred, out.shape[1:3], stem.border_spec, stem.border_weights)
-    out = out if term is None else out + term
+    out = border.add(centred, out, stem.border_spec, stem.border_weights)
     return tf.nn.depth_to_space(out, 2) if stem.depth_to_space else out
 
 
