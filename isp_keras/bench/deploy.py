@@ -418,15 +418,6 @@ def mobilenet_pair(work: Path) -> tuple:
     return student, model, keras_path
 
 
-def labelled_source(student, flag_value: str):
-    """The student's dataset with labels in its output space (Imagenette's folders among an ImageNet teacher's 1001
-    outputs), so the benchmark's top-1 figures count the right class."""
-    from isp_keras.data import sources
-
-    source = sources.get_source(student.dataset)
-    return sources.in_label_space(source, student.classes, student.wnids, what=f"--student={flag_value}")
-
-
 def run(cfg: DeployBenchConfig) -> dict:
     """All figures of the deployment benchmark: {name: value}; MobileNetV2's carry a `mobilenetv2_224_` prefix."""
     cfg.validate()
@@ -444,7 +435,7 @@ def run(cfg: DeployBenchConfig) -> dict:
     if not student.teacher:
         raise UserError(f"--student={cfg.student}: student.json names no teacher; the ISP path needs it")
     teacher, _ = teachers.load_teacher(student.teacher)
-    source = labelled_source(student, cfg.student)
+    source = serving.labelled_source(student, f"--student={cfg.student}")
     figures = {
         "student": student.path,
         "teacher": student.teacher,

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from isp_keras import fsutil
-from isp_keras.data import records, sources
+from isp_keras.data import records
 from isp_keras.deploy import parity, runtime, serving, tflite
 from isp_keras.deploy.config import ExportConfig
 from isp_keras.errors import UserError
@@ -88,8 +88,7 @@ def run(cfg: ExportConfig) -> dict:
     if out.exists() and not cfg.overwrite:
         raise UserError(f"--out={out}: already exists; pass --overwrite or choose another directory")
     student = serving.load_student(cfg.student)
-    source = sources.get_source(cfg.dataset or student.dataset, seed=cfg.seed)
-    source = sources.in_label_space(source, student.classes, student.wnids, what=f"--student={cfg.student}")
+    source = serving.labelled_source(student, f"--student={cfg.student}", cfg.dataset, cfg.seed)
     representative = representative_set(cfg, student, source)
     with fsutil.atomic_dir(out) as tmp:
         return write_export(cfg, student, source, representative, tmp)

@@ -214,6 +214,13 @@ def check_representative(samples, image_size: int) -> np.ndarray:
     return samples.astype(np.float32)
 
 
+def labelled_source(student: Student, flag: str, dataset: str = "", seed: int = 0) -> sources.Source:
+    """`dataset` (default: the student's own) with its labels in the student's output space, so Imagenette's
+    WordNet-id folders count against an ImageNet student's 1001 outputs; `flag` names the student in errors."""
+    source = sources.get_source(dataset or student.dataset, seed=seed)
+    return sources.in_label_space(source, student.classes, student.wnids, what=flag)
+
+
 def pipeline_mosaics(
     student: Student, source: sources.Source, split: str, count: int | None, seed: int = 0, training: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,11 @@ SUPPORT = 1e-6  # of the largest difference: below it an entry is rounding (the 
 CHECK = 1e-5  # of the largest difference: the assembled border must match the probe this closely
 
 
+def no_border() -> dict:
+    """The geometry of no border term: every edge without lines, no corners."""
+    return {"edges": {side: {"lines": 0, "depth": 0, "offset": 0, "width": 0} for side in SIDES}, "corners": {}}
+
+
 def _to_top(d: np.ndarray, side: str) -> np.ndarray:
     """The probe's difference [Hi, Wi, 4, Ho, Wo, C] seen with `side` at the top (the along-edge axis kept)."""
     if side in ("left", "right"):
@@ -41,7 +46,7 @@ def _edge(d: np.ndarray, tol: float) -> tuple[dict, list]:
     active = np.abs(d[:, :, :, :, j0]).max(axis=(0, 1, 2, 4)) > tol  # per output row
     lines = int(np.argmin(active)) if not active.all() else len(active)
     if lines == 0:
-        return {"lines": 0, "depth": 0, "offset": 0, "width": 0}, []
+        return no_border()["edges"]["top"], []
     reach = np.abs(d[:, :, :, :lines, j0]).max(axis=(2, 3, 4)) > tol  # [Hi, Wi]
     depth = int(np.nonzero(reach.any(axis=1))[0].max()) + 1
     cols = np.nonzero(reach.any(axis=0))[0]
@@ -159,8 +164,7 @@ def geometry(difference: np.ndarray) -> tuple[dict, dict]:
     d = np.asarray(difference, np.float64)
     scale = np.abs(d).max()
     if scale == 0:
-        return {"edges": {side: {"lines": 0, "depth": 0, "offset": 0, "width": 0} for side in SIDES},
-                "corners": {}}, {}  # fmt: skip
+        return no_border(), {}
     tol = SUPPORT * scale
     edges, weights = {}, {}
     for side in SIDES:

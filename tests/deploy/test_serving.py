@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -162,3 +163,16 @@ def test_packed_student_serving_graph_packs_in_graph(tmp_path):
         serving.check_student(infill.model, 8, 4, "m.keras", "packed")
     with pytest.raises(UserError, match=r"the 3-channel bilinearly infilled mosaic"):
         serving.check_student(student.model, 8, 4, "m.keras")
+
+
+def test_labelled_source_puts_labels_in_the_students_output_space():
+    """Imagenette's WordNet-id folders land on an ImageNet student's outputs, not on 0..9 (the deploy benchmark's
+    top-1 figures and the export's parity read labels this way)."""
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    labels = (fixtures / "imagenet" / "imagenet_labels.txt").read_text().splitlines()
+    wnids = [""] + (fixtures / "imagenet" / "imagenet_synsets.txt").read_text().split()
+    student = serving.Student(None, "RGGB", 32, labels, None, dataset=f"folder:{fixtures / 'imagenette'}", wnids=wnids)
+    source = serving.labelled_source(student, "fixture")
+    _, got = serving.pipeline_mosaics(student, source, source.test_split, None)
+    folders = sorted(p.name for p in (fixtures / "imagenette" / "val").iterdir())
+    assert sorted(set(got.tolist())) == sorted(wnids.index(w) for w in folders)

@@ -60,7 +60,7 @@ def test_a_map_that_is_not_edge_and_corner_is_refused():
 
 def test_no_difference_gives_no_border():
     spec, weights = border.geometry(np.zeros((6, 6, 4, 6, 6, 2)))
-    assert weights == {} and border.weight_names(spec) == []
+    assert spec == border.no_border() and weights == {} and border.weight_names(spec) == []
 
 
 @pytest.mark.parametrize("before, after", [(2, 1), (-1, 0), (1, -2), (0, 0)])

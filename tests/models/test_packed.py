@@ -15,7 +15,6 @@ from isp_keras.raw import bayer
 
 CFAS = ("RGGB", "GRBG", "GBRG", "BGGR")
 MEAN, STD = (0.3, 0.42, 0.25), (0.2, 0.24, 0.18)
-EMPTY = {"edges": {side: {"lines": 0, "depth": 0, "offset": 0, "width": 0} for side in border.SIDES}, "corners": {}}
 
 
 def infill_input(raw, cfa, order):
@@ -50,7 +49,7 @@ def test_composed_first_layer_equals_the_infill_path(cfa, order, kernel, stride,
         got = packed_stem(raw, stem)
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), size
-        without_border = dataclasses.replace(stem, border_spec=EMPTY, border_weights={})
+        without_border = dataclasses.replace(stem, border_spec=border.no_border(), border_weights={})
         assert np.abs(packed_stem(raw, without_border) - expected).max() > 1e-2 * np.abs(expected).max()
 
 
