@@ -822,7 +822,7 @@ def format_seeds(summary: dict) -> str:
     metrics = [k for k in LABELS if any(k in v for v in rows.values())]
     n = max((s["n"] for v in rows.values() for s in v.values()), default=0)
     lines = [
-        f"Mean ± std over {n} seeds:",
+        f"Mean ± std over {n} seeds:" if n > 1 else "One seed (no spread):",
         "",
         "| row | " + " | ".join(f"{LABELS[k]} %" for k in metrics) + " |",
         "|---|" + "---:|" * len(metrics),
