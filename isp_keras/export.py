@@ -26,6 +26,11 @@ def run(cfg: ExportConfig) -> dict:
         f"parity on {p['parity_examples']} test mosaics ({p['dataset']}): SavedModel max |dp| "
         f"{p['saved_model_max_abs_prob_diff']:.2e}, float32 TFLite max |dp| {p['float32_max_abs_prob_diff']:.2e}, "
         f"int8 top-1 agreement {p['int8_top1_agreement']:.2f}%"
+        + (
+            f", int8 with float head {p['int8_float_head_top1_agreement']:.2f}%"
+            if "int8_float_head_top1_agreement" in p
+            else ""
+        )
         + (f", dynamic top-1 agreement {p['dynamic_top1_agreement']:.2f}%" if "dynamic_top1_agreement" in p else "")
     )
     return manifest

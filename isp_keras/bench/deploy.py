@@ -175,7 +175,7 @@ def measure(
     for kind in ("float32", "dynamic", "int8"):
         logging.info("converting %s to TFLite (%s)", student.model.name, kind)
         models[kind] = (
-            tflite.int8_tflite(student, representative)[0] if kind == "int8" else tflite.to_tflite(sm_dir, kind)
+            tflite.int8_tflite(student, representative)[0]["int8"] if kind == "int8" else tflite.to_tflite(sm_dir, kind)
         )
         fig[f"{kind}_bytes"] = len(models[kind])
     fig["keras_bytes"] = keras_path.stat().st_size

@@ -29,6 +29,11 @@ class ExportConfig:
     black_level: float = option(0.0, "Sensor black level of the uint16 serving input.")
     white_level: float = option(65535.0, "Sensor white level of the uint16 serving input.")
     dynamic: bool = option(True, "Also write model_dynamic.tflite (dynamic-range: int8 weights).")
+    float_head: bool = option(
+        False,
+        "Also write model_int8_float_head.tflite: int8 but the classifier head (fully connected layers and softmax), "
+        "with float32 input and output, so near-tied classes are not rounded onto one int8 step.",
+    )
     parity_gate: bool = option(True, "Publish nothing (exit 2) if a parity gate fails.")
     overwrite: bool = option(False, "Replace an existing --out directory.")
     seed: int = option(0, "Seed of the calibration/parity mosaics' noise.")

@@ -37,15 +37,17 @@ def representative_set(cfg: ExportConfig, student: serving.Student, source) -> n
 def write_export(cfg: ExportConfig, student: serving.Student, source, representative: np.ndarray, tmp: Path) -> dict:
     """Every file of the export into `tmp`, then the parity check; UserError (nothing published) if a gate fails."""
     serving.export_saved_model(student, tmp, cfg.black_level, cfg.white_level)
-    kinds = ["float32", "int8"] + (["dynamic"] if cfg.dynamic else [])
+    int8_kinds = ["int8"] + (["int8_float_head"] if cfg.float_head else [])
+    kinds = ["float32", *int8_kinds] + (["dynamic"] if cfg.dynamic else [])
     files = {}
-    ranges = {}
     for kind in kinds:
-        logging.info("converting to TFLite (%s)", kind)
-        if kind == "int8":
-            files[kind], ranges = tflite.int8_tflite(student, representative, cfg.range_batch)
-        else:
+        if kind not in int8_kinds:
+            logging.info("converting to TFLite (%s)", kind)
             files[kind] = tflite.to_tflite(tmp, kind)
+    logging.info("converting to TFLite (%s)", ", ".join(int8_kinds))
+    integer, ranges = tflite.int8_tflite(student, representative, cfg.range_batch, int8_kinds)
+    files.update(integer)
+    for kind in kinds:
         (tmp / tflite.TFLITE_FILES[kind]).write_bytes(files[kind])
     (tmp / serving.LABELS).write_text("".join(f"{c}\n" for c in student.classes))
     mosaics, _ = serving.pipeline_mosaics(student, source, source.test_split, cfg.parity_take or None, cfg.seed)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from isp_keras.data import sources
-from isp_keras.deploy import export, parity, serving
+from isp_keras.deploy import export, parity, runtime, serving
 from isp_keras.deploy.config import ExportConfig
 from isp_keras.errors import UserError
 
@@ -29,7 +29,12 @@ def exported(tiny_student, tmp_path_factory):
     # closer than one int8 step, so its int8 agreement is ~96%; the gate is checked on a real student below.
     manifest = export.run(
         ExportConfig(
-            student=str(tiny_student), out=str(out), calibration_samples=100, parity_take=PARITY_TAKE, parity_gate=False
+            student=str(tiny_student),
+            out=str(out),
+            calibration_samples=100,
+            parity_take=PARITY_TAKE,
+            parity_gate=False,
+            float_head=True,
         )
     )
     return out, manifest
@@ -43,6 +48,7 @@ def test_files_and_manifest(exported, tiny_student):
         "variables",
         "model_float32.tflite",
         "model_int8.tflite",
+        "model_int8_float_head.tflite",
         "model_dynamic.tflite",
         "labels.txt",
         "manifest.json",
@@ -52,6 +58,7 @@ def test_files_and_manifest(exported, tiny_student):
     assert (out / "labels.txt").read_text().splitlines() == meta["classes"]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["classes"] == meta["classes"] and on_disk["cfa"] == meta["cfa"]
+    assert on_disk["tflite"]["int8_float_head"] == "model_int8_float_head.tflite"
     assert on_disk["input"]["shape"] == [None, 32, 32, 1] and on_disk["normalisation"] == meta["normalisation"]
     files = [p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"]
     assert sorted(on_disk["files"]) == sorted(str(p.relative_to(out)) for p in files)
@@ -98,6 +105,19 @@ def test_int8_is_full_integer_and_agreement_recomputed(exported, tiny_student):
     agreement = 100.0 * np.mean(np.argmax(got, -1) == np.argmax(reference, -1))
     assert manifest["parity"]["int8_top1_agreement"] == pytest.approx(agreement)
     assert agreement > 80.0  # a broken quantisation (wrong input scale, swapped channels) lands near chance
+
+
+def test_int8_float_head_parity(exported, tiny_student):
+    out, manifest = exported
+    student = serving.load_student(tiny_student)
+    mosaics, _ = serving.pipeline_mosaics(student, sources.get_source("embedded"), "test", PARITY_TAKE)
+    reference = parity.keras_probabilities(student, mosaics)
+    head = runtime.TFLiteRunner(out / "model_int8_float_head.tflite").predict(mosaics)
+    assert manifest["parity"]["int8_float_head_top1_agreement"] == pytest.approx(parity.top1_agreement(head, reference))
+    assert manifest["parity"]["int8_float_head_top1_agreement"] > 80.0
+    # int8 probabilities sit on a 1/256 grid (ties decided by class index); the float head's are continuous.
+    assert np.abs(head.sum(-1) - 1.0).max() < 1e-5
+    assert np.mean(np.abs(head * 256 - np.round(head * 256)) > 1e-3) > 0.5
 
 
 def test_parity_gate_publishes_nothing(tiny_student, tmp_path, monkeypatch):

@@ -124,15 +124,22 @@ def test_load_student(tiny_student, tmp_path):
 
 
 def test_parity_gates():
-    ok = {"saved_model_max_abs_prob_diff": 0.0, "float32_max_abs_prob_diff": 9e-5, "int8_top1_agreement": 98.0}
+    ok = {
+        "saved_model_max_abs_prob_diff": 0.0,
+        "float32_max_abs_prob_diff": 9e-5,
+        "int8_top1_agreement": 98.0,
+        "int8_float_head_top1_agreement": 98.0,
+    }
     assert parity.parity_failures(ok) == []
     bad = {
         "saved_model_max_abs_prob_diff": 2e-4,
         "float32_max_abs_prob_diff": float("nan"),
         "int8_top1_agreement": 97.9,
+        "int8_float_head_top1_agreement": 97.95,
     }
     failures = parity.parity_failures(bad)
-    assert len(failures) == 3 and "int8 top-1 agreement 97.90% < 98%" in failures[2]
+    assert len(failures) == 4 and "int8 top-1 agreement 97.90% < 98%" in failures[2]
+    assert "int8_float_head top-1 agreement 97.95% < 98%" in failures[3]
     reference = np.array([[0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
     figures = parity.parity_figures(reference, {"int8": np.array([[0.6, 0.4], [0.9, 0.1], [0.5, 0.5]])})
     assert figures["int8_top1_agreement"] == pytest.approx(200 / 3)

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from isp_keras.data import normalisation
 from isp_keras.deploy import runtime, serving, tflite
+from isp_keras.errors import UserError
 from isp_keras.models import architectures
 from isp_keras.training import quantise
 
@@ -85,7 +86,8 @@ def test_int8_tflite_keeps_the_pinned_ranges():
     norm = normalisation.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
     student = serving.Student(model, "RGGB", 8, ["a", "b", "c", "d"], norm, path="test")
     mosaics = np.random.default_rng(2).uniform(-0.1, 1.1, (40, 8, 8, 1)).astype(np.float32)
-    model_bytes, ranges = tflite.int8_tflite(student, mosaics, range_batch=10)
+    models, ranges = tflite.int8_tflite(student, mosaics, range_batch=10)
+    model_bytes = models["int8"]
     runner = runtime.TFLiteRunner(model_bytes)
     details = runner.interpreter.get_tensor_details()
     assert {np.dtype(d["dtype"]).name for d in details} <= {"int8", "int32"}
@@ -95,6 +97,37 @@ def test_int8_tflite_keeps_the_pinned_ranges():
         assert any(abs(s - expected) <= 1e-6 * expected for s in scales), (name, expected)
     with pytest.raises(Exception, match="range batch 0"):
         tflite.int8_tflite(student, mosaics, range_batch=0)
+
+
+def test_int8_float_head_is_integer_but_the_head():
+    model = tiny_resnet()
+    norm = normalisation.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
+    student = serving.Student(model, "RGGB", 8, ["a", "b", "c", "d"], norm, path="test")
+    mosaics = np.random.default_rng(3).uniform(0.0, 1.0, (40, 8, 8, 1)).astype(np.float32)
+    models, ranges = tflite.int8_tflite(student, mosaics, range_batch=10, kinds=("int8", "int8_float_head"))
+    runner = runtime.TFLiteRunner(models["int8_float_head"])
+    assert runner.input["dtype"] == np.float32 and runner.output["dtype"] == np.float32
+    interpreter = runner.interpreter
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    by_op = {}
+    for op in interpreter._get_ops_details():
+        by_op.setdefault(op["op_name"], set()).update(dtypes[i] for i in op["outputs"])
+    assert by_op["FULLY_CONNECTED"] == {"float32"} and by_op["SOFTMAX"] == {"float32"}
+    assert by_op["CONV_2D"] == {"int8"}
+    scales = [float(s) for t in interpreter.get_tensor_details() for s in t["quantization_parameters"]["scales"]]
+    lo, hi = ranges["__input__"]
+    assert any(abs(s - (hi - lo) / 255.0) <= 1e-6 * s for s in scales)  # the same pinned ranges as full int8
+    head = runner.predict(mosaics)
+    full = runtime.TFLiteRunner(models["int8"]).predict(mosaics)
+    np.testing.assert_allclose(head.sum(-1), 1.0, atol=1e-5)  # a float softmax, not 256 levels
+    assert np.abs(head - full).max() < 0.05  # the same integer body
+    with pytest.raises(ValueError, match="unknown integer TFLite kind"):
+        tflite.int8_tflite(student, mosaics, kinds=("float32",))
+    layers = [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()]
+    pooled = keras.Sequential(layers)
+    headless = serving.Student(pooled, "RGGB", 8, ["a", "b", "c", "d"], norm, path="pooled")
+    with pytest.raises(UserError, match=r"float head: pooled ends in GlobalAveragePooling2D .*not a Dense or Conv2D"):
+        tflite.int8_tflite(headless, mosaics, kinds=("int8_float_head",))
 
 
 def test_fake_quant_weight_is_per_channel_symmetric_int8():
@@ -156,7 +189,8 @@ def test_int8_tflite_of_a_sequential_student_falls_back_to_the_converters_ranges
     norm = normalisation.Normalisation([0.3, 0.4, 0.2], [0.2, 0.25, 0.15], [0.5] * 3, [0.25] * 3)
     student = serving.Student(model, "RGGB", 8, ["a", "b", "c", "d"], norm, path="seq")
     mosaics = np.random.default_rng(5).uniform(0.0, 1.0, (20, 8, 8, 1)).astype(np.float32)
-    model_bytes, ranges = tflite.int8_tflite(student, mosaics)
+    models, ranges = tflite.int8_tflite(student, mosaics)
+    model_bytes = models["int8"]
     assert ranges == {}
     probs = runtime.TFLiteRunner(model_bytes).predict(mosaics)
     assert probs.shape == (20, 4) and np.all(np.isfinite(probs))
