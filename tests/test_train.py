@@ -89,7 +89,7 @@ def test_train_end_to_end_writes_the_contract(tiny_teacher, tmp_path):
         np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
     assert all(layer.trainable for layer in student.layers)
     meta = json.loads((run_dir / "student.json").read_text())
-    assert meta["cfa"] == "RGGB" and meta["image_size"] == 32
+    assert meta["cfa"] == "RGGB" and meta["image_size"] == 32 and meta["sensor"] == "gaussian"
     tags = _tensorboard_tags(run_dir)
     assert {
         "train/loss",

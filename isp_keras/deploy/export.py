@@ -117,6 +117,7 @@ def manifest(
         "cfa": student.cfa,
         "normalisation": student.norm.to_json(),
         "noise_std": student.noise_std,
+        "sensor": student.sensor,
         "uint16_input": {"signature": serving.UINT16_SIGNATURE, "black_level": levels[0], "white_level": levels[1]},
         "signatures": [serving.SIGNATURE, serving.UINT16_SIGNATURE],
         "output": serving.OUTPUT_NAME,

@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.errors import UserError
@@ -45,6 +46,7 @@ class Student:
     path: str = ""
     wnids: list | None = None  # WordNet ids of the outputs (an ImageNet teacher's), to match a dataset's classes
     student_input: str = "infill"  # or "packed": the model takes the mosaic's 2x2 tiles [batch, H/2, W/2, 4]
+    sensor: str = "gaussian"  # the training mosaics' simulation (pipeline.PipelineConfig.sensor), for calibration
 
 
 def check_student(model, image_size: int, num_classes: int, source: str, student_input: str = "infill") -> None:
@@ -124,10 +126,15 @@ def load_student(path) -> Student:
         student_input = str(meta.get("student_input", "infill"))
         if student_input not in ("infill", "packed"):
             raise ValueError(f"student_input {student_input!r} is neither infill nor packed")
+        sensor = str(meta.get("sensor", "gaussian"))
+        if sensor not in ("gaussian", "realistic"):
+            raise ValueError(f"sensor {sensor!r} is neither gaussian nor realistic")
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise UserError(f"{meta_path}: not a student description ({type(exc).__name__}: {exc})") from None
     if image_size % 2:
         raise UserError(f"{meta_path}: image_size {image_size} is odd; a Bayer mosaic needs an even size")
+    if "sensor" not in meta:
+        logging.warning("%s: records no sensor (written before it did); mosaics simulated as gaussian", meta_path)
     model = teachers.load_model_file(keras_path)
     check_student(model, image_size, len(classes), str(keras_path), student_input)
     dataset = meta.get("dataset", "embedded")
@@ -149,6 +156,7 @@ def load_student(path) -> Student:
         str(keras_path),
         meta.get("wnids"),
         student_input,
+        sensor,
     )
 
 
@@ -235,6 +243,7 @@ def pipeline_mosaics(
         seed=seed,
         take=count,
         cache=False,
+        sensor=student.sensor,
     )
     mosaics, labels = [], []
     for raw, _, label in pipeline.build(source, split, cfg, training=training, norm=None, mode="mosaic"):

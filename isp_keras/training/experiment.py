@@ -404,6 +404,7 @@ def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
             "student_input": s.pipeline.student_input,
             "raw_adapter": s.cfg.raw_adapter,
             "noise_std": s.cfg.noise_std,
+            "sensor": s.cfg.sensor,
             "image_size": s.pipeline.image_size,
             "classes": list(s.source.classes),
             "wnids": list(s.spec.wnids) if s.spec.wnids else None,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isp_keras.data import normalisation
+from isp_keras.data import normalisation, sources
 from isp_keras.deploy import parity, runtime, serving, tflite
 from isp_keras.errors import UserError
 from isp_keras.models import architectures
@@ -121,6 +121,23 @@ def test_load_student(tiny_student, tmp_path):
         serving.load_student(lone)
     with pytest.raises(UserError, match="no student.keras in this directory"):
         serving.load_student(tmp_path)
+
+
+def test_the_students_sensor_drives_its_mosaics(tiny_student, tmp_path):
+    realistic = tmp_path / "realistic"
+    shutil.copytree(tiny_student, realistic)
+    meta = json.loads((realistic / "student.json").read_text())
+    (realistic / "student.json").write_text(json.dumps({**meta, "sensor": "realistic"}))
+    student, linear = serving.load_student(tiny_student), serving.load_student(realistic)
+    assert (student.sensor, linear.sensor) == ("gaussian", "realistic")
+    source = sources.get_source("embedded")
+    gaussian_mosaics, _ = serving.pipeline_mosaics(student, source, "test", 64)
+    linear_mosaics, _ = serving.pipeline_mosaics(linear, source, "test", 64)
+    # Unprocessing undoes the gamma and white balance: linear RAW is much darker than the sRGB mosaic.
+    assert linear_mosaics.mean() < 0.7 * gaussian_mosaics.mean()
+    (realistic / "student.json").write_text(json.dumps({**meta, "sensor": "film"}))
+    with pytest.raises(UserError, match="sensor 'film' is neither gaussian nor realistic"):
+        serving.load_student(realistic)
 
 
 def test_parity_gates():
