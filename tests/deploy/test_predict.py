@@ -33,6 +33,7 @@ def setup(tiny_student, tmp_path_factory):
             calibration_samples=50,
             parity_take=64,
             dynamic=False,
+            float_head=True,
             parity_gate=False,
             black_level=BLACK,
             white_level=WHITE,
@@ -89,6 +90,19 @@ def test_int8_top5(setup):
     assert len(ranked) == 5 and all(label in labels for label, _ in ranked)
     probs = [p for _, p in ranked]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+
+def test_int8_float_head_reads_the_file_like_the_runner(setup):
+    deploy, _, files = setup
+    model = deploy / "model_int8_float_head.tflite"
+    labels = (deploy / "labels.txt").read_text().splitlines()
+    results = predict.predict(model, [files[f"dng_{i}"] for i in range(3)], k=5)
+    runner = runtime.TFLiteRunner(model)
+    for i in range(3):
+        probs = runner.invoke(np.load(files[f"float_{i}"])[np.newaxis, ..., np.newaxis])[0]
+        ranked = results[str(files[f"dng_{i}"])].top
+        assert [label for label, _ in ranked] == [labels[k] for k in np.argsort(-probs)[:5]]
+        np.testing.assert_allclose([p for _, p in ranked], np.sort(probs)[::-1][:5], atol=1e-6)
 
 
 def tile_probabilities(deploy, mosaics):
