@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 import warnings
 
@@ -11,11 +12,11 @@ import numpy as np
 import tensorflow as tf
 import tflite as tflite_schema
 from absl import logging
-from tflite.utils import BUILTIN_OPCODE2NAME
 
 from isp_keras.data import pipeline
 from isp_keras.deploy import runtime, serving
 from isp_keras.errors import UserError
+from isp_keras.models import tflite_import
 from isp_keras.training import quantise
 
 TFLITE_FILES = {
@@ -90,10 +91,7 @@ def head_nodes(model_bytes: bytes) -> list[str]:
     model = tflite_schema.Model.GetRootAs(model_bytes, 0)
     graph = model.Subgraphs(0)
     ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
-
-    def name(op) -> str:
-        code = model.OperatorCodes(op.OpcodeIndex())
-        return BUILTIN_OPCODE2NAME.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "?")
+    name = functools.partial(tflite_import.opcode_name, model)
 
     producer = {int(t): op for op in ops for t in op.OutputsAsNumpy()}
     softmax = [op for op in ops if name(op) == "SOFTMAX"]

@@ -126,12 +126,54 @@ def _edge_terms(tiles: tf.Tensor, out_hw: tuple, spec: dict, weights: dict) -> d
     return bands
 
 
-def add(tiles: tf.Tensor, conv: tf.Tensor, spec: dict, weights: dict) -> tf.Tensor:
-    """`conv` [B, Ho, Wo, C] (the packed convolution's output) plus the border term of the centred tiles
-    [B, Hi, Wi, 4]. `spec` is the geometry (`geometry`), `weights` maps `weight_names(spec)` to kernels (native:
-    convolution kernels per edge line, [n_in, n_out] matrices per corner)."""
+def lines(spec: dict) -> dict:
+    """How many output lines each edge's band holds."""
+    return {side: spec["edges"][side]["lines"] for side in SIDES}
+
+
+def frame_windows(spec: dict, out_hw: tuple) -> dict:
+    """The output window ((row0, row1), (col0, col1)) of each frame piece with lines: top and bottom span the
+    width, left and right the rows between them, so the pieces tile the frame without overlap."""
+    ho, wo = out_hw
+    n = lines(spec)
+    middle = (n["top"], ho - n["bottom"])
+    windows = {
+        "top": ((0, n["top"]), (0, wo)),
+        "bottom": ((ho - n["bottom"], ho), (0, wo)),
+        "left": (middle, (0, n["left"])),
+        "right": (middle, (wo - n["right"], wo)),
+    }
+    return {side: w for side, w in windows.items() if n[side] and w[0][1] > w[0][0]}
+
+
+def crop(x: tf.Tensor, window: tuple) -> tf.Tensor:
+    (r0, r1), (c0, c1) = window
+    return x[:, r0:r1, c0:c1]
+
+
+def stitch(x: tf.Tensor, pieces: dict, spec: dict) -> tf.Tensor:
+    """`x` [B, Ho, Wo, C] with its frame replaced by `pieces` (one per frame window, `frame_windows`)."""
+    if not pieces:
+        return x
+    ho, wo = int(x.shape[1]), int(x.shape[2])
+    n = lines(spec)
+    r0, r1 = n["top"], ho - n["bottom"]
+    middle = [pieces[side] for side in ("left",) if side in pieces]
+    middle.append(x[:, r0:r1, n["left"] : wo - n["right"]])
+    middle += [pieces[side] for side in ("right",) if side in pieces]
+    rows = [pieces["top"]] if "top" in pieces else []
+    if r1 > r0:
+        rows.append(middle[0] if len(middle) == 1 else tf.concat(middle, axis=2))
+    if "bottom" in pieces:
+        rows.append(pieces["bottom"])
+    return rows[0] if len(rows) == 1 else tf.concat(rows, axis=1)
+
+
+def frame_terms(tiles: tf.Tensor, out_hw: tuple, spec: dict, weights: dict) -> dict:
+    """The border term on each frame piece (`frame_windows`): the edges' bands with the corners in them, the
+    left and right bands' ends moved into the top and bottom pieces that hold those outputs."""
     hi_, wi_, channels = int(tiles.shape[1]), int(tiles.shape[2]), int(tiles.shape[3])
-    ho, wo = int(conv.shape[1]), int(conv.shape[2])
+    ho, wo = out_hw
     bands = _edge_terms(tiles, (ho, wo), spec, weights)
     for name, (rows_side, cols_side) in CORNERS.items():
         corner = spec["corners"].get(name)
@@ -144,11 +186,29 @@ def add(tiles: tf.Tensor, conv: tf.Tensor, spec: dict, weights: dict) -> tf.Tens
         patch = tf.reshape(tiles[:, r0 : r0 + nr, c0 : c0 + nc], [-1, nr * nc * channels])
         block = tf.reshape(tf.matmul(patch, weights[name]), [-1, br, bc, weights[name].shape[-1] // (br * bc)])
         bands[rows_side] = _add_at(bands[rows_side], block, 2, 0 if cols_side == "left" else wo - bc)
-    for side, axis, length in (("left", 2, wo), ("right", 2, wo), ("top", 1, ho), ("bottom", 1, ho)):
+    n = lines(spec)
+    for rows_side in ("top", "bottom"):
+        if rows_side not in bands:
+            continue
+        rows = slice(0, n["top"]) if rows_side == "top" else slice(ho - n["bottom"], ho)
+        for cols_side in ("left", "right"):
+            if cols_side in bands:
+                start = 0 if cols_side == "left" else wo - n[cols_side]
+                bands[rows_side] = _add_at(bands[rows_side], bands[cols_side][:, rows], 2, start)
+    for side in ("left", "right"):
         if side in bands:
-            start = 0 if side in ("left", "top") else length - int(bands[side].shape[axis])
-            conv = _add_at(conv, bands[side], axis, start)
-    return conv
+            bands[side] = bands[side][:, n["top"] : ho - n["bottom"]]
+    return {side: bands[side] for side in frame_windows(spec, (ho, wo))}
+
+
+def add(tiles: tf.Tensor, conv: tf.Tensor, spec: dict, weights: dict) -> tf.Tensor:
+    """`conv` [B, Ho, Wo, C] (the packed convolution's output) plus the border term of the centred tiles
+    [B, Hi, Wi, 4]. `spec` is the geometry (`geometry`), `weights` maps `weight_names(spec)` to kernels (native:
+    convolution kernels per edge line, [n_in, n_out] matrices per corner)."""
+    out_hw = (int(conv.shape[1]), int(conv.shape[2]))
+    terms = frame_terms(tiles, out_hw, spec, weights)
+    windows = frame_windows(spec, out_hw)
+    return stitch(conv, {side: crop(conv, windows[side]) + term for side, term in terms.items()}, spec)
 
 
 def weight_names(spec: dict) -> list[str]:
@@ -202,39 +262,92 @@ def geometry(difference: np.ndarray) -> tuple[dict, dict]:
 
 
 @keras.saving.register_keras_serializable(package="isp_keras")
-class BorderCorrection(layers.Layer):
-    """conv + border(tiles) for inputs [centred tiles, the packed convolution's output before any depth-to-space]:
-    the part of conv(normalise(infill(mosaic))) the packed convolution misses on the frame (`geometry`)."""
+class FramedConv2D(layers.Conv2D):
+    """The packed first convolution with its border term: a stride-1 Conv2D over the centred tiles zero-padded by
+    `pads` ((top, bottom), (left, right)), then the activation, except on the frame (`frame_windows`), whose
+    outputs are recomputed from the outermost tiles with the border term added before the activation.
 
-    def __init__(self, spec: dict, **kwargs):
-        super().__init__(**kwargs)
-        self.spec = spec
+    Recomputing the frame, rather than adding the term to the convolution's output, keeps that output's only
+    consumer the activation, so TFLite fuses the two and the first stored int8 tensor is the activation's (for
+    MobileNetV2's ReLU6, [0, 6]) instead of the pre-activation's wider range. `border` is the geometry
+    (`geometry`); the border's kernels are weights named by `weight_names`."""
 
-    def build(self, shapes):
-        tiles, conv = shapes
-        channels, depth = int(conv[-1]), int(tiles[-1])
-        self.kernels = {}
-        for name in weight_names(self.spec):
-            if name in self.spec["corners"]:
-                corner = self.spec["corners"][name]
+    def __init__(self, *args, border: dict, pads=((0, 0), (0, 0)), **kwargs):
+        super().__init__(*args, **kwargs)
+        if tuple(self.strides) != (1, 1) or self.padding != "valid":
+            raise ValueError(f"FramedConv2D pads itself and has stride 1: got {self.strides}, {self.padding!r}")
+        self.border = border
+        self.pads = tuple(tuple(int(p) for p in side) for side in pads)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        depth, channels = int(input_shape[-1]), self.filters
+        self.border_kernels = {}
+        for name in weight_names(self.border):
+            if name in self.border["corners"]:
+                corner = self.border["corners"][name]
                 rows_side, cols_side = CORNERS[name]
-                band = self.spec["edges"][rows_side]["lines"] * self.spec["edges"][cols_side]["lines"]
+                band = self.border["edges"][rows_side]["lines"] * self.border["edges"][cols_side]["lines"]
                 shape = (corner["rows"] * corner["cols"] * depth, band * channels)
             else:
-                side = name.rsplit("_", 1)[0]
-                edge = self.spec["edges"][side]
+                edge = self.border["edges"][name.rsplit("_", 1)[0]]
                 along, across = edge["width"], edge["depth"]
-                shape = (across, along) if side in ("top", "bottom") else (along, across)
+                shape = (across, along) if name.startswith(("top", "bottom")) else (along, across)
                 shape = (*shape, depth, channels)
-            self.kernels[name] = self.add_weight(shape=shape, initializer="zeros", name=name)
+            self.border_kernels[name] = self.add_weight(shape=shape, initializer="zeros", name=name)
+
+    def _conv(self, x: tf.Tensor, kernel, window=None) -> tf.Tensor:
+        """The padded convolution plus bias over the output window ((row0, row1), (col0, col1)); None: all of it."""
+        kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+        if window is None:
+            if self.pads == (((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2):
+                y = tf.nn.conv2d(x, kernel, 1, "SAME")
+            else:
+                y = tf.nn.conv2d(
+                    tf.pad(x, [[0, 0], list(self.pads[0]), list(self.pads[1]), [0, 0]]), kernel, 1, "VALID"
+                )
+        else:
+            begin, pads = [], [[0, 0]]
+            for (o0, o1), (before, _), k, size in zip(window, self.pads, (kh, kw), x.shape[1:3]):
+                lo, hi = o0 - before, o1 + k - 1 - before  # the input lines these outputs read
+                begin.append((max(lo, 0), min(hi, int(size))))
+                pads.append([max(-lo, 0), max(hi - int(size), 0)])
+            (r0, r1), (c0, c1) = begin
+            y = tf.nn.conv2d(tf.pad(x[:, r0:r1, c0:c1], pads + [[0, 0]]), kernel, 1, "VALID")
+        return y + self.bias if self.use_bias else y
+
+    def forward(self, x, kernel):
+        """The layer's output with `kernel` for the main kernel (quantisation-aware training passes it rounded)."""
+        x = tf.convert_to_tensor(x)
+        y = self.activation(self._conv(x, kernel))
+        if not self.border_kernels:
+            return y
+        out_hw = (int(y.shape[1]), int(y.shape[2]))
+        kernels = {name: tf.convert_to_tensor(v) for name, v in self.border_kernels.items()}
+        terms = frame_terms(x, out_hw, self.border, kernels)
+        windows = frame_windows(self.border, out_hw)
+        pieces = {side: self.activation(self._conv(x, kernel, windows[side]) + term) for side, term in terms.items()}
+        return stitch(y, pieces, self.border)
 
     def call(self, inputs):
-        tiles, conv = inputs
-        kernels = {name: keras.ops.convert_to_tensor(v) for name, v in self.kernels.items()}
-        return add(tiles, conv, self.spec, kernels)
+        return self.forward(inputs, self.kernel)
 
-    def compute_output_shape(self, shapes):
-        return shapes[1]
+    # Conv2D saves only its kernel and bias: the border's kernels are stored after them, by name.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for name, variable in self.border_kernels.items():
+            store[name] = variable
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        for name, variable in self.border_kernels.items():
+            variable.assign(store[name])
+
+    def compute_output_shape(self, input_shape):
+        (top, bottom), (left, right) = self.pads
+        h, w = input_shape[1:3]
+        padded = (input_shape[0], None if h is None else h + top + bottom, None if w is None else w + left + right)
+        return super().compute_output_shape((*padded, input_shape[3]))
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "spec": self.spec}
+        return {**super().get_config(), "border": self.border, "pads": [list(p) for p in self.pads]}

@@ -61,17 +61,6 @@ class PackedConv:
     border_spec: dict
     border_weights: dict
 
-    @property
-    def keras_padding(self) -> str | None:
-        """ "same" or "valid" when one Conv2D pads this way by itself, else None (an explicit ZeroPadding2D)."""
-        (top, bottom), (left, right) = self.pads
-        kh, kw = self.kernel.shape[:2]
-        if top == bottom == left == right == 0:
-            return "valid"
-        if kh % 2 and kw % 2 and top == bottom == (kh - 1) // 2 and left == right == (kw - 1) // 2:
-            return "same"
-        return None
-
 
 @keras.saving.register_keras_serializable(package="isp_keras")
 class DepthToSpace(layers.Layer):
@@ -95,7 +84,7 @@ class DepthToSpace(layers.Layer):
 
 # What loading a packed student needs besides Keras' own layers.
 CUSTOM_OBJECTS = {
-    keras.saving.get_registered_name(cls): cls for cls in (DepthToSpace, adapter.ToneCurve, border.BorderCorrection)
+    keras.saving.get_registered_name(cls): cls for cls in (DepthToSpace, adapter.ToneCurve, border.FramedConv2D)
 }
 
 
@@ -249,38 +238,68 @@ def packed_conv(model: keras.Model, packing: Packing) -> tuple[layers.Conv2D, Pa
     return conv, stem
 
 
+def _rectifier(layer) -> str | None:
+    """ "relu" or "relu6" when `layer` is exactly that activation, else None."""
+    if isinstance(layer, layers.ReLU):
+        config = layer.get_config()
+        if config["negative_slope"] == 0 and config["threshold"] == 0 and config["max_value"] in (None, 6.0):
+            return "relu" if config["max_value"] is None else "relu6"
+    if isinstance(layer, layers.Activation) and layer.get_config()["activation"] in ("relu", "relu6"):
+        return layer.get_config()["activation"]
+    return None
+
+
+def _fused_activation(model: keras.Model, conv: layers.Conv2D, stem: PackedConv) -> tuple[str, layers.Layer | None]:
+    """The activation the packed layer applies itself, and the teacher's layer that it replaces (None: none).
+
+    The convolution's own activation, if it has one; else, for a stride-2 stem (no depth-to-space), a ReLU or
+    ReLU6 layer that alone takes the convolution's output: applying it inside the layer, frame included, is what
+    lets TFLite fuse it into the convolution (border.FramedConv2D)."""
+    activation = conv.get_config()["activation"]
+    if activation != "linear" or stem.depth_to_space or not stem.border_weights:
+        return activation, None
+    consumers = [
+        layer
+        for layer in model.layers
+        if not isinstance(layer, layers.InputLayer)
+        and any(tensor is conv.output for tensor in keras.tree.flatten(layer.input))
+    ]
+    if len(consumers) == 1 and _rectifier(consumers[0]):
+        return _rectifier(consumers[0]), consumers[0]
+    return activation, None
+
+
 def pack_model(model: keras.Model, packing: Packing, clone_layer) -> keras.Model:
     """`model` with its first convolution replaced by the packed one: input [H/2, W/2, 4] (the mosaic's tiles),
-    then [the RAW adapter, identity at the start +] Rescaling (centring) [+ ZeroPadding2D] + Conv2D + the border
-    term [+ DepthToSpace] and the rest of the graph, every other layer made by `clone_layer` with `model`'s weights. A
-    functional rebuild through keras.models.clone_model; the layer names stay."""
+    then [the RAW adapter, identity at the start +] Rescaling (centring) + the convolution with its border term
+    and, when it can take it over, the activation after it (border.FramedConv2D) [+ DepthToSpace] and the rest of
+    the graph, every other layer made by `clone_layer` with `model`'s weights. A functional rebuild through
+    keras.models.clone_model; the layer names stay."""
     conv, stem = packed_conv(model, packing)
+    activation, absorbed = _fused_activation(model, conv, stem)
     config = conv.get_config()
     config.update(
         filters=int(stem.kernel.shape[-1]),
         kernel_size=tuple(int(k) for k in stem.kernel.shape[:2]),
         strides=(1, 1),
-        padding=stem.keras_padding or "valid",
+        padding="valid",
         use_bias=True,
+        activation=activation,
         trainable=True,
     )
-    replacement = layers.Conv2D.from_config(config)
-    border_layer = border.BorderCorrection(stem.border_spec, name=f"{conv.name}_border")
+    replacement = border.FramedConv2D.from_config({**config, "border": stem.border_spec, "pads": stem.pads})
 
     def clone(layer):
         return replacement if layer is conv else clone_layer(layer)
 
     def call(layer, *args, **kwargs):
+        if absorbed is not None and layer.name == absorbed.name:
+            return args[0]  # the packed layer applied it
         if layer is not replacement:
             return layer(*args, **kwargs)
         x = adapter.apply(args[0], packing.raw_adapter, packing.adapter_curve, prefix=layer.name)
-        centred = layers.Rescaling(1.0, offset=(-stem.centre).tolist(), name=f"{layer.name}_centre")(x)
-        x = centred
-        if stem.keras_padding is None:
-            x = layers.ZeroPadding2D(stem.pads, name=f"{layer.name}_pad")(x)
+        x = layers.Rescaling(1.0, offset=(-stem.centre).tolist(), name=f"{layer.name}_centre")(x)
         x = layer(x)
-        if stem.border_weights:
-            x = border_layer([centred, x])
         return DepthToSpace(2, name=f"{layer.name}_depth_to_space")(x) if stem.depth_to_space else x
 
     half = packing.image_size // 2
@@ -288,9 +307,8 @@ def pack_model(model: keras.Model, packing: Packing, clone_layer) -> keras.Model
     student = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, call_function=call)
     for layer in student.layers:
         if layer is replacement:
-            layer.set_weights([stem.kernel, stem.bias])
-        elif layer is border_layer:
-            layer.set_weights([stem.border_weights[name] for name in border.weight_names(stem.border_spec)])
+            border_weights = [stem.border_weights[name] for name in border.weight_names(stem.border_spec)]
+            layer.set_weights([stem.kernel, stem.bias, *border_weights])
         elif layer.weights and not adapter.parts_of(layer):
             layer.set_weights(model.get_layer(layer.name).get_weights())
     adapter.init_identity(student)

@@ -76,6 +76,17 @@ def _damaged(path: Path, exc: Exception) -> UserError:
     return UserError(f"{path}: a damaged or truncated TFLite flatbuffer ({exc})")
 
 
+def opcode_name(model, op) -> str:
+    """The builtin name of operator `op` of the parsed TFLite `model` ("CONV_2D"; "CUSTOM (name)" for custom ops)."""
+    code = model.OperatorCodes(op.OpcodeIndex())
+    # Codes above 127 live only in builtin_code; old files set only deprecated_builtin_code.
+    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+    name = BUILTIN_OPCODE2NAME.get(builtin, f"BUILTIN_{builtin}")
+    if name == "CUSTOM":
+        name = f"CUSTOM ({(code.CustomCode() or b'').decode(errors='replace')})"
+    return name
+
+
 class _Graph:
     """The main subgraph of a parsed .tflite file, with typed access to tensors, constants and options."""
 
@@ -100,13 +111,7 @@ class _Graph:
         return self.graph.Operators(i)
 
     def op_name(self, op) -> str:
-        code = self.model.OperatorCodes(op.OpcodeIndex())
-        # Codes above 127 live only in builtin_code; old files set only deprecated_builtin_code.
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        name = BUILTIN_OPCODE2NAME.get(builtin, f"BUILTIN_{builtin}")
-        if name == "CUSTOM":
-            name = f"CUSTOM ({(code.CustomCode() or b'').decode(errors='replace')})"
-        return name
+        return opcode_name(self.model, op)
 
     def tensor(self, i: int):
         return self.graph.Tensors(i)

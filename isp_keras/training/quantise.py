@@ -21,6 +21,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from isp_keras.models import border
+
 INPUT = "__input__"
 # TFLite fuses these producer -> consumer pairs into one op, so the producer's output is never an int8 tensor.
 _FUSES_INTO = {
@@ -155,6 +157,8 @@ class _QuantisedWeights(layers.Layer):
     def call(self, x):
         inner = self.inner
         kernel = fake_quant_weight(inner.kernel, _weight_axes(inner))
+        if isinstance(inner, border.FramedConv2D):
+            return inner.forward(x, kernel)
         if isinstance(inner, layers.DepthwiseConv2D):
             y = keras.ops.depthwise_conv(
                 x, kernel, inner.strides, inner.padding, inner.data_format, inner.dilation_rate

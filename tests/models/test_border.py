@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -71,19 +72,6 @@ def test_fit_pads_or_crops(before, after):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_layer_adds_the_border_to_the_convolution():
-    d = edge_map(8, channels=2)
-    spec, weights = border.geometry(d)
-    layer = border.BorderCorrection(spec)
-    tiles = np.random.default_rng(1).normal(size=(2, 8, 8, 4)).astype(np.float32)
-    conv = np.random.default_rng(2).normal(size=(2, 8, 8, 2)).astype(np.float32)
-    layer.build([tiles.shape, conv.shape])
-    layer.set_weights([weights[name] for name in border.weight_names(spec)])
-    expected = conv + np.einsum("byxi,yxiovc->bovc", tiles, d)
-    np.testing.assert_allclose(layer([tiles, conv]).numpy(), expected, atol=1e-4)
-    assert border.BorderCorrection.from_config(layer.get_config()).spec == spec
-
-
 @pytest.mark.parametrize("start, n", [(0, 2), (3, 2), (5, 1), (0, 6)])
 def test_add_at_adds_to_one_slice_only(start, n):
     x = np.arange(12.0).reshape(2, 6)
@@ -91,3 +79,63 @@ def test_add_at_adds_to_one_slice_only(start, n):
     expected = x.copy()
     expected[:, start : start + n] += term
     np.testing.assert_array_equal(border._add_at(tf.constant(x), tf.constant(term), 1, start).numpy(), expected)
+
+
+def framed_layer(d: np.ndarray, kernel: np.ndarray, pads, activation: str) -> border.FramedConv2D:
+    spec, weights = border.geometry(d)
+    layer = border.FramedConv2D(
+        kernel.shape[-1], kernel.shape[:2], activation=activation, border=spec, pads=pads, name="stem"
+    )
+    layer.build((None, d.shape[0], d.shape[1], 4))
+    layer.set_weights(
+        [kernel, np.full(kernel.shape[-1], 0.1, np.float32)] + [weights[n] for n in border.weight_names(spec)]
+    )
+    return layer
+
+
+@pytest.mark.parametrize("pads, activation", [(((1, 1), (1, 1)), "relu6"), (((2, 0), (0, 2)), "linear")])
+def test_framed_convolution_adds_the_border_before_its_activation(pads, activation):
+    """conv(pad(tiles)) + bias + border(tiles), then the activation: the frame recomputed from the outermost
+    tiles equals the border added to the whole convolution's output, for SAME-like and one-sided padding."""
+    d = edge_map(8, channels=2)
+    kernel = np.random.default_rng(3).normal(size=(3, 3, 4, 2)).astype(np.float32)
+    layer = framed_layer(d, kernel, pads, activation)
+    tiles = np.random.default_rng(1).normal(size=(2, 8, 8, 4)).astype(np.float32)
+    conv = tf.nn.conv2d(np.pad(tiles, [[0, 0], pads[0], pads[1], [0, 0]]), kernel, 1, "VALID").numpy() + 0.1
+    expected = conv + np.einsum("byxi,yxiovc->bovc", tiles, d)
+    if activation == "relu6":
+        expected = np.clip(expected, 0, 6)
+    got = layer(tiles).numpy()
+    assert got.shape == layer.compute_output_shape(tiles.shape) == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    copy = border.FramedConv2D.from_config(layer.get_config())
+    copy.build(tiles.shape)
+    copy.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(copy(tiles).numpy(), got)
+
+
+def test_framed_convolution_fuses_its_activation_in_tflite():
+    """The convolution over the whole image feeds only its ReLU6, so TFLite fuses them: its output is never
+    stored before the activation (the frame's own small convolutions are)."""
+    import tflite as tflite_schema
+
+    from isp_keras.models import tflite_import
+
+    d = edge_map(8, channels=2)
+    layer = framed_layer(
+        d, np.random.default_rng(3).normal(size=(3, 3, 4, 2)).astype(np.float32), ((1, 1), (1, 1)), "relu6"
+    )
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, layer(inputs))
+    flat = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    parsed = tflite_schema.Model.GetRootAs(flat, 0)
+    graph = parsed.Subgraphs(0)
+    convs = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if tflite_import.opcode_name(parsed, op) == "CONV_2D":
+            options = tflite_schema.Conv2DOptions()
+            options.Init(op.BuiltinOptions().Bytes, op.BuiltinOptions().Pos)
+            convs.append((tuple(graph.Tensors(int(op.Outputs(0))).ShapeAsNumpy()), options.FusedActivationFunction()))
+    relu6 = tflite_schema.ActivationFunctionType.RELU6
+    assert ((1, 8, 8, 2), relu6) in convs, convs

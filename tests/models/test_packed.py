@@ -102,11 +102,10 @@ def test_packed_student_saves_and_loads(tmp_path):
     loaded = teachers.load_model_file(tmp_path / "student.keras")
     tiles = np.random.default_rng(0).uniform(size=(2, 4, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(loaded(tiles).numpy(), student(tiles).numpy(), atol=1e-6)
-    assert [layer.name for layer in loaded.layers[:5]] == [
+    assert [layer.name for layer in loaded.layers[:4]] == [
         "image",
         "stem_conv_centre",
         "stem_conv",
-        "stem_conv_border",
         "stem_conv_depth_to_space",
     ]
 
@@ -124,3 +123,32 @@ def test_bad_teachers_and_sizes():
         packed.compose(weights, None, 2, "same", packed.Packing("RGGB", MEAN, STD, "RGB", 33))
     with pytest.raises(UserError, match="^--student_input=packed: the teacher's first convolution has stride 4"):
         packed.compose(weights, None, 4, "same", packing)
+
+
+@pytest.mark.parametrize("stride, own_activation", [(2, False), (2, True), (1, True)])
+def test_packed_layer_takes_over_the_stems_rectifier(stride, own_activation):
+    """A BN-free stem (the imported TFLite teachers): the packed layer applies the ReLU6 itself, after the border
+    term, frame included (its own activation, or a ReLU layer that alone follows it at stride 2, which then leaves
+    the graph); logits still equal the infill path's."""
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(6, 3, strides=stride, padding="same", activation="relu6" if own_activation else None)(
+        inputs
+    )
+    if not own_activation:
+        x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    teacher = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x)))
+    keras.utils.set_random_seed(0)
+    for layer in teacher.layers:
+        if layer.weights:
+            layer.set_weights(
+                [np.random.default_rng(2).normal(size=w.shape).astype(np.float32) for w in layer.get_weights()]
+            )
+    student = students.student_from_teacher(teacher, packing=packed.Packing("GBRG", MEAN, STD, "RGB", 16))
+    stem = next(layer for layer in student.layers if isinstance(layer, border.FramedConv2D))
+    assert stem.get_config()["activation"] == "relu6"
+    assert ("stem_relu" in [layer.name for layer in student.layers]) == (stride == 1 and not own_activation)
+    raw = np.random.default_rng(1).uniform(size=(2, 16, 16, 1)).astype(np.float32)
+    expected = teacher(infill_input(raw, "GBRG", "RGB"), training=False).numpy()
+    got = student(bayer.pack(tf.constant(raw)), training=False).numpy()
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()

@@ -556,7 +556,7 @@ def test_input_summary_against_numpy():
 
 
 def test_table_with_student_inputs_runs_each_input_side_by_side(tiny_teacher, tmp_path):
-    from isp_keras.models import adapter, teachers
+    from isp_keras.models import adapter, border, teachers
     from isp_keras.training import runner
 
     out = tmp_path / "inputs"
@@ -568,7 +568,7 @@ def test_table_with_student_inputs_runs_each_input_side_by_side(tiny_teacher, tm
         (v, n) for v in ("infill", "packed_curve") for n in ("teacher_raw", "distilled", "distilled_qat")
     ]
     qat = teachers.load_model_file(out / "input_packed_curve" / "distilled_qat" / "student.keras")
-    assert any(layer.name.endswith("_border") for layer in qat.layers)  # quantisation-aware through the border
+    assert any(isinstance(layer, border.FramedConv2D) for layer in qat.layers)  # quantisation-aware through the border
     by = {(r["input"], r["name"]): r for r in results["rows"]}
     assert by["infill", "teacher_raw"]["agreement"] == by["packed_curve", "teacher_raw"]["agreement"]
     student = teachers.load_model_file(out / "input_packed_curve" / "distilled" / "student.keras")
