@@ -1,10 +1,12 @@
-"""Why the realistic-sensor MobileNetV2 students (no quantisation-aware epoch) lose so much in int8: for each exported
-student, (1) the float Keras student on its test mosaics rounded to the int8 file's input grid (does the int8 input
-alone cost agreement?), and (2) the pinned activation ranges of the first layers (a range's int8 step is its
-width / 255). Run from the repository root after the exports:
-    python docs/results/int8_diagnosis_mobilenetv2_realistic.py docs/results/int8_diagnosis_mobilenetv2_realistic.json \
-        infill=runs/table_mobilenetv2_inputs_realistic/input_infill/distilled:runs/export_mobilenetv2_realistic_infill \
-        packed=runs/table_mobilenetv2_inputs_realistic/input_packed/distilled:runs/export_mobilenetv2_realistic_packed
+"""Where an exported student's int8 agreement goes: for each student and its export, (1) the float Keras student on
+its test mosaics rounded to the int8 file's input grid (does the int8 input alone cost agreement?), (2) the float
+student with every convolution and dense kernel rounded to its per-channel int8 grid, as the converter stores it
+(do the weights?), and (3) the pinned activation ranges of the first layers (a range's int8 step is its
+width / 255). Run from the repository root after the exports, e.g.:
+    python docs/results/int8_diagnosis.py docs/results/int8_diagnosis_untrained_mobilenetv2.json \
+        infill=runs/untrained_mobilenetv2/infill:runs/export_untrained_mobilenetv2_infill \
+        packed=runs/untrained_mobilenetv2/packed:runs/export_untrained_mobilenetv2_packed
+(int8_diagnosis_mobilenetv2_realistic.json was written by the first version, without (2), under another name.)
 """
 
 import json
@@ -14,19 +16,21 @@ import time
 import numpy as np
 
 from isp_keras.deploy import parity, serving
-
-IMAGES = 256
+from isp_keras.training import quantise
 
 
 def diagnose(student_dir: str, export_dir: str) -> dict:
     student = serving.load_student(student_dir)
     source = serving.labelled_source(student, student_dir)
-    mosaics, _ = serving.pipeline_mosaics(student, source, source.test_split, IMAGES)
     manifest = json.loads(open(f"{export_dir}/manifest.json").read())
+    # the export's parity mosaics: its figures and these are over the same images
+    mosaics, _ = serving.pipeline_mosaics(student, source, source.test_split, manifest["parity"]["parity_examples"])
     quant = manifest["int8_input_quantisation"]
     scale, zero = quant["scale"], quant["zero_point"]
     rounded = ((np.clip(np.round(mosaics / scale + zero), -128, 127) - zero) * scale).astype(np.float32)
     reference = parity.keras_probabilities(student, mosaics)
+    snapped = serving.load_student(student_dir)
+    quantise.snap_weights(snapped.model)
     ranges = manifest["calibration"]["activation_ranges"]["ranges"]
     first = {name: ranges[name] for name in list(ranges)[:5]}
     return {
@@ -37,6 +41,9 @@ def diagnose(student_dir: str, export_dir: str) -> dict:
         "float_on_int8_input_grid_top1_agreement": parity.top1_agreement(
             parity.keras_probabilities(student, rounded), reference
         ),
+        "float_weights_on_int8_grid_top1_agreement": parity.top1_agreement(
+            parity.keras_probabilities(snapped, mosaics), reference
+        ),
         "input_scale": scale,
         "mean_mosaic_level": float(mosaics.mean()),
         "first_ranges": first,
@@ -45,7 +52,7 @@ def diagnose(student_dir: str, export_dir: str) -> dict:
 
 def main(out: str, *specs: str) -> None:
     start = time.time()
-    result = {"command": " ".join(["python", *sys.argv]), "images_for_the_input_grid_check": IMAGES, "students": {}}
+    result = {"command": " ".join(["python", *sys.argv]), "students": {}}
     for spec in specs:
         name, dirs = spec.split("=", 1)
         student_dir, export_dir = dirs.split(":", 1)
