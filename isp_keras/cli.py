@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 
 from absl import app, flags
 
@@ -35,10 +36,31 @@ def wants_verbose(argv) -> bool:
     return False
 
 
+# TensorFlow's C++ start-up lines, logged while it loads.
+START_UP_NOISE = ("oneDNN custom operations", "cpu_feature_guard", "absl::InitializeLog", "rebuild TensorFlow with")
+
+
 def quiet_tensorflow(argv) -> None:
-    """Hide TensorFlow's C++ INFO/WARNING start-up lines (oneDNN, CPU features) unless asked for."""
-    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ and not wants_verbose(argv):
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    """Hide TensorFlow's C++ INFO/WARNING start-up lines (oneDNN, CPU features) unless asked for.
+
+    TF_CPP_MIN_LOG_LEVEL hides most of them, but TensorFlow 2.21 logs some before absl's logging is initialised,
+    where no level applies (on some machines, not all): so TensorFlow is loaded here with the process's stderr
+    captured, and every captured line but those is passed on."""
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or wants_verbose(argv):
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not any(n in line for n in START_UP_NOISE)))
 
 
 def make_main(config_cls, run, flag_values: flags.FlagValues | None = None):
