@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 
+from isp_keras import fsutil
 from isp_keras.deploy import serving
 
 
@@ -22,10 +23,8 @@ def main(student_dir: str, out: str) -> None:
     if not weights:
         raise SystemExit(f"{student_dir}: the student has no RAW adapter")
     result = {"command": " ".join(["python", *sys.argv]), "student": student_dir, "layers": weights}
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    print(json.dumps(result, indent=1))
+    fsutil.write_json_atomic(out, result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from isp_keras import fsutil
 from isp_keras.deploy import parity, serving
 from isp_keras.training import quantise
 
@@ -58,10 +59,8 @@ def main(out: str, *specs: str) -> None:
         student_dir, export_dir = dirs.split(":", 1)
         result["students"][name] = diagnose(student_dir, export_dir)
     result["wall_seconds"] = round(time.time() - start)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    print(json.dumps(result, indent=1))
+    fsutil.write_json_atomic(out, result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from isp_keras import fsutil
 from isp_keras.data import pipeline
 from isp_keras.deploy import parity, runtime, serving
 from isp_keras.models import teachers
@@ -88,10 +89,8 @@ def main(student_dir: str, int8_file: str, out: str) -> None:
         "top1_ground_truth": {"keras": pct(k1 == labels), "int8": pct(q1 == labels)},
         "wall_seconds": round(time.time() - start),
     }
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    print(json.dumps(result, indent=1))
+    fsutil.write_json_atomic(out, result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

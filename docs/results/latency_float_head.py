@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from isp_keras import fsutil
 from isp_keras.deploy import runtime
 
 WARMUP, REPEATS = 10, 100
@@ -32,10 +33,8 @@ def main(export_dir: str, out: str) -> None:
             times.append(1000.0 * (time.perf_counter() - start))
         q1, median, q3 = np.percentile(times, [25, 50, 75])
         result["ms"][kind] = {"median": round(median, 3), "q1": round(q1, 3), "q3": round(q3, 3)}
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    print(json.dumps(result, indent=1))
+    fsutil.write_json_atomic(out, result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
