@@ -158,9 +158,8 @@ def stitch(x: tf.Tensor, pieces: dict, spec: dict) -> tf.Tensor:
     ho, wo = int(x.shape[1]), int(x.shape[2])
     n = lines(spec)
     r0, r1 = n["top"], ho - n["bottom"]
-    middle = [pieces[side] for side in ("left",) if side in pieces]
-    middle.append(x[:, r0:r1, n["left"] : wo - n["right"]])
-    middle += [pieces[side] for side in ("right",) if side in pieces]
+    middle = [pieces.get("left"), x[:, r0:r1, n["left"] : wo - n["right"]], pieces.get("right")]
+    middle = [part for part in middle if part is not None]
     rows = [pieces["top"]] if "top" in pieces else []
     if r1 > r0:
         rows.append(middle[0] if len(middle) == 1 else tf.concat(middle, axis=2))

@@ -193,17 +193,20 @@ def _border(kernel: np.ndarray, stride: int, padding: str, packing: Packing, ste
         raise UserError(f"{FLAG}: image size {packing.image_size}: {e}") from None
 
 
+def _consumers(model: keras.Model, tensor) -> list[layers.Layer]:
+    """The model's layers that take `tensor` as (one of) their inputs."""
+    return [
+        layer
+        for layer in model.layers
+        if not isinstance(layer, layers.InputLayer) and any(t is tensor for t in keras.tree.flatten(layer.input))
+    ]
+
+
 def first_conv(model: keras.Model) -> layers.Conv2D:
     """The Conv2D the model's image input feeds, or a one-line UserError naming what it found instead."""
     if len(model.inputs) != 1:
         raise UserError(f"{FLAG}: the teacher has {len(model.inputs)} inputs; packing needs one image input")
-    image = model.inputs[0]
-    consumers = [
-        layer
-        for layer in model.layers
-        if not isinstance(layer, layers.InputLayer)
-        and any(tensor is image for tensor in keras.tree.flatten(layer.input))
-    ]
+    consumers = _consumers(model, model.inputs[0])
     if len(consumers) != 1:
         raise UserError(
             f"{FLAG}: the teacher's input feeds {len(consumers)} layers "
@@ -258,15 +261,9 @@ def _fused_activation(model: keras.Model, conv: layers.Conv2D, stem: PackedConv)
     activation = conv.get_config()["activation"]
     if activation != "linear" or stem.depth_to_space or not stem.border_weights:
         return activation, None
-    consumers = [
-        layer
-        for layer in model.layers
-        if not isinstance(layer, layers.InputLayer)
-        and any(tensor is conv.output for tensor in keras.tree.flatten(layer.input))
-    ]
-    if len(consumers) == 1 and _rectifier(consumers[0]):
-        return _rectifier(consumers[0]), consumers[0]
-    return activation, None
+    consumers = _consumers(model, conv.output)
+    rectifier = _rectifier(consumers[0]) if len(consumers) == 1 else None
+    return (rectifier, consumers[0]) if rectifier else (activation, None)
 
 
 def pack_model(model: keras.Model, packing: Packing, clone_layer) -> keras.Model:
