@@ -1,7 +1,9 @@
 """Where an exported student's int8 agreement goes: for each student and its export, (1) the float Keras student on
 its test mosaics rounded to the int8 file's input grid (does the int8 input alone cost agreement?), (2) the float
 student with every convolution and dense kernel rounded to its per-channel int8 grid, as the converter stores it
-(do the weights?), and (3) the pinned activation ranges of the first layers (a range's int8 step is its
+(do the weights?), (3) the float student with every activation the int8 model stores rounded to its pinned range
+(the manifest's, FakeQuant in Keras; do the activations?) and with only one of the first five rounded (which?), and
+(4) the pinned ranges of the first layers and the median width of all of them (a range's int8 step is its
 width / 255). Run from the repository root after the exports, e.g.:
     python docs/results/int8_diagnosis.py docs/results/int8_diagnosis_untrained_mobilenetv2.json \
         infill=runs/untrained_mobilenetv2/infill:runs/export_untrained_mobilenetv2_infill \
@@ -9,7 +11,9 @@ width / 255). Run from the repository root after the exports, e.g.:
 (int8_diagnosis_mobilenetv2_realistic.json was written by the first version, without (2), under another name.)
 """
 
+import dataclasses
 import json
+import statistics
 import sys
 import time
 
@@ -34,6 +38,11 @@ def diagnose(student_dir: str, export_dir: str) -> dict:
     quantise.snap_weights(snapped.model)
     ranges = manifest["calibration"]["activation_ranges"]["ranges"]
     first = {name: ranges[name] for name in list(ranges)[:5]}
+
+    def rounded_at(pinned: dict) -> float:
+        pinned_student = dataclasses.replace(student, model=quantise.with_ranges(student.model, pinned))
+        return parity.top1_agreement(parity.keras_probabilities(pinned_student, mosaics), reference)
+
     return {
         "export": export_dir,
         "int8_top1_agreement": manifest["parity"]["int8_top1_agreement"],
@@ -45,9 +54,12 @@ def diagnose(student_dir: str, export_dir: str) -> dict:
         "float_weights_on_int8_grid_top1_agreement": parity.top1_agreement(
             parity.keras_probabilities(snapped, mosaics), reference
         ),
+        "float_activations_on_pinned_ranges_top1_agreement": rounded_at(ranges),
+        "float_one_activation_on_its_range_top1_agreement": {name: rounded_at({name: first[name]}) for name in first},
         "input_scale": scale,
         "mean_mosaic_level": float(mosaics.mean()),
         "first_ranges": first,
+        "median_range_width": statistics.median(hi - lo for lo, hi in ranges.values()),
     }
 
 
