@@ -63,17 +63,18 @@ def diagnose(student_dir: str, export_dir: str) -> dict:
     }
 
 
-def main(out: str, *specs: str) -> None:
+def run(measure, out: str, *specs: str) -> None:
+    """`measure(student_dir, export_dir)` for each NAME=STUDENT_DIR:EXPORT_DIR spec, written to `out` as JSON."""
     start = time.time()
     result = {"command": " ".join(["python", *sys.argv]), "students": {}}
     for spec in specs:
         name, dirs = spec.split("=", 1)
         student_dir, export_dir = dirs.split(":", 1)
-        result["students"][name] = diagnose(student_dir, export_dir)
+        result["students"][name] = measure(student_dir, export_dir)
     result["wall_seconds"] = round(time.time() - start)
     fsutil.write_json_atomic(out, result)
     print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    run(diagnose, *sys.argv[1:])

@@ -11,13 +11,12 @@ plain float student on the export's parity mosaics. Run from the repository root
 import dataclasses
 import json
 import sys
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
+from int8_diagnosis import run  # this folder's script, on sys.path when run as a script
 
-from isp_keras import fsutil
 from isp_keras.data import pipeline
 from isp_keras.deploy import parity, serving
 from isp_keras.training import quantise
@@ -75,17 +74,5 @@ def probe(student_dir: str, export_dir: str) -> dict:
     return result
 
 
-def main(out: str, *specs: str) -> None:
-    start = time.time()
-    result = {"command": " ".join(["python", *sys.argv]), "students": {}}
-    for spec in specs:
-        name, dirs = spec.split("=", 1)
-        student_dir, export_dir = dirs.split(":", 1)
-        result["students"][name] = probe(student_dir, export_dir)
-    result["wall_seconds"] = round(time.time() - start)
-    fsutil.write_json_atomic(out, result)
-    print(json.dumps(result, indent=2))
-
-
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    run(probe, *sys.argv[1:])
