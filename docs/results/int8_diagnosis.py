@@ -24,6 +24,12 @@ from isp_keras.deploy import parity, serving
 from isp_keras.training import quantise
 
 
+def agreement_on_ranges(student, ranges: dict, mosaics: np.ndarray, reference: np.ndarray) -> float:
+    """Top-1 agreement with `reference` of the float student with the tensors named in `ranges` rounded to them."""
+    pinned = dataclasses.replace(student, model=quantise.with_ranges(student.model, ranges))
+    return parity.top1_agreement(parity.keras_probabilities(pinned, mosaics), reference)
+
+
 def diagnose(student_dir: str, export_dir: str) -> dict:
     student = serving.load_student(student_dir)
     source = serving.labelled_source(student, student_dir)
@@ -38,11 +44,6 @@ def diagnose(student_dir: str, export_dir: str) -> dict:
     quantise.snap_weights(snapped.model)
     ranges = manifest["calibration"]["activation_ranges"]["ranges"]
     first = {name: ranges[name] for name in list(ranges)[:5]}
-
-    def rounded_at(pinned: dict) -> float:
-        pinned_student = dataclasses.replace(student, model=quantise.with_ranges(student.model, pinned))
-        return parity.top1_agreement(parity.keras_probabilities(pinned_student, mosaics), reference)
-
     return {
         "export": export_dir,
         "int8_top1_agreement": manifest["parity"]["int8_top1_agreement"],
@@ -54,8 +55,10 @@ def diagnose(student_dir: str, export_dir: str) -> dict:
         "float_weights_on_int8_grid_top1_agreement": parity.top1_agreement(
             parity.keras_probabilities(snapped, mosaics), reference
         ),
-        "float_activations_on_pinned_ranges_top1_agreement": rounded_at(ranges),
-        "float_one_activation_on_its_range_top1_agreement": {name: rounded_at({name: first[name]}) for name in first},
+        "float_activations_on_pinned_ranges_top1_agreement": agreement_on_ranges(student, ranges, mosaics, reference),
+        "float_one_activation_on_its_range_top1_agreement": {
+            name: agreement_on_ranges(student, {name: first[name]}, mosaics, reference) for name in first
+        },
         "input_scale": scale,
         "mean_mosaic_level": float(mosaics.mean()),
         "first_ranges": first,

@@ -8,14 +8,13 @@ plain float student on the export's parity mosaics. Run from the repository root
         realistic_infill=runs/table_embedded_inputs_realistic/input_infill/seed_0/distilled_qat:runs/export_embedded_realistic_infill
 """
 
-import dataclasses
 import json
 import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
-from int8_diagnosis import run  # this folder's script, on sys.path when run as a script
+from int8_diagnosis import agreement_on_ranges, run  # this folder's script, on sys.path when run as a script
 
 from isp_keras.data import pipeline
 from isp_keras.deploy import parity, serving
@@ -63,11 +62,8 @@ def probe(student_dir: str, export_dir: str) -> dict:
         choices[f"percentile_{q:g}"] = percentile_ranges(student.model, batches, q)
     result = {"export": export_dir, "int8_top1_agreement": manifest["parity"]["int8_top1_agreement"]}
     for name, ranges in choices.items():
-        pinned = dataclasses.replace(student, model=quantise.with_ranges(student.model, ranges))
         result[name] = {
-            "float_activations_on_ranges_top1_agreement": parity.top1_agreement(
-                parity.keras_probabilities(pinned, mosaics), reference
-            ),
+            "float_activations_on_ranges_top1_agreement": agreement_on_ranges(student, ranges, mosaics, reference),
             "median_range_width": float(np.median([hi - lo for lo, hi in ranges.values()])),
             "first_ranges": {key: ranges[key] for key in list(ranges)[:3]},
         }
