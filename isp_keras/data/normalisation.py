@@ -13,13 +13,17 @@ from isp_keras.errors import UserError
 
 @dataclasses.dataclass
 class Normalisation:
-    """Input statistics: per Bayer site for the student, per RGB channel for the teacher."""
+    """Input statistics: per Bayer site for the student, per RGB channel for the teacher; and, for a packed student
+    whose RAW adapter starts with a tone curve, per Bayer site after that curve (`curve`: its initial values)."""
 
     raw_mean: list
     raw_std: list
     rgb_mean: list
     rgb_std: list
     channel_order: str = "RGB"
+    curve: list | None = None
+    curve_mean: list | None = None
+    curve_std: list | None = None
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -27,7 +31,8 @@ class Normalisation:
 
 def check_normalisation(norm: Normalisation, where: str) -> Normalisation:
     """Finite statistics with positive standard deviations, or one line naming `where` and the bad value."""
-    for name in ("raw_mean", "raw_std", "rgb_mean", "rgb_std"):
+    names = ("raw_mean", "raw_std", "rgb_mean", "rgb_std") + (("curve_mean", "curve_std") if norm.curve else ())
+    for name in names:
         values = np.asarray(getattr(norm, name), np.float64)
         if values.shape != (3,) or not np.all(np.isfinite(values)):
             raise UserError(f"{where}: {name}={getattr(norm, name)} must be 3 finite numbers")

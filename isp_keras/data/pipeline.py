@@ -331,3 +331,31 @@ def compute_normalisation(
         channel_order,
     )
     return normalisation.check_normalisation(norm, f"{source.name}: per-site statistics of the training split")
+
+
+def compute_curve_statistics(
+    source: sources.Source,
+    cfg: PipelineConfig,
+    norm: normalisation.Normalisation,
+    curve_values,
+    curve,
+    max_images: int = 10000,
+) -> normalisation.Normalisation:
+    """`norm` with the per-Bayer-site mean/std of curve(noisy mosaic) over the training split: what a packed
+    student whose RAW adapter starts at a tone curve normalises by (`curve` maps a mosaic batch [B, H, W, 1] to
+    its curve, `curve_values` are the curve's initial values, recorded)."""
+    stats_cfg = dataclasses.replace(cfg, take=min(cfg.take or max_images, max_images), batch_size=500, cache=False)
+    ds = build(source, source.train_split, stats_cfg, training=False, norm=None, mode="mosaic")
+    moments = np.zeros((3, 3))
+    for raw, _, _ in ds:
+        moments += bayer.site_moments(curve(raw), cfg.cfa).numpy()
+    if not moments[0].all():
+        raise UserError(f"{source.name}: the training split is empty")
+    mean, std = bayer.moments_to_stats(moments)
+    norm = dataclasses.replace(
+        norm,
+        curve=[float(v) for v in curve_values],
+        curve_mean=[float(v) for v in mean],
+        curve_std=[float(v) for v in std],
+    )
+    return normalisation.check_normalisation(norm, f"{source.name}: per-site statistics after the tone curve")

@@ -52,8 +52,9 @@ class TrainConfig:
     )
     raw_adapter_curve: list[float] = option(
         [],
-        "--raw_adapter=curve: the tone curve's initial values at evenly spaced knots over [0, 1], non-decreasing "
-        "(e.g. a gamma for linear sensor data). Empty: the identity (9 knots), so training starts from the "
+        "--raw_adapter=curve (or --student_inputs=...,packed_curve): the tone curve's initial values at evenly "
+        "spaced knots over [0, 1], non-decreasing (e.g. a gamma for linear sensor data; the packed stem then "
+        "normalises by statistics measured after it). Empty: the identity (9 knots), so training starts from the "
         "teacher's function.",
     )
     model_dir: str = option("", "Run directory (default: runs/<command>).")
@@ -106,6 +107,10 @@ class TrainConfig:
         "multi-replica strategy (its moving activation ranges are per replica).",
     )
     qat_lr: float = option(0.002, "Peak learning rate of quantisation-aware fine-tuning (cosine, no warmup).")
+
+    def adapters(self) -> set[str]:
+        """The RAW adapters the run's students have."""
+        return {self.raw_adapter}
 
     def validate(self) -> TrainConfig:
         for name in (
@@ -172,7 +177,7 @@ class TrainConfig:
                 f"values per CFA site, which the {self.student_input} input has already mixed)"
             )
         if self.raw_adapter_curve:
-            if self.raw_adapter != "curve":
+            if "curve" not in self.adapters():
                 raise UserError(f"--raw_adapter_curve: only with --raw_adapter=curve (got {self.raw_adapter})")
             problem = curve_problem(self.raw_adapter_curve)
             if problem:
@@ -253,6 +258,11 @@ class TableConfig(TrainConfig):
         "--raw_adapter). Reports the paired difference of each input's distilled student against the first's.",
     )
     dry_run: bool = option(False, "Validate the flags and print the plan; read no data, train nothing.")
+
+    def adapters(self) -> set[str]:
+        if not self.student_inputs:
+            return super().adapters()
+        return {student_variant(v)[1] for v in self.student_inputs}
 
     def validate(self) -> TableConfig:
         super().validate()

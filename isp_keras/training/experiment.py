@@ -16,7 +16,7 @@ from absl import logging
 from isp_keras import fsutil
 from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.errors import UserError
-from isp_keras.models import packed, students, teachers
+from isp_keras.models import adapter, packed, students, teachers
 from isp_keras.training import checkpoint, distiller, quantise, schedule
 from isp_keras.training.config import TrainConfig
 
@@ -79,17 +79,21 @@ class Setup:
         return pipeline.build(self.source, self.source.test_split, cfg, training=False, norm=self.norm)
 
     def packing(self) -> packed.Packing | None:
-        """What a packed student's first layer folds in (None for an infill student)."""
+        """What a packed student's first layer folds in (None for an infill student): the per-site statistics of
+        its input, after the adapter's initial curve when it starts from one."""
         if self.pipeline.student_input != "packed":
             return None
+        curve = (tuple(self.cfg.raw_adapter_curve) or None) if self.cfg.raw_adapter == "curve" else None
+        if curve is not None and self.norm.curve != list(curve):
+            raise ValueError("the normalisation has no statistics for the adapter's initial curve (see setup)")
         return packed.Packing(
             self.cfg.cfa,
-            tuple(self.norm.raw_mean),
-            tuple(self.norm.raw_std),
+            tuple(self.norm.curve_mean if curve else self.norm.raw_mean),
+            tuple(self.norm.curve_std if curve else self.norm.raw_std),
             self.norm.channel_order,
             self.pipeline.image_size,
             self.cfg.raw_adapter,
-            tuple(self.cfg.raw_adapter_curve) or None,
+            curve,
         )
 
     def steps_per_epoch(self) -> int:
@@ -153,6 +157,11 @@ def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> 
             rgb_std=spec.rgb_std if spec else None,
             channel_order=spec.channel_order if spec else "RGB",
         )
+    curve = list(cfg.raw_adapter_curve) if cfg.student_input == "packed" and cfg.raw_adapter == "curve" else []
+    if curve and norm.curve != curve:
+        # The packed stem normalises what the adapter gives it: at the start, the curve of the mosaic.
+        layer = adapter.ToneCurve(curve)
+        norm = pipeline.compute_curve_statistics(source, pcfg, norm, curve, layer, cfg.stats_images)
     if spec is None:
         spec = teachers.TeacherSpec(
             image_size, len(source.classes), norm.rgb_mean, norm.rgb_std, classes=source.classes, source=cfg.teacher

@@ -204,7 +204,10 @@ def input_levels(levels: list[Level], variants) -> list[Level]:
     for lvl in levels:
         for variant in variants:
             student_input, raw_adapter = student_variant(variant)
-            cfg = dataclasses.replace(lvl.cfg, student_input=student_input, raw_adapter=raw_adapter)
+            curve = lvl.cfg.raw_adapter_curve if raw_adapter == "curve" else []
+            cfg = dataclasses.replace(
+                lvl.cfg, student_input=student_input, raw_adapter=raw_adapter, raw_adapter_curve=curve
+            )
             out.append(Level(cfg, lvl.dir / f"input_{variant}", {**lvl.tag, "input": variant}))
     return out
 
@@ -306,7 +309,7 @@ def level_setup(plan: Plan, level: Level, state: LevelState):
         norm = normalisation.load_normalisation(norm_path) if norm_path.exists() else None
         make = plan.make_setup or (lambda lvl, n: experiment.setup(lvl.cfg, norm=n))
         state.setup = make(level, norm)
-        if norm is None:
+        if state.setup.norm != norm:  # new, or completed with the statistics after an adapter's curve
             normalisation.save_normalisation(norm_path, state.setup.norm)
         ks = [row.finetune_first for row in plan.rows if row.finetune_first]
         if ks:

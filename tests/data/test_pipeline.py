@@ -103,6 +103,34 @@ def test_per_site_normalisation_matches_numpy(embedded):
         assert norm.raw_std[ch] == pytest.approx(vals.std(), abs=1e-5)
 
 
+def test_statistics_after_a_tone_curve_match_numpy(embedded):
+    c = cfg(noise_std=0.05, take=200)
+    norm = pipeline.compute_normalisation(embedded, c, max_images=200)
+    values = [0.0, 0.5, 0.7, 0.85, 1.0]
+    knots = np.linspace(0.0, 1.0, len(values))
+
+    def curve(raw):  # the end segments continued outside [0, 1], as the adapter's curve
+        x = raw.numpy().astype(np.float64)
+        y = np.interp(x, knots, values)
+        y = np.where(x < 0, x * (values[1] - values[0]) * 4, y)
+        return np.where(x > 1, values[-1] + (x - 1) * (values[-1] - values[-2]) * 4, y)
+
+    got = pipeline.compute_curve_statistics(embedded, c, norm, values, curve, max_images=200)
+    assert (got.raw_mean, got.raw_std, got.rgb_mean) == (norm.raw_mean, norm.raw_std, norm.rgb_mean)
+    assert got.curve == values
+    raw = np.concatenate(
+        [curve(r) for r, _, _ in pipeline.build(embedded, "train", c, training=False, norm=None, mode="mosaic")]
+    )
+    masks = bayer.cfa_masks(32, 32, "GRBG")
+    for ch in range(3):
+        vals = raw[..., 0][:, masks[..., ch] == 1]
+        assert got.curve_mean[ch] == pytest.approx(vals.mean(), abs=1e-5)
+        assert got.curve_std[ch] == pytest.approx(vals.std(), abs=1e-5)
+        assert got.curve_mean[ch] > norm.raw_mean[ch] + 0.05  # the curve lifts the mid-tones
+    with pytest.raises(UserError, match="curve_std"):
+        normalisation.check_normalisation(dataclasses.replace(got, curve_std=None), "x")
+
+
 def _write_folder(root, sizes_modes):
     for cls in ("cats", "dogs"):
         (root / cls).mkdir(parents=True)

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from isp_keras.models import adapter, architectures, curves, packed, students, teachers
+from isp_keras.raw import bayer
 
 MEAN, STD = (0.3, 0.42, 0.25), (0.2, 0.24, 0.18)
 
@@ -71,6 +72,23 @@ def test_adapter_starts_as_the_packed_student(arch, size, kind):
     # The adapter joins the stem's stage: fine-tuning only the first stage trains it.
     trained = students.set_trainable_prefix(adapted, 1)
     assert {layer.name for layer in adapter.parts(adapted).values()} <= set(trained)
+
+
+@pytest.mark.parametrize("arch, size", [("resnet20", 32), ("mobilenetv2", 32)])
+def test_a_curve_started_student_is_the_teacher_on_the_curved_mosaic(arch, size):
+    """With the statistics of curve(mosaic) in its Packing (what training measures), the student starts as the
+    teacher on the normalised infill of the curved mosaic: the stem normalises after the curve."""
+    keras.utils.set_random_seed(0)
+    teacher = architectures.build(arch, 10, size)
+    gamma = [(k / 8) ** (1 / 2.2) for k in range(9)]
+    student = students.student_from_teacher(teacher, packing=packing("curve", size, tuple(gamma)))
+    raw = np.random.default_rng(3).uniform(-0.05, 1.05, size=(2, size, size, 1)).astype(np.float32)
+    expected = teacher(bayer.raw_to_input(tf.constant(numpy_curve(raw, gamma), tf.float32), "GRBG", MEAN, STD))
+    scale = np.abs(expected.numpy()).max()
+    got = student(bayer.pack(tf.constant(raw)), training=False).numpy()
+    assert np.abs(got - expected.numpy()).max() <= 1e-4 * scale
+    plain = students.student_from_teacher(teacher, packing=packing("curve", size))
+    assert np.abs(plain(bayer.pack(tf.constant(raw))).numpy() - expected.numpy()).max() > 0.05 * scale
 
 
 def test_a_gamma_curve_starts_as_given_and_stays_monotone_in_training():

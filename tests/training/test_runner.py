@@ -179,6 +179,7 @@ def test_cli_dry_run_and_one_line_errors(tmp_path):
         ("sweep", ["--noise_stds=0.1,-0.2"], "negative"),
         ("sweep", ["--noise_stds=0,abc"], "--noise_stds"),
         ("ablation", ["--finetune_ks=0,1"], "--finetune_ks"),
+        ("table", ["--student_inputs=infill,packed", "--raw_adapter_curve=0,0.6,1"], "--raw_adapter_curve: only"),
         ("ablation", ["--finetune_ks=one"], "--finetune_ks"),
     ],
 )
@@ -579,3 +580,27 @@ def test_table_with_student_inputs_runs_each_input_side_by_side(tiny_teacher, tm
     md = (out / runner.RESULTS_MD).read_text()
     assert "| input |" in md and "distilled (packed_curve) - distilled (infill)" in md
     assert results["inputs"]["paired"]["distilled (packed_curve) - distilled (infill)"]["agreement"]["n"] == 1
+
+
+def test_a_curve_started_adapter_normalises_after_its_curve(tiny_teacher, tmp_path):
+    """--raw_adapter_curve with --student_inputs=...,packed_curve: that level's normalisation gains the per-site
+    statistics after the curve (measured once, kept on resume) and its student centres its tiles by them; the
+    infill level keeps the plain statistics."""
+    from isp_keras.data import normalisation
+    from isp_keras.models import teachers
+    from isp_keras.raw import bayer
+    from isp_keras.training import runner
+
+    out = tmp_path / "gamma"
+    gamma = ",".join(f"{(k / 4) ** (1 / 2.2):.4f}" for k in range(5))
+    argv = tiny_argv(tiny_teacher, out, "--rows=distilled", "--student_inputs=infill,packed_curve")
+    run("table", *argv, f"--raw_adapter_curve={gamma}")
+    infill = normalisation.load_normalisation(out / "input_infill" / runner.NORM_FILE)
+    norm = normalisation.load_normalisation(out / "input_packed_curve" / runner.NORM_FILE)
+    assert infill.curve is None and norm.curve == [float(v) for v in gamma.split(",")]
+    assert (norm.raw_mean, norm.raw_std) == (infill.raw_mean, infill.raw_std)
+    assert all(c > r + 0.05 for c, r in zip(norm.curve_mean, norm.raw_mean, strict=True))
+    student = teachers.load_model_file(out / "input_packed_curve" / "distilled" / "student.keras")
+    (centre,) = [layer for layer in student.layers if layer.name.endswith("_centre")]
+    site = bayer.site_index("RGGB").reshape(-1)
+    np.testing.assert_allclose(-np.asarray(centre.offset), np.asarray(norm.curve_mean)[site], rtol=1e-6)
