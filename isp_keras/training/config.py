@@ -57,6 +57,11 @@ class TrainConfig:
         "normalises by statistics measured after it). Empty: the identity (9 knots), so training starts from the "
         "teacher's function.",
     )
+    raw_adapter_lr_scale: float = option(
+        1.0,
+        "The RAW adapter's learning rate as a multiple of the network's (--lr): its gradients are scaled, so the "
+        "schedule and momentum apply alike (its decoupled weight decay is unchanged).",
+    )
     model_dir: str = option("", "Run directory (default: runs/<command>).")
     alpha: float = option(0.9, "Weight of the hard-label cross-entropy, in [0, 1].")
     temperature: float = option(4.0, "Distillation temperature T > 0.")
@@ -175,6 +180,13 @@ class TrainConfig:
             raise UserError(
                 f"--raw_adapter={self.raw_adapter}: needs --student_input=packed (the adapter acts on the sensor's "
                 f"values per CFA site, which the {self.student_input} input has already mixed)"
+            )
+        if not (math.isfinite(self.raw_adapter_lr_scale) and self.raw_adapter_lr_scale > 0):
+            raise UserError(f"--raw_adapter_lr_scale={self.raw_adapter_lr_scale:g}: must be a finite number > 0")
+        if self.raw_adapter_lr_scale != 1 and not self.adapters() - {"none"}:
+            raise UserError(
+                f"--raw_adapter_lr_scale={self.raw_adapter_lr_scale:g}: the students have no RAW adapter "
+                "(--raw_adapter=affine|curve, or --student_inputs=...,packed_affine|packed_curve)"
             )
         if self.raw_adapter_curve:
             if "curve" not in self.adapters():

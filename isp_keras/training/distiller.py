@@ -41,6 +41,7 @@ class Distiller(keras.Model):
         temperature: float = 4.0,
         hard_labels: str = "gt",
         cached_logits: bool = False,
+        gradient_scales: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -57,6 +58,8 @@ class Distiller(keras.Model):
         self.temperature = float(temperature)
         self.hard_labels = hard_labels
         self.cached_logits = cached_logits
+        # variable path -> factor on its gradient: under (momentum) SGD, that variable's own learning rate
+        self.gradient_scales = dict(gradient_scales or {})
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.ce_tracker = keras.metrics.Mean(name="ce")
         self.kd_tracker = keras.metrics.Mean(name="kd")
@@ -108,6 +111,8 @@ class Distiller(keras.Model):
                 objective += tf.add_n(self.student.losses) / replicas
         variables = self.student.trainable_variables
         grads = tape.gradient(objective, variables)
+        if self.gradient_scales:
+            grads = [g * self.gradient_scales.get(v.path, 1.0) for g, v in zip(grads, variables, strict=True)]
         self.optimizer.apply_gradients(zip(grads, variables))
         return self._update_metrics(total, ce, kd, labels, student_logits, teacher_logits)
 

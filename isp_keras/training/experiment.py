@@ -281,6 +281,13 @@ def build_student(s: Setup, start_from: keras.Model | None, sync_bn: bool) -> ke
     return students.student_from_teacher(s.student_source(), sync_bn=sync_bn, packing=s.packing())
 
 
+def adapter_gradient_scales(student: keras.Model, scale: float) -> dict:
+    """{variable path: `scale`} for the student's RAW adapter (--raw_adapter_lr_scale), empty at 1."""
+    if scale == 1:
+        return {}
+    return {v.path: scale for layer in adapter.parts(student).values() for v in layer.trainable_weights}
+
+
 def train_student(
     s: Setup, row, row_dir, start_from: keras.Model | None = None, step_offset: int = 0, verbose: int | str = "auto"
 ) -> tuple[dict, keras.Model]:
@@ -310,6 +317,7 @@ def train_student(
             temperature=cfg.temperature,
             hard_labels=row.hard_labels,
             cached_logits=cfg.cached_logits,
+            gradient_scales=adapter_gradient_scales(student, cfg.raw_adapter_lr_scale),
         )
         model.compile(optimizer=optimizer)
         state = checkpoint.read_checkpoint_state(row_dir)

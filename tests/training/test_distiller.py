@@ -161,3 +161,35 @@ def test_evaluate_restricted_to_a_class_subset_and_unlabelled_examples_against_n
     none = distiller.evaluate(ds.map(lambda x, _: (x, tf.fill([tf.shape(_)[0]], -1))), Fixed(t), Fixed(s))
     assert none["top1"] is None and none["top5"] is None and none["labelled"] == 0
     assert none["agreement"] == pytest.approx(got["agreement"])
+
+
+def test_gradient_scales_are_per_variable_learning_rates():
+    """One plain-SGD step from the same start: a variable with scale s moves exactly s times as far as unscaled, every
+    other variable as far; the scales reach a packed student's RAW adapter and its quantisation-aware view."""
+    from isp_keras.models import adapter, packed
+    from isp_keras.training import experiment, quantise
+
+    keras.utils.set_random_seed(0)
+    teacher = architectures.build("resnet_tiny", 4, image_size=16)
+    packing = packed.Packing("RGGB", (0.3, 0.4, 0.3), (0.2, 0.2, 0.2), "RGB", 16, "curve")
+    teachers.freeze(teacher)
+    (x, t), y = next(iter(_tiny_batches()))
+    batch = tf.data.Dataset.from_tensors(((tf.nn.space_to_depth(x[..., :1], 2), t), y))
+    scales = experiment.adapter_gradient_scales(students.student_from_teacher(teacher, packing=packing), 10.0)
+    assert experiment.adapter_gradient_scales(students.student_from_teacher(teacher, packing=packing), 1.0) == {}
+    moves = []
+    for gradient_scales in ({}, scales):
+        student = students.student_from_teacher(teacher, packing=packing)
+        before = {v.path: v.numpy().copy() for v in student.trainable_weights}
+        model = distiller.Distiller(student, teacher, gradient_scales=gradient_scales)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))  # moves far above float32 rounding at 1.0
+        model.fit(batch, epochs=1, verbose=0)
+        moves.append({v.path: v.numpy() - before[v.path] for v in student.trainable_weights})
+    adapted = {v.path for layer in adapter.parts(student).values() for v in layer.trainable_weights}
+    assert set(scales) == adapted and len(adapted) == 5  # gain kernel and bias, curve start and slopes, mix
+    for path, plain in moves[0].items():
+        factor = 10.0 if path in adapted else 1.0
+        np.testing.assert_allclose(moves[1][path], factor * plain, rtol=1e-3, atol=1e-6)
+    assert max(np.abs(moves[0][p]).max() for p in adapted) > 0
+    qat = quantise.quantisation_aware(student)
+    assert adapted <= {v.path for v in qat.trainable_weights}

@@ -180,6 +180,8 @@ def test_cli_dry_run_and_one_line_errors(tmp_path):
         ("sweep", ["--noise_stds=0,abc"], "--noise_stds"),
         ("ablation", ["--finetune_ks=0,1"], "--finetune_ks"),
         ("table", ["--student_inputs=infill,packed", "--raw_adapter_curve=0,0.6,1"], "--raw_adapter_curve: only"),
+        ("table", ["--raw_adapter_lr_scale=10"], "--raw_adapter_lr_scale=10: the students have no RAW adapter"),
+        ("table", ["--student_inputs=packed_curve", "--raw_adapter_lr_scale=0"], "must be a finite number > 0"),
         ("ablation", ["--finetune_ks=one"], "--finetune_ks"),
     ],
 )
