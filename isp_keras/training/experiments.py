@@ -66,7 +66,7 @@ def finish(plan: runner.Plan, levels: list[dict], seconds: dict, start: float, e
         cfg = plan.cfg
         title = f"{cfg.dataset}, CFA {cfg.cfa}, {cfg.epochs} epochs per student, seed {cfg.seed}"
         plot = runner.plot_sweep(levels, plan.out / runner.PLOT_FILE, title)
-        body = f"Top-1 % ({plot.name}):\n\n{runner.format_sweep(levels)}"
+        body = f"Plot: {plot.name}\n\n{runner.format_sweep(levels)}"
     elif plan.kind == "tune":
         body = runner.format_tune(plan, results["rows"])
     elif "inputs" in results:

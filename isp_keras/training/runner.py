@@ -37,7 +37,7 @@ ROW_FILE = "row.json"
 RESULTS = "results.json"
 RESULTS_MD = "results.md"
 PLOT_FILE = "sweep_top1.png"
-PLOT_SIZE = (640, 480)
+PLOT_SIZE = (1100, 480)
 STUDENT_WEIGHTS = "student.weights.h5"
 # Settings that may differ between a run and its resumption without changing any row's numbers. The last four only
 # say which rows and levels to run: adding rows, noise levels, k values or RAW inputs to a run computes only the new
@@ -651,21 +651,36 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SWEEP_METRICS = ("top1", "top1_subset", "agreement")
+
+
+def sweep_metrics(levels: list[dict]) -> list[str]:
+    """The sweep's measures that the rows have: top-1 (none on unlabelled data), top-1 on the data's classes (when
+    they are a subset of the teacher's), agreement with the teacher (how the label-free rows compare)."""
+    rows = [r for lvl in levels for r in lvl["rows"]]
+    return [k for k in SWEEP_METRICS if any(r.get(k) is not None for r in rows)]
+
+
 def format_sweep(levels: list[dict]) -> str:
-    """Top-1 per row (lines) and noise std (columns)."""
+    """One table per measure: rows (lines) by noise std (columns)."""
     names = [r["name"] for r in levels[0]["rows"]]
-    lines = [
-        "| row | " + " | ".join(f"std {lvl['noise_std']:g}" for lvl in levels) + " |",
-        "|---|" + "---:|" * len(levels),
-    ]
-    for name in names:
-        cells = [f"{_top1(lvl, name):.2f}" for lvl in levels]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    tables = []
+    for key in sweep_metrics(levels):
+        lines = [
+            f"{LABELS[key].capitalize()} %:",
+            "",
+            "| row | " + " | ".join(f"std {lvl['noise_std']:g}" for lvl in levels) + " |",
+            "|---|" + "---:|" * len(levels),
+        ]
+        for name in names:
+            values = [_value(lvl, name, key) for lvl in levels]
+            lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
-def _top1(level: dict, name: str) -> float:
-    return next(r["top1"] for r in level["rows"] if r["name"] == name)
+def _value(level: dict, name: str, key: str) -> float | None:
+    return next(r.get(key) for r in level["rows"] if r["name"] == name)
 
 
 def _level_values(plan: Plan, key: str, default) -> str:
@@ -700,21 +715,28 @@ def write_markdown(plan: Plan, title: str, body: str) -> str:
 
 
 def plot_sweep(levels: list[dict], path, title: str) -> Path:
-    """Top-1 vs noise std, one line per row, as a PLOT_SIZE PNG (Agg canvas, no pyplot global state)."""
+    """Top-1 and agreement with the teacher vs noise std, one panel each (top-1 on the data's classes when they are a
+    subset of the teacher's: over all of them, rows trained on the data's labels are not comparable with the rest),
+    one line per row, as a PLOT_SIZE PNG (Agg canvas, no pyplot global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    metrics = sweep_metrics(levels)
+    panels = [k for k in (("top1_subset" if "top1_subset" in metrics else "top1"), "agreement") if k in metrics]
     fig = Figure(figsize=(PLOT_SIZE[0] / 100, PLOT_SIZE[1] / 100), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     stds = [lvl["noise_std"] for lvl in levels]
-    for name in (r["name"] for r in levels[0]["rows"]):
-        ax.plot(stds, [_top1(lvl, name) for lvl in levels], marker="o", label=name)
-    ax.set_xlabel("noise std (Gaussian, on the [0, 1] mosaic)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for i, key in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for name in (r["name"] for r in levels[0]["rows"]):
+            values = [_value(lvl, name, key) for lvl in levels]
+            if any(v is not None for v in values):
+                ax.plot(stds, [math.nan if v is None else v for v in values], marker="o", label=name)
+        ax.set_xlabel("noise std (Gaussian, on the [0, 1] mosaic)")
+        ax.set_ylabel(f"{LABELS[key]} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

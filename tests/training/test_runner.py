@@ -302,7 +302,7 @@ def test_sweep_end_to_end_json_and_plot(tiny_teacher, tmp_path, monkeypatch):
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.std() > 10  # something was drawn
     md = (out / runner.RESULTS_MD).read_text()
-    assert "std 0.3" in md and "| distilled |" in md
+    assert "std 0.3" in md and "| distilled |" in md and "Top-1 %:" in md and "Agreement %:" in md
 
     # A rerun skips every finished row at every level (a subset of the levels too). --noise_std is not a sweep
     # setting (--noise_stds replaces it): it is not recorded and does not trip the resume guard; the rest does.
@@ -606,3 +606,30 @@ def test_a_curve_started_adapter_normalises_after_its_curve(tiny_teacher, tmp_pa
     (centre,) = [layer for layer in student.layers if layer.name.endswith("_centre")]
     site = bayer.site_index("RGGB").reshape(-1)
     np.testing.assert_allclose(-np.asarray(centre.offset), np.asarray(norm.curve_mean)[site], rtol=1e-6)
+
+
+def test_sweep_tables_per_measure_on_a_class_subset_and_unlabelled_data(tmp_path):
+    from PIL import Image
+
+    from isp_keras.training import runner
+
+    def level(std, raw, distilled):
+        keys = ("top1", "top1_subset", "agreement")
+        pairs = (("teacher_raw", raw), ("distilled", distilled))
+        rows = [{"name": n, **dict(zip(keys, v, strict=True))} for n, v in pairs]
+        return {"noise_std": std, "rows": rows}
+
+    levels = [level(0.0, (40.0, 80.0, 50.0), (60.0, 90.0, 70.0)), level(0.1, (5.0, 55.0, 6.5), (55.0, 88.5, 61.25))]
+    text = runner.format_sweep(levels)
+    assert text.split("\n\n")[0] == "Top-1 %:"
+    head = "| row | std 0 | std 0.1 |\n|---|---:|---:|\n"
+    assert f"Top-1 (data's classes) %:\n\n{head}| teacher_raw | 80.00 | 55.00 |" in text
+    assert f"Agreement %:\n\n{head}| teacher_raw | 50.00 | 6.50 |\n" in text
+    assert text.endswith("| distilled | 70.00 | 61.25 |")
+    unlabelled = [level(0.0, (None, None, 50.0), (None, None, 70.0)), level(0.1, (None, None, 6.5), (None, None, 61.0))]
+    assert runner.sweep_metrics(unlabelled) == ["agreement"]
+    assert runner.format_sweep(unlabelled).startswith("Agreement %:")
+    for name, lv in (("subset.png", levels), ("unlabelled.png", unlabelled)):
+        runner.plot_sweep(lv, tmp_path / name, "title")
+        with Image.open(tmp_path / name) as image:
+            assert image.size == runner.PLOT_SIZE
