@@ -1,4 +1,5 @@
-"""The paper's noise sweep (Fig. 2): the Table 1 rows at each noise level, and a plot of top-1 vs noise std.
+"""The paper's noise sweep (Fig. 2): the Table 1 rows at each noise level, and a plot of top-1 and agreement
+vs noise std.
 
   python -m isp_keras.experiments.sweep --flagfile=flags/embedded_sweep.flags [--dry_run]
 

@@ -2,7 +2,7 @@
 
 train     teacher_clean, teacher_raw, distilled, distilled_qat (--qat_epochs); saves the final student
 table     Table 1: the teacher baselines and students trained with GT labels, teacher labels, distillation
-sweep     Fig. 2: the Table 1 rows at each noise std, and a plot of top-1 vs noise std
+sweep     Fig. 2: the Table 1 rows at each noise std, and a plot of top-1 and agreement vs noise std
 ablation  Table 3: distil into only the first k stages/blocks, the rest frozen
 tune      the student rows at several learning rates, scored on held-out training data
 table2    Table 2: real (or synthetic) RAW/RGB pairs, agreement with the teacher (see pairs_setup)
@@ -22,7 +22,7 @@ from isp_keras.training.config import AblationConfig, SweepConfig, Table2Config,
 TITLES = {
     "train": "ISP distillation of one student",
     "table": "Table 1: teacher baselines and RAW students",
-    "sweep": "Noise sweep: top-1 vs noise std",
+    "sweep": "Noise sweep: top-1 and agreement vs noise std",
     "ablation": "Ablation: fine-tune only the first k stages/blocks",
     "table2": "Table 2: agreement with the teacher on the processed RGB",
     "tune": "Learning rates of the student rows, scored on held-out training data",
