@@ -296,6 +296,12 @@ def check_finite(batch_index, batch, *, where: str, batch_size: int):
         return tf.nest.map_structure(tf.identity, batch)
 
 
+def _statistics_batches(source: sources.Source, cfg: PipelineConfig, max_images: int) -> tf.data.Dataset:
+    """(noisy mosaic, clean RGB, label) batches of the first `max_images` training images (after cfg.take)."""
+    stats_cfg = dataclasses.replace(cfg, take=min(cfg.take or max_images, max_images), batch_size=500, cache=False)
+    return build(source, source.train_split, stats_cfg, training=False, norm=None, mode="mosaic")
+
+
 def compute_normalisation(
     source: sources.Source,
     cfg: PipelineConfig,
@@ -305,8 +311,7 @@ def compute_normalisation(
     channel_order: str = "RGB",
 ) -> normalisation.Normalisation:
     """Per-Bayer-site mean/std of the noisy mosaics of the training split (and RGB channel stats if not given)."""
-    stats_cfg = dataclasses.replace(cfg, take=min(cfg.take or max_images, max_images), batch_size=500, cache=False)
-    ds = build(source, source.train_split, stats_cfg, training=False, norm=None, mode="mosaic")
+    ds = _statistics_batches(source, cfg, max_images)
     raw_m = np.zeros((3, 3))
     rgb_sum = np.zeros(3)
     rgb_sq = np.zeros(3)
@@ -344,10 +349,8 @@ def compute_curve_statistics(
     """`norm` with the per-Bayer-site mean/std of curve(noisy mosaic) over the training split: what a packed
     student whose RAW adapter starts at a tone curve normalises by (`curve` maps a mosaic batch [B, H, W, 1] to
     its curve, `curve_values` are the curve's initial values, recorded)."""
-    stats_cfg = dataclasses.replace(cfg, take=min(cfg.take or max_images, max_images), batch_size=500, cache=False)
-    ds = build(source, source.train_split, stats_cfg, training=False, norm=None, mode="mosaic")
     moments = np.zeros((3, 3))
-    for raw, _, _ in ds:
+    for raw, _, _ in _statistics_batches(source, cfg, max_images):
         moments += bayer.site_moments(curve(raw), cfg.cfa).numpy()
     if not moments[0].all():
         raise UserError(f"{source.name}: the training split is empty")

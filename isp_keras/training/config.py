@@ -117,6 +117,11 @@ class TrainConfig:
         """The RAW adapters the run's students have."""
         return {self.raw_adapter}
 
+    def initial_curve(self) -> list[float]:
+        """The RAW adapter's initial tone curve when a packed student starts from one (empty: none, or identity)."""
+        packed_curve = self.student_input == "packed" and self.raw_adapter == "curve"
+        return list(self.raw_adapter_curve) if packed_curve else []
+
     def validate(self) -> TrainConfig:
         for name in (
             "alpha",

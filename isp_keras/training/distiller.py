@@ -111,8 +111,9 @@ class Distiller(keras.Model):
                 objective += tf.add_n(self.student.losses) / replicas
         variables = self.student.trainable_variables
         grads = tape.gradient(objective, variables)
-        if self.gradient_scales:
-            grads = [g * self.gradient_scales.get(v.path, 1.0) for g, v in zip(grads, variables, strict=True)]
+        if self.gradient_scales:  # only the scaled variables get a multiply in the step's graph
+            scales = self.gradient_scales
+            grads = [g * scales[v.path] if v.path in scales else g for g, v in zip(grads, variables, strict=True)]
         self.optimizer.apply_gradients(zip(grads, variables))
         return self._update_metrics(total, ce, kd, labels, student_logits, teacher_logits)
 

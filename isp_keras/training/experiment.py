@@ -83,8 +83,8 @@ class Setup:
         its input, after the adapter's initial curve when it starts from one."""
         if self.pipeline.student_input != "packed":
             return None
-        curve = (tuple(self.cfg.raw_adapter_curve) or None) if self.cfg.raw_adapter == "curve" else None
-        if curve is not None and self.norm.curve != list(curve):
+        curve = self.cfg.initial_curve()
+        if curve and self.norm.curve != curve:
             raise ValueError("the normalisation has no statistics for the adapter's initial curve (see setup)")
         return packed.Packing(
             self.cfg.cfa,
@@ -93,7 +93,7 @@ class Setup:
             self.norm.channel_order,
             self.pipeline.image_size,
             self.cfg.raw_adapter,
-            curve,
+            tuple(curve) or None,
         )
 
     def steps_per_epoch(self) -> int:
@@ -157,7 +157,7 @@ def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> 
             rgb_std=spec.rgb_std if spec else None,
             channel_order=spec.channel_order if spec else "RGB",
         )
-    curve = list(cfg.raw_adapter_curve) if cfg.student_input == "packed" and cfg.raw_adapter == "curve" else []
+    curve = cfg.initial_curve()
     if curve and norm.curve != curve:
         # The packed stem normalises what the adapter gives it: at the start, the curve of the mosaic.
         layer = adapter.ToneCurve(curve)
