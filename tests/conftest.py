@@ -74,3 +74,8 @@ def tiny_student(tiny_teacher, tmp_path_factory):
     ).validate()
     experiments.train(cfg)
     return run_dir
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first (stable within each group), so the parallel workers do not end on one long test."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
