@@ -104,6 +104,40 @@ def test_teacher_input_size_and_classes_must_match_the_data(capsys, tiny_teacher
     )
 
 
+FIXTURE_TFLITE = ROOT / "tests" / "fixtures" / "imagenet" / "mobilenet_v1_0.25_128_quant.tflite"
+
+
+@pytest.mark.parametrize(
+    "layout,changes,words",
+    [
+        ("names", {}, "3 of its 3 classes match no class of --teacher="),
+        ("imagenette", {"train_per_class": 4}, "--train_per_class=4: folder:{root}: class n01440764 holds 3 images"),
+        ("tiny", {}, "{root}/val: holds only images/ (Tiny-ImageNet's validation layout) but no val_annotations.txt"),
+    ],
+)
+def test_data_that_cannot_be_matched_or_subset_is_refused_before_anything_is_written(
+    capsys, tmp_path, layout, changes, words
+):
+    """Class folders that are not WordNet ids against a 1001-output teacher, a per-class count above what a class
+    holds, Tiny-ImageNet's validation images without their annotations: one line, exit 2, no run directory."""
+    from isp_keras import train
+
+    if layout == "names":
+        root = make_folder(tmp_path / "data")
+    elif layout == "imagenette":
+        root = ROOT / "tests" / "fixtures" / "imagenette"
+    else:
+        root = tmp_path / "data"
+        _png(root / "train" / "n01443537" / "images" / "a.JPEG", _rgb(0))
+        _png(root / "train" / "n01629819" / "images" / "b.JPEG", _rgb(1))
+        _png(root / "val" / "images" / "val_0.JPEG", _rgb(2))
+    out = tmp_path / "run"
+    cfg = TrainConfig(dataset=f"folder:{root}", teacher=str(FIXTURE_TFLITE), model_dir=str(out), **changes)
+    line = one_line(capsys, lambda: train.run(cfg.validate()))
+    assert words.format(root=root) in line
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------- image files
 
 

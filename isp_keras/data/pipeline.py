@@ -140,7 +140,7 @@ def student_input(raw, *, cfa: str, norm: normalisation.Normalisation, kind: str
         return bayer.pack(raw)
     if kind != "infill":
         raise ValueError(f"unknown student input {kind!r}; expected infill or packed")
-    x = bayer.raw_to_input(raw, cfa, norm.raw_mean, norm.raw_std)
+    x = bayer.raw_to_input(raw, cfa, *norm.student_stats())
     return x[..., ::-1] if norm.channel_order == "BGR" else x
 
 
@@ -309,8 +309,10 @@ def compute_normalisation(
     rgb_mean=None,
     rgb_std=None,
     channel_order: str = "RGB",
+    raw_scale: str = "auto",
 ) -> normalisation.Normalisation:
-    """Per-Bayer-site mean/std of the noisy mosaics of the training split (and RGB channel stats if not given)."""
+    """Per-Bayer-site mean/std of the noisy mosaics of the training split (and RGB channel stats if not given), and
+    the teacher-input moments the standardised RAW is mapped to (`raw_scale`, see normalisation.with_input_scale)."""
     ds = _statistics_batches(source, cfg, max_images)
     raw_m = np.zeros((3, 3))
     rgb_sum = np.zeros(3)
@@ -325,9 +327,10 @@ def compute_normalisation(
     if n == 0:
         raise UserError(f"{source.name}: the training split is empty")
     raw_mean, raw_std = bayer.moments_to_stats(raw_m)
+    data_mean = rgb_sum / n
+    data_std = np.sqrt(np.maximum(rgb_sq / n - data_mean**2, 1e-12))
     if rgb_mean is None:
-        mean = rgb_sum / n
-        rgb_mean, rgb_std = mean.tolist(), np.sqrt(np.maximum(rgb_sq / n - mean**2, 1e-12)).tolist()
+        rgb_mean, rgb_std = data_mean.tolist(), data_std.tolist()
     norm = normalisation.Normalisation(
         [float(v) for v in raw_mean],
         [float(v) for v in raw_std],
@@ -335,6 +338,7 @@ def compute_normalisation(
         [float(v) for v in rgb_std],
         channel_order,
     )
+    norm = normalisation.with_input_scale(norm, data_mean, data_std, raw_scale)
     return normalisation.check_normalisation(norm, f"{source.name}: per-site statistics of the training split")
 
 

@@ -80,10 +80,38 @@ def _mixed(files: list, labels: list) -> tuple[list, list]:
     return [files[i] for i in order], [labels[i] for i in order]
 
 
+ANNOTATIONS = "val_annotations.txt"
+
+
+def _list_annotated(root: Path):
+    """Tiny-ImageNet's validation layout: ROOT/images/* labelled by ROOT/val_annotations.txt (file, class, box)."""
+    files, names = [], []
+    for number, line in enumerate((root / ANNOTATIONS).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise UserError(f"{root / ANNOTATIONS}:{number}: expected 'FILE<TAB>CLASS[<TAB>box]', got {line[:80]!r}")
+        image = root / "images" / parts[0]
+        if not image.is_file():
+            raise UserError(f"{root / ANNOTATIONS}:{number}: {image} does not exist")
+        files.append(str(image))
+        names.append(parts[1])
+    classes = sorted(set(names))
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, files, [index[n] for n in names]
+
+
 def _list_folder(root: Path):
-    """(classes, files, labels) of class sub-folders; a folder of images without sub-folders is unlabelled:
-    ([], files, [UNLABELLED] * n)."""
+    """(classes, files, labels) of class sub-folders (or of Tiny-ImageNet's annotated validation folder); a folder
+    of images without sub-folders is unlabelled: ([], files, [UNLABELLED] * n)."""
+    if (root / ANNOTATIONS).is_file():
+        return _list_annotated(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes == ["images"]:
+        raise UserError(
+            f"{root}: holds only images/ (Tiny-ImageNet's validation layout) but no {ANNOTATIONS} to label them"
+        )
     if not classes:
         files = sorted(str(f) for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
         return [], files, [UNLABELLED] * len(files)
@@ -165,11 +193,30 @@ def scan_images(files: list, labels: list, where: str, strict: bool) -> tuple[li
     return keep_files, keep_labels, notes
 
 
-def folder_source(path, test_fraction: float = 0.2, seed: int = 0, strict: bool = False) -> Source:
-    """Class sub-folders; either PATH/{train,test|val}/<class>/... or PATH/<class>/... split by --seed. Images
-    without class folders (PATH/*.jpg, or PATH/{train,test}/*.jpg) are unlabelled data.
+def per_class_subset(files: list, labels: list, classes: list, count: int, where: str) -> tuple[list, list]:
+    """`count` files of every class, drawn with a fixed seed (the same images whatever --seed), in listing order."""
+    rng = np.random.default_rng(20_261_206)
+    labels_arr = np.asarray(labels)
+    keep = []
+    for label, name in enumerate(classes):
+        members = np.flatnonzero(labels_arr == label)
+        if len(members) < count:
+            raise UserError(f"{where}: class {name} holds {len(members)} images, fewer than the {count} asked for")
+        keep.extend(rng.choice(members, count, replace=False).tolist())
+    keep.sort()
+    return [files[i] for i in keep], [labels[i] for i in keep]
 
-    Unreadable files are skipped with a count (or stop the run with `strict`); see `scan_images`.
+
+def folder_source(
+    path, test_fraction: float = 0.2, seed: int = 0, strict: bool = False, per_class: dict | None = None
+) -> Source:
+    """Class sub-folders; either PATH/{train,test|val}/<class>/... or PATH/<class>/... split by --seed. Images
+    without class folders (PATH/*.jpg, or PATH/{train,test}/*.jpg) are unlabelled data. A split folder with
+    `val_annotations.txt` and `images/` (Tiny-ImageNet's validation set) is labelled by that file.
+
+    `per_class` ({split: count}, e.g. from --train_per_class): keep that many images of every class (a seeded
+    draw, the same for every --seed). Unreadable files are skipped with a count (or stop the run with `strict`);
+    see `scan_images`.
     """
     root = Path(path)
     if not root.is_dir():
@@ -179,7 +226,11 @@ def folder_source(path, test_fraction: float = 0.2, seed: int = 0, strict: bool 
         classes, train_files, train_labels = _list_folder(root / "train")
         test_classes, test_files, test_labels = _list_folder(test_dir)
         if test_classes != classes:
-            raise UserError(f"{test_dir}: class folders differ from {root / 'train'}")
+            only = sorted(set(test_classes) ^ set(classes))
+            raise UserError(
+                f"{test_dir}: its classes differ from {root / 'train'}'s ({len(test_classes)} against "
+                f"{len(classes)}; in one only: {', '.join(only[:5])}{' ...' if len(only) > 5 else ''})"
+            )
         parts = {"train": (train_files, train_labels), "test": (test_files, test_labels)}
     else:
         classes, files, labels = _list_folder(root)
@@ -195,6 +246,14 @@ def folder_source(path, test_fraction: float = 0.2, seed: int = 0, strict: bool 
             f"--dataset=folder:{path}: found 1 class sub-folder ({classes[0]}); need at least 2, or none (unlabelled)"
         )
     notes = []
+    for split, count in (per_class or {}).items():
+        if not count:
+            continue
+        if not classes:
+            raise UserError(f"--{split}_per_class={count}: folder:{path} has no class folders (unlabelled)")
+        files, labels = parts[split]
+        parts[split] = per_class_subset(files, labels, classes, count, f"--{split}_per_class={count}: folder:{path}")
+        notes.append(f"folder:{path} ({split}): {count} images of each of its {len(classes)} classes")
     for split, (files, labels) in list(parts.items()):
         files, labels, split_notes = scan_images(files, labels, f"folder:{path} ({split})", strict)
         # Listed class by class: mixed once (fixed, whatever --seed) so that a first-N slice spans the classes.
@@ -326,15 +385,21 @@ def is_labelled(spec: str) -> bool:
     raise UserError(f"--dataset: unknown dataset {spec!r}; use embedded, folder:PATH, tfds:NAME or records:PATH")
 
 
-def get_source(spec: str, seed: int = 0, strict: bool = False) -> Source:
-    """`embedded`, `folder:PATH`, `tfds:NAME` or `records:PATH`. `strict`: stop at unreadable folder images."""
+def get_source(spec: str, seed: int = 0, strict: bool = False, per_class: dict | None = None) -> Source:
+    """`embedded`, `folder:PATH`, `tfds:NAME` or `records:PATH`. `strict`: stop at unreadable folder images.
+    `per_class` ({split: count}): a class-balanced subset of a folder's splits (see folder_source)."""
+    kind = spec.partition(":")[0]
+    asked = {k: v for k, v in (per_class or {}).items() if v}
+    if asked and kind != "folder":
+        split, count = next(iter(asked.items()))
+        raise UserError(f"--{split}_per_class={count}: only for --dataset=folder:PATH (got --dataset={spec})")
     if spec == "embedded":
         if not (EMBEDDED_DIR / "index.json").exists():
             raise UserError(f"--dataset=embedded: {EMBEDDED_DIR} is missing; see BUILD_NOTES.md to rebuild it")
         return records_source(EMBEDDED_DIR, name="embedded")
     kind, _, arg = spec.partition(":")
     if kind == "folder" and arg:
-        return folder_source(arg, seed=seed, strict=strict)
+        return folder_source(arg, seed=seed, strict=strict, per_class=asked)
     if kind == "tfds" and arg:
         return tfds_source(arg)
     if kind == "records" and arg:

@@ -8,6 +8,7 @@ import math
 
 from isp_keras import paths
 from isp_keras.config import option
+from isp_keras.data.normalisation import RAW_SCALES
 from isp_keras.errors import UserError
 from isp_keras.models.curves import ADAPTERS, curve_problem
 from isp_keras.raw.cfa import CFA_PATTERNS
@@ -85,7 +86,21 @@ class TrainConfig:
     image_size: int | None = option(None, "Input size (default: the teacher's).")
     train_take: int | None = option(None, "Use only the first N training examples.")
     test_take: int | None = option(None, "Evaluate on the first N test examples.")
+    train_per_class: int | None = option(
+        None,
+        "--dataset=folder:PATH only: train on N images of every class (a seeded draw, the same images for every "
+        "--seed), e.g. to give data sets of different class counts the same training-set size.",
+    )
+    test_per_class: int | None = option(None, "--dataset=folder:PATH only: test on N images of every class.")
     stats_images: int = option(10000, "Training images used for the per-site statistics.")
+    raw_scale: str = option(
+        "auto",
+        "The scale the student's RAW input reaches the teacher's first layer in: teacher (RAW standardised per Bayer "
+        "site, then mapped to the mean/std of the teacher's own input on the training photos), unit (zero mean, "
+        "unit std per site), auto (teacher, unless the teacher's input is already within 0.1 of zero mean and "
+        "unit std on the data: a teacher trained on per-channel standardised RGB).",
+        choices=RAW_SCALES,
+    )
     holdout_fraction: float = option(
         0.0,
         "Tune on training data only: hold out this fraction of the training split (seeded draw) and evaluate on it "
@@ -203,11 +218,15 @@ class TrainConfig:
             raise UserError(f"--student_input=packed: image size {self.image_size} is odd; packing needs even sides")
         if self.image_size is not None and (self.image_size < 2 or self.image_size % 2):
             raise UserError(f"--image_size={self.image_size}: must be even (the Bayer pattern tiles 2x2)")
-        for name in ("train_take", "test_take"):
+        for name in ("train_take", "test_take", "train_per_class", "test_per_class"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name}={value}: must be >= 1")
         return self
+
+    def per_class(self) -> dict:
+        """The class-balanced subset asked for, per split ({} for none)."""
+        return {split: n for split, n in (("train", self.train_per_class), ("test", self.test_per_class)) if n}
 
     def row_lr(self, name: str = "") -> float:
         """The peak learning rate of row `name`: its --row_lrs entry, else --lr."""
@@ -233,6 +252,7 @@ TABLE_ROWS = (
     "teacher_labels",
     "distilled",
     "distilled_gt",
+    "distilled_kd",
     "distilled_qat",
 )
 DEFAULT_TABLE_ROWS = ["teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled"]
@@ -261,7 +281,8 @@ class TableConfig(TrainConfig):
     rows: list[str] = option(
         DEFAULT_TABLE_ROWS,
         f"Rows to run, from {', '.join(TABLE_ROWS)} (distilled uses --hard_labels; distilled_gt always the ground "
-        "truth).",
+        "truth; distilled_kd reads --alpha the other way, as weight of the KD term: CE weight 1 - alpha, the hard "
+        "labels of distilled).",
     )
     seeds: list[int] = option(
         [],
@@ -314,7 +335,7 @@ class SweepConfig(TableConfig):
         return self
 
 
-TUNE_ROWS = ["gt_labels", "teacher_labels", "distilled", "distilled_gt"]
+TUNE_ROWS = ["gt_labels", "teacher_labels", "distilled", "distilled_gt", "distilled_kd"]
 
 
 @dataclasses.dataclass

@@ -86,10 +86,11 @@ class Setup:
         curve = self.cfg.initial_curve()
         if curve and self.norm.curve != curve:
             raise ValueError("the normalisation has no statistics for the adapter's initial curve (see setup)")
+        mean, std = self.norm.student_stats(curve=bool(curve))
         return packed.Packing(
             self.cfg.cfa,
-            tuple(self.norm.curve_mean if curve else self.norm.raw_mean),
-            tuple(self.norm.curve_std if curve else self.norm.raw_std),
+            tuple(mean),
+            tuple(std),
             self.norm.channel_order,
             self.pipeline.image_size,
             self.cfg.raw_adapter,
@@ -125,7 +126,7 @@ def pipeline_config(cfg: TrainConfig, image_size: int) -> pipeline.PipelineConfi
 
 def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> Setup:
     """Load data and teacher, check they fit each other, compute (or reuse) the normalisation statistics."""
-    source = sources.get_source(cfg.dataset, seed=cfg.seed, strict=cfg.strict)
+    source = sources.get_source(cfg.dataset, seed=cfg.seed, strict=cfg.strict, per_class=cfg.per_class())
     if cfg.holdout_fraction:
         source = sources.holdout(source, cfg.holdout_fraction, cfg.seed)
     teacher, spec = teachers.load_teacher(cfg.teacher)
@@ -156,6 +157,7 @@ def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> 
             rgb_mean=spec.rgb_mean if spec else None,
             rgb_std=spec.rgb_std if spec else None,
             channel_order=spec.channel_order if spec else "RGB",
+            raw_scale=cfg.raw_scale,
         )
     curve = cfg.initial_curve()
     if curve and norm.curve != curve:

@@ -203,6 +203,8 @@ def pairs_setup(cfg: Table2Config, teacher, spec, mode: str):
     norm = normalisation.Normalisation(
         stats["mean"], stats["std"], list(spec.rgb_mean), list(spec.rgb_std), spec.channel_order
     )
+    rgb = index["rgb_stats"]
+    norm = normalisation.with_input_scale(norm, rgb["mean"], rgb["std"], cfg.raw_scale)
     counts = {s: v["count"] for s, v in index["splits"].items()}
     source = sources.Source(
         f"pairs:{build.out}",

@@ -132,6 +132,8 @@ def table_rows(cfg: TrainConfig, names) -> list[Row]:
         "teacher_labels": student_row("teacher_labels", cfg, 1.0, "teacher"),
         "distilled": student_row("distilled", cfg, cfg.alpha, cfg.hard_labels),
         "distilled_gt": student_row("distilled_gt", cfg, cfg.alpha, "gt"),
+        # Widely copied KD code multiplies the KD term by alpha: the paper's "alpha 0.9" read that way.
+        "distilled_kd": student_row("distilled_kd", cfg, round(1 - cfg.alpha, 12), cfg.hard_labels),
         "distilled_qat": qat_row(cfg),
     }
     return [spec[n] for n in names]
@@ -238,13 +240,25 @@ def run(plan: Plan, log=print) -> tuple[list[dict], dict]:
     plan.skipped = label_check(plan)
     for name, why in plan.skipped:
         log(f"note: row {name} skipped: {why}")
+    fresh = not plan.out.exists()
     prepare_out(plan)
     levels, seconds = [], {}
-    for level in plan.levels:
-        rows, secs = run_level(plan, level, log)
-        levels.append({**level.tag, "rows": rows})
-        seconds.update({str((level.dir / name).relative_to(plan.out)): s for name, s in secs.items()})
+    try:
+        for level in plan.levels:
+            rows, secs = run_level(plan, level, log)
+            levels.append({**level.tag, "rows": rows})
+            seconds.update({str((level.dir / name).relative_to(plan.out)): s for name, s in secs.items()})
+    except UserError:
+        forget_if_empty(plan.out, fresh)
+        raise
     return levels, seconds
+
+
+def forget_if_empty(out: Path, fresh: bool) -> None:
+    """A run refused before any row started (bad data, say) leaves nothing behind: the directory it created holds
+    no file but its config.json, and goes."""
+    if fresh and out.is_dir() and [p for p in out.rglob("*") if not p.is_dir()] == [out / CONFIG_FILE]:
+        shutil.rmtree(out)
 
 
 def multi_replica(cfg: TrainConfig) -> bool:
@@ -696,11 +710,16 @@ def summary(plan: Plan) -> str:
     lrs = [r.lr for lvl in plan.levels for r in (lvl.rows or plan.rows) if r.trains and not r.quantisation_aware]
     lr = ", ".join(f"{v:g}" for v in dict.fromkeys(lrs)) if lrs else f"{cfg.lr:g}"
     take = f", first {cfg.train_take} training images" if cfg.train_take else ""
+    if cfg.train_per_class:
+        take = f", {cfg.train_per_class} training images per class{take}"
     test = f"{cfg.test_take or 'all'} images"
+    if cfg.test_per_class:
+        test = f"{cfg.test_per_class} per class, {test}"
     if cfg.holdout_fraction:
         test = f"{test} of a seeded {cfg.holdout_fraction:g} of the training split held out; the test split unread"
     return (
-        f"Data {cfg.dataset} (test: {test}), CFA {cfg.cfa}, noise std {noise}, seed {seeds}. Every student row "
+        f"Data {cfg.dataset} (test: {test}), CFA {cfg.cfa}, noise std {noise}, seed {seeds}, RAW input scale "
+        f"{cfg.raw_scale}. Every student row "
         f"starts from the teacher `{cfg.teacher}` and trains {cfg.epochs} epochs{take}, batch {cfg.batch_size}, "
         f"Nesterov SGD lr {lr} (warmup {cfg.warmup_epochs:g} epochs, cosine), weight decay {cfg.weight_decay:g}; "
         f"distillation alpha {cfg.alpha:g}, T {cfg.temperature:g}."
@@ -787,6 +806,7 @@ def seed_summary(rows: list[dict]) -> dict:
     distilled = by_name.get("distilled", {})
     pairs = [("distilled", name) for name in by_name if name != "distilled"]
     pairs += [("distilled_gt", "gt_labels")]  # the ground-truth pair, compared by accuracy
+    pairs += [("distilled_kd", "teacher_labels")]  # the label-free pair with alpha read as the KD weight
     for a, b in pairs:
         diff = paired_difference(by_name.get(a, {}), by_name.get(b, {}))
         if diff is not None:

@@ -146,3 +146,67 @@ def test_tfds_without_a_label_is_unlabelled_and_with_wnid_names_maps(tmp_path):
     names, wnids = imagenet_outputs()
     mapped = sources.in_label_space(named, names, wnids)
     assert mapped.subset == [218, 1] and _labels(mapped, "train") == [1, 1, 218, 218]
+
+
+def _tiny_imagenet(root: Path, annotations: bool = True) -> None:
+    """Tiny-ImageNet's layout in miniature: train/<wnid>/images/*, val/images/* labelled by val_annotations.txt."""
+    wnids = ["n01443537", "n01629819", "n01641577"]
+    for c, wnid in enumerate(wnids):
+        for i in range(3):
+            _png(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", c * 10 + i)
+    lines = []
+    (root / "val" / "images").mkdir(parents=True)
+    for i in range(6):  # a flat grey of level 20 + 40 i, to tell the images apart after JPEG
+        Image.new("RGB", (8, 8), (20 + 40 * i,) * 3).save(root / "val" / "images" / f"val_{i}.JPEG")
+        lines.append(f"val_{i}.JPEG\t{wnids[i % 3]}\t0\t0\t7\t7")
+    if annotations:
+        (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_tiny_imagenet_validation_is_labelled_by_its_annotations_file(tmp_path):
+    _tiny_imagenet(tmp_path)
+    source = sources.folder_source(tmp_path)
+    assert source.classes == ["n01443537", "n01629819", "n01641577"] and source.counts == {"train": 9, "test": 6}
+    found = sorted(
+        (round((float(image.mean()) - 20) / 40), int(label))
+        for image, label in source.split("test").as_numpy_iterator()
+    )
+    assert found == [(i, i % 3) for i in range(6)]
+    names, wnids = imagenet_outputs()
+    mapped = sources.in_label_space(source, names, wnids)
+    assert mapped.subset == [2, 26, 31]  # goldfish, European fire salamander, bullfrog among the 1001 outputs
+
+
+def test_tiny_imagenet_validation_without_annotations_is_one_error(tmp_path):
+    _tiny_imagenet(tmp_path, annotations=False)
+    with pytest.raises(UserError, match=r"val: holds only images/ .* no val_annotations.txt"):
+        sources.folder_source(tmp_path)
+
+
+def test_annotations_naming_a_missing_image_are_one_error(tmp_path):
+    _tiny_imagenet(tmp_path)
+    (tmp_path / "val" / "images" / "val_2.JPEG").unlink()
+    with pytest.raises(UserError, match=r"val_annotations.txt:3: .*val_2.JPEG does not exist"):
+        sources.folder_source(tmp_path)
+
+
+def test_per_class_cap_is_balanced_seeded_and_the_same_for_every_seed():
+    source = sources.get_source(f"folder:{IMAGENETTE}", seed=0, per_class={"train": 2, "test": 1})
+    assert source.counts == {"train": 20, "test": 10}
+    train = _labels(source, "train")
+    assert train == sorted(list(range(10)) * 2)
+    other = sources.get_source(f"folder:{IMAGENETTE}", seed=5, per_class={"train": 2, "test": 1})
+
+    def pixels(s):
+        return sorted(float(image.mean()) for image, _ in s.split("train").as_numpy_iterator())
+
+    assert pixels(source) == pixels(other)
+    full = sources.get_source(f"folder:{IMAGENETTE}", per_class={"train": 3})
+    assert full.counts == {"train": 30, "test": 20}
+
+
+def test_per_class_cap_beyond_a_class_or_off_a_folder_is_one_error():
+    with pytest.raises(UserError, match=r"--train_per_class=4: folder:.*imagenette: class n01440764 holds 3 images"):
+        sources.get_source(f"folder:{IMAGENETTE}", per_class={"train": 4})
+    with pytest.raises(UserError, match=r"--test_per_class=2: only for --dataset=folder:PATH \(got --dataset=embedded"):
+        sources.get_source("embedded", per_class={"test": 2})

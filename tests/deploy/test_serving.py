@@ -200,3 +200,55 @@ def test_labelled_source_puts_labels_in_the_students_output_space():
     _, got = serving.pipeline_mosaics(student, source, source.test_split, None)
     folders = sorted(p.name for p in (fixtures / "imagenette" / "val").iterdir())
     assert sorted(set(got.tolist())) == sorted(wnids.index(w) for w in folders)
+
+
+def test_serving_feeds_a_tflite_teachers_student_the_training_input_in_its_scale(tmp_path):
+    """A TFLite teacher reads (rgb - 0.5) / 0.5, std about 0.56: the student's RAW input is mapped into those moments
+    at training time, and the exported graph, given the same mosaics, feeds the model the very same input."""
+    import dataclasses
+
+    from isp_keras.data import pipeline
+    from isp_keras.training import experiment
+    from isp_keras.training.config import TrainConfig
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    cfg = TrainConfig(
+        dataset=f"folder:{fixtures / 'imagenette'}",
+        teacher=str(fixtures / "imagenet" / "mobilenet_v1_0.25_128_quant.tflite"),
+        model_dir=str(tmp_path / "run"),
+        batch_size=8,
+        test_take=8,
+        stats_images=30,
+    ).validate()
+    s = experiment.setup(cfg)
+    assert all(0.4 < v < 0.75 for v in s.norm.input_std) and all(-0.3 < v < 0.1 for v in s.norm.input_mean)
+    (x, _), _ = next(iter(s.test_ds()))
+    mosaic_cfg = dataclasses.replace(s.pipeline, take=cfg.test_take, batch_size=256)
+    mosaic, _, _ = next(
+        iter(pipeline.build(s.source, s.source.test_split, mosaic_cfg, training=False, norm=None, mode="mosaic"))
+    )
+    site = bayer.cfa_masks(128, 128, cfg.cfa)
+    for c in range(3):  # what the first layer sees: about the teacher's input std, not 1
+        std = float(np.std(x.numpy()[..., c][:, site[..., c] == 1]))
+        assert std == pytest.approx(s.norm.input_std[c], rel=0.25)
+    normalisation.save_normalisation(tmp_path / "norm.json", s.norm)
+    norm = normalisation.load_normalisation(tmp_path / "norm.json")
+    student = serving.Student(s.teacher, cfg.cfa, 128, s.source.classes, norm, path="tflite")
+    got = serving.probabilities_fn(student)(mosaic)[serving.OUTPUT_NAME].numpy()
+    expected = tf.nn.softmax(s.teacher(x, training=False)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_the_embedded_teacher_keeps_unit_std_raw():
+    """The embedded ResNet-20 was trained on per-channel standardised RGB: its students see RAW as before."""
+    from isp_keras.data import pipeline
+    from isp_keras.models import teachers
+
+    _, spec = teachers.load_teacher("embedded")
+    source = sources.get_source("embedded")
+    cfg = pipeline.PipelineConfig(image_size=32, batch_size=100, noise_std=0.1, take=500)
+    norm = pipeline.compute_normalisation(source, cfg, 500, spec.rgb_mean, spec.rgb_std)
+    assert (norm.input_mean, norm.input_std) == ([0.0] * 3, [1.0] * 3)
+    assert norm.student_stats() == (norm.raw_mean, norm.raw_std)
+    forced = pipeline.compute_normalisation(source, cfg, 500, spec.rgb_mean, spec.rgb_std, raw_scale="teacher")
+    assert forced.input_std != [1.0] * 3 and all(abs(v - 1) < 0.1 for v in forced.input_std)

@@ -13,7 +13,7 @@ from absl import flags
 
 from isp_keras import config
 from isp_keras.errors import UserError
-from isp_keras.training.config import DEFAULT_TABLE_ROWS, AblationConfig, SweepConfig, TableConfig
+from isp_keras.training.config import DEFAULT_TABLE_ROWS, AblationConfig, SweepConfig, TableConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 FLAGFILES = sorted(p.name for p in (REPO / "flags").glob("*.flags") if not p.name.startswith("hdrplus_"))
@@ -397,6 +397,22 @@ def test_seed_summary_against_numpy():
     assert "ci95" not in one["paired"]["distilled - gt_labels"]["top1"]  # one seed: no interval
     rows += [{**r, "name": "distilled_gt", "top1": r["top1"] + 1.5} for r in rows if r["name"] == "gt_labels"]
     assert runner.seed_summary(rows)["paired"]["distilled_gt - gt_labels"]["top1"]["mean"] == pytest.approx(1.5)
+    rows += [
+        {**r, "name": "teacher_labels", "agreement": r["agreement"] - 2.0} for r in rows if r["name"] == "gt_labels"
+    ]
+    rows += [{**r, "name": "distilled_kd", "agreement": r["agreement"] + 0.5} for r in rows if r["name"] == "gt_labels"]
+    kd = runner.seed_summary(rows)["paired"]["distilled_kd - teacher_labels"]["agreement"]
+    assert kd["mean"] == pytest.approx(2.5) and kd["n"] == 3
+
+
+def test_distilled_kd_reads_alpha_as_the_weight_of_the_kd_term():
+    from isp_keras.training import runner
+
+    cfg = TrainConfig(alpha=0.9, hard_labels="teacher", row_lrs=["distilled_kd=0.002"]).validate()
+    distilled, kd = runner.table_rows(cfg, ["distilled", "distilled_kd"])
+    assert (distilled.alpha, kd.alpha) == (0.9, 0.1) and kd.hard_labels == distilled.hard_labels == "teacher"
+    assert (kd.lr, distilled.lr) == (0.002, cfg.lr) and not kd.needs_labels
+    assert "0.1*CE + 0.9*T^2*KL, T=4" in kd.describe(cfg)
 
 
 def test_unlabelled_data_skips_ground_truth_rows_or_refuses_them(tiny_teacher, tmp_path, capsys):
