@@ -461,7 +461,8 @@ def plan_text(plan: Plan) -> str:
     noise = ", ".join(f"{s:g}" for s in dict.fromkeys(lvl.cfg.noise_std for lvl in plan.levels))
     lines = [
         f"{plan.kind} (dry run: no data read, nothing trained) -> {plan.out}",
-        f"  data:     {data_desc}; test {cfg.test_take or 'all'} images",
+        f"  data:     {data_desc}; test {cfg.test_take or 'all'} images"
+        + "".join(f", {n} {split} images per class" for split, n in cfg.per_class().items()),
         f"  teacher:  {teacher_desc}",
         f"  raw:      {image_size or '? (from the teacher)'} px, CFA {cfg.cfa}, "
         + (f"noise std {noise}" if cfg.sensor == "gaussian" else "realistic sensor (shot and read noise)")
