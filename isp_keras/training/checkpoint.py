@@ -59,16 +59,6 @@ def _remove_stale(run_dir: Path, keep: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def clear_checkpoints(run_dir) -> int:
-    """Forget every checkpoint under run_dir (for --overwrite); returns how many commit records were removed."""
-    removed = 0
-    for record in sorted(Path(run_dir).rglob(STATE_NAME)):
-        record.unlink()
-        removed += 1
-        _remove_stale(record.parent, keep="")
-    return removed
-
-
 def read_checkpoint_state(run_dir) -> dict | None:
     """The last complete checkpoint's record (with `path`), or None."""
     path = Path(run_dir) / STATE_NAME

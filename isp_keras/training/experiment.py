@@ -354,7 +354,7 @@ def train_student(
     )
     scalars = ScalarLog(row_dir / "logs", cfg.log_steps, steps, step_offset, row.epochs, validate)
     callbacks = [saver, nan_guard, scalars]
-    fit = model.fit
+    fit = functools.partial(model.fit, shuffle=False)  # the pipeline shuffles, seeded per epoch
     if distribute.needs_custom_loop(strategy):  # Keras fit fails under MultiWorkerMirroredStrategy
         from isp_keras.training import custom_loop
 

@@ -62,6 +62,7 @@ def train(cfg: TeacherConfig) -> dict:
         validation_data=test_ds,
         callbacks=[saver, keras.callbacks.TensorBoard(str(run_dir / "logs")), nan_guard],
         verbose=2,
+        shuffle=False,  # the pipeline shuffles
     )
     # Never write a half-trained or NaN teacher to --out.
     if nan_guard.bad_step is not None:

@@ -71,16 +71,6 @@ def test_commit_record_pointing_nowhere_is_no_checkpoint(tmp_path):
     assert checkpoint.read_checkpoint_state(tmp_path) is None
 
 
-def test_clear_checkpoints_recursive(tmp_path):
-    checkpoint.save_checkpoint(tmp_path / "distilled", _write("w.txt", "x"), {"epochs_done": 1})
-    checkpoint.save_checkpoint(tmp_path / "gt_labels", _write("w.txt", "x"), {"epochs_done": 1})
-    (tmp_path / "results.json").write_text("{}")
-    assert checkpoint.clear_checkpoints(tmp_path) == 2
-    assert checkpoint.read_checkpoint_state(tmp_path / "distilled") is None
-    assert not list((tmp_path / "distilled").iterdir())
-    assert (tmp_path / "results.json").exists()
-
-
 def test_sgd_warmup_then_cosine():
     opt = schedule.sgd(steps=100, lr=0.1, weight_decay=5e-4, warmup_steps=10)
     opt.build([keras.Variable(np.zeros(2, "float32"))])

@@ -1,7 +1,7 @@
 """Mean level per colour of the real camera files in data/real_raw/manifest.csv (black-subtracted, divided by
 white - black, as the students see them) against the training mosaics' statistics of a run's normalisation.json;
 run from the repository root (docs/deploy.md):
-    python docs/results/real_raw_levels.py runs/table_mobilenetv2_inputs_realistic/input_infill/normalisation.json \
+    python tools/real_raw_levels.py runs/table_mobilenetv2_inputs_realistic/input_infill/normalisation.json \
         docs/results/real_raw_levels.json
 """
 
@@ -38,4 +38,6 @@ def main(norm_path: str, out: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)  # the usage
     main(*sys.argv[1:])

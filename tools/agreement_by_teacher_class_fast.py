@@ -1,7 +1,7 @@
 """Where the label-free pair of the fast arm gains or loses agreement with the teacher: the Table 1 students of
 runs/table_fast (teacher_labels and distilled, seeds 0-2) on the validation mosaics, split by whether the teacher's
 clean-RGB top-1 is one of Imagenette's 10 classes and by how sure the teacher is. Run from the repository root:
-    python docs/results/agreement_by_teacher_class_fast.py runs/table_fast \
+    python tools/agreement_by_teacher_class_fast.py runs/table_fast \
         docs/results/agreement_by_teacher_class_fast.json
 """
 
@@ -74,4 +74,6 @@ def main(run: str, out: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)  # the usage
     main(sys.argv[1], sys.argv[2])

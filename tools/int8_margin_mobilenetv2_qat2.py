@@ -2,7 +2,7 @@
 seed 0, as `isp_keras.export` draws them) split by the Keras student's top-1 - top-2 probability margin, with the
 int8 file's ties (two classes on the same int8 output step), and what the int8 flips cost in agreement with the
 teacher (clean RGB) and in top-1 against ground truth. Run from the repository root:
-    python docs/results/int8_margin_mobilenetv2_qat2.py runs/table_mobilenetv2_qat2/distilled_qat \
+    python tools/int8_margin_mobilenetv2_qat2.py runs/table_mobilenetv2_qat2/distilled_qat \
         runs/export_mobilenetv2_qat2/model_int8.tflite docs/results/int8_margin_mobilenetv2_qat2.json
 """
 
@@ -94,4 +94,6 @@ def main(student_dir: str, int8_file: str, out: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)  # the usage
     main(*sys.argv[1:])

@@ -1,7 +1,7 @@
 """Save the teacher itself as untrained RAW students, infill and packed, for deploy measurements that need no
 training: latency, size, and int8 agreement at equal float functions (at initialisation the packed student
 computes the infill student's function). Takes train's flags and writes MODEL_DIR/<input>/student.keras (+ .json):
-    python docs/results/save_untrained_students.py --flagfile=flags/imagenette.flags \
+    python tools/save_untrained_students.py --flagfile=flags/imagenette.flags \
         --teacher=../shared/models/imagenet-tflite/tf2_mobilenet_v2_1.0_224_ptq.tflite \
         --model_dir=runs/untrained_mobilenetv2
 """

@@ -1,6 +1,6 @@
 """Packed vs infill MobileNetV2 students at initialisation on Imagenette validation mosaics, 224 px; run from the
 repository root with Imagenette under .cache/imagenette (docs/models/packed-students.md):
-    python docs/results/packed_init_mobilenetv2_224.py docs/results/packed_init_mobilenetv2_224.json
+    python tools/packed_init_mobilenetv2_224.py docs/results/packed_init_mobilenetv2_224.json
 """
 
 import json
@@ -52,4 +52,6 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)  # the usage
     main(sys.argv[1])

@@ -1,6 +1,6 @@
 """Single-image LiteRT latency of an export's TFLite files (float32, full int8, int8 with a float head), 2 threads,
 median and quartiles of repeated calls on one validation-sized random mosaic. Run alone on the CPU:
-    python docs/results/latency_float_head.py runs/export_mobilenetv2_qat2_float_head \
+    python tools/latency_float_head.py runs/export_mobilenetv2_qat2_float_head \
         docs/results/latency_float_head_mobilenetv2.json
 """
 
@@ -38,4 +38,6 @@ def main(export_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)  # the usage
     main(*sys.argv[1:])

@@ -4,7 +4,7 @@ the ranges on the export's calibration mosaics (300 training mosaics, seed 0): t
 batches of 100 of the per-batch min and max, recomputed here), and each tensor's 0.1-99.9 and 0.01-99.99
 percentiles over all its calibration values. A simulation, not an int8 file: scored by top-1 agreement with the
 plain float student on the export's parity mosaics. Run from the repository root after the exports, e.g.:
-    python docs/results/int8_range_percentiles.py docs/results/int8_range_percentiles_embedded.json \
+    python tools/int8_range_percentiles.py docs/results/int8_range_percentiles_embedded.json \
         realistic_infill=runs/table_embedded_inputs_realistic/input_infill/seed_0/distilled_qat:runs/export_embedded_realistic_infill
 """
 
@@ -71,4 +71,6 @@ def probe(student_dir: str, export_dir: str) -> dict:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)  # the usage
     run(probe, *sys.argv[1:])

@@ -2,7 +2,7 @@
 packed student whose adapter starts at the identity (the teacher on the infilled RAW), at a gamma 1/2.2 with the
 stem normalised by the mosaic's statistics (before the curve was measured), and at the gamma with the stem
 normalised by the statistics after the curve (what training now does). Run from the repository root:
-    python docs/results/curve_start.py flags/embedded_inputs_realistic.flags \
+    python tools/curve_start.py flags/embedded_inputs_realistic.flags \
         docs/results/curve_start_embedded_realistic.json
 """
 
@@ -59,4 +59,6 @@ def main(flagfile: str, out: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)  # the usage
     main(*sys.argv[1:])

@@ -1,6 +1,6 @@
 """The learned RAW adapter of a packed student (gain and offset per site, tone-curve value at 0 and segment slopes,
 site mix), as JSON, to see how far training moved it from the identity. Run from the repository root:
-    python docs/results/adapter_weights.py runs/table_mobilenetv2_inputs_realistic/input_packed_curve/distilled \
+    python tools/adapter_weights.py runs/table_mobilenetv2_inputs_realistic/input_packed_curve/distilled \
         docs/results/adapter_weights_mobilenetv2_realistic.json
 """
 
@@ -28,4 +28,6 @@ def main(student_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)  # the usage
     main(*sys.argv[1:])

@@ -5,7 +5,7 @@ student with every convolution and dense kernel rounded to its per-channel int8 
 (the manifest's, FakeQuant in Keras; do the activations?) and with only one of the first five rounded (which?), and
 (4) the pinned ranges of the first layers and the median width of all of them (a range's int8 step is its
 width / 255). Run from the repository root after the exports, e.g.:
-    python docs/results/int8_diagnosis.py docs/results/int8_diagnosis_untrained_mobilenetv2.json \
+    python tools/int8_diagnosis.py docs/results/int8_diagnosis_untrained_mobilenetv2.json \
         infill=runs/untrained_mobilenetv2/infill:runs/export_untrained_mobilenetv2_infill \
         packed=runs/untrained_mobilenetv2/packed:runs/export_untrained_mobilenetv2_packed
 (int8_diagnosis_mobilenetv2_realistic.json was written by the first version, without (2), under another name.)
@@ -80,4 +80,6 @@ def run(measure, out: str, *specs: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)  # the usage
     run(diagnose, *sys.argv[1:])
