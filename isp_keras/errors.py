@@ -35,13 +35,14 @@ def run_main(main):
     return wrapper
 
 
-def parse_flags(argv):
+def parse_flags(argv, flag_values=None):
     """absl `flags_parser` for app.run: a bad flag or flagfile is one line (naming the flagfile that holds an
-    unknown flag) and exit 2, instead of absl's FATAL line plus usage hint."""
+    unknown flag) and exit 2, instead of absl's FATAL line plus usage hint. `flag_values`: absl's global FLAGS
+    unless given."""
     from absl import flags
 
     try:
-        return flags.FLAGS(argv)
+        return (flag_values or flags.FLAGS)(argv)
     except flags.Error as exc:
         message = str(exc).replace("ERROR:: ", "")
         missing = re.search(r"Flag --(\w+) must have a value other than None", message)

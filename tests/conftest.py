@@ -79,3 +79,26 @@ def tiny_student(tiny_teacher, tmp_path_factory):
 def pytest_collection_modifyitems(items):
     """Slow tests first (stable within each group), so the parallel workers do not end on one long test."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def _run_command(config_cls, run, argv: list[str]) -> int:
+    from absl import flags
+
+    from isp_keras import cli, config, errors
+
+    fv = flags.FlagValues()
+    config.define_flags(config_cls, fv)
+    try:
+        remaining = errors.parse_flags(["prog", *argv], fv)
+        errors.run_main(cli.make_main(config_cls, run, fv))(remaining)
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+@pytest.fixture()
+def run_command():
+    """`run_command(ConfigClass, run, argv)`: a command as `python -m isp_keras.<name> ARGV` runs it, in this
+    process (no interpreter start-up): its flags in a fresh FlagValues, parsed as the command parses them, then
+    errors.run_main around config -> run. Returns the exit status (0 when `run` returned); output is for capsys."""
+    return _run_command
