@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import importlib
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,22 @@ def test_stray_arguments_are_refused():
     fv(["prog"])
     cli.make_main(rawinfo.RawinfoConfig, seen.append, fv)(["prog", "a.dng", "b.dng"])
     assert seen[0].files == ["a.dng", "b.dng"]
+
+
+# A doc or comment that speaks of when it was written, not of what the system is.
+DIARY = re.compile(r"\b(this|that|an earlier|the last|the next|earlier|later|previous) sessions?\b|\bissues? #?\d+", re.I)
+
+
+def test_docs_and_comments_describe_the_system_not_its_history():
+    root = Path(isp_keras.__file__).resolve().parent.parent
+    files = [*root.glob("*.md"), *(root / "docs").rglob("*.md"), *(root / "tools").glob("*.py")]
+    files += [*(root / "isp_keras").rglob("*.py"), *(root / "tests").rglob("*.py")]
+    hits = [
+        f"{path.relative_to(root)}:{number}: {line.strip()[:80]}"
+        for path in files
+        if path.name != "test_layout.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if DIARY.search(line)
+    ]
+    assert not hits, "\n".join(hits)
+    assert (root / "BUILD_NOTES.md").stat().st_size <= 15_000  # the design record; history is in CHANGELOG.md
