@@ -192,7 +192,9 @@ def test_stray_arguments_are_refused():
 
 
 # A doc or comment that speaks of when it was written, not of what the system is.
-DIARY = re.compile(r"\b(this|that|an earlier|the last|the next|earlier|later|previous) sessions?\b|\bissues? #?\d+", re.I)
+DIARY = re.compile(
+    r"\b(this|that|an earlier|the last|the next|earlier|later|previous) sessions?\b|\bissues? #?\d+", re.I
+)
 
 
 def test_docs_and_comments_describe_the_system_not_its_history():
