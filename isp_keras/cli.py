@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 
 from absl import app, flags
+from absl import logging as absl_logging
 
-from isp_keras import config
+from isp_keras import config, console
 from isp_keras.errors import UserError, parse_flags, run_main
 
 
@@ -36,37 +36,27 @@ def wants_verbose(argv) -> bool:
     return False
 
 
-# TensorFlow's C++ start-up lines, logged while it loads.
-START_UP_NOISE = ("oneDNN custom operations", "cpu_feature_guard", "absl::InitializeLog", "rebuild TensorFlow with")
-
-
 def quiet_tensorflow(argv) -> None:
     """Hide TensorFlow's C++ INFO/WARNING start-up lines (oneDNN, CPU features) unless asked for.
 
     TF_CPP_MIN_LOG_LEVEL hides most of them, but TensorFlow 2.21 logs some before absl's logging is initialised,
     where no level applies (on some machines, not all): so TensorFlow is loaded here with the process's stderr
     captured, and every captured line but those is passed on."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or wants_verbose(argv):
+    if wants_verbose(argv):
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not any(n in line for n in START_UP_NOISE)))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with console.native_stderr_filtered(always=True):
+        import tensorflow  # noqa: F401
 
 
 def make_main(config_cls, run, flag_values: flags.FlagValues | None = None):
     """The absl main: config from the parsed flags, the strategy first if the config has one, then `run(cfg)`."""
 
     def main(argv):
+        if absl_logging.get_verbosity() < absl_logging.DEBUG:
+            # Python-side INFO lines (TensorFlow's SavedModel writer, the converter, our own notes) only with
+            # --verbosity=1; warnings and errors always.
+            absl_logging.set_verbosity(absl_logging.WARNING)
         positional = any(f.metadata["positional"] for f, _, _ in config.fields(config_cls))
         if len(argv) > 1 and not positional:
             raise UserError(f"unexpected argument {argv[1]!r} (flags are written --name=value)")

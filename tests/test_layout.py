@@ -19,7 +19,7 @@ import isp_keras
 from isp_keras import config
 
 PACKAGE = Path(isp_keras.__file__).parent
-GROUND = {"errors", "fsutil", "paths", "config"}
+GROUND = {"errors", "fsutil", "paths", "config", "console"}
 # What each floor may import from isp_keras (besides the ground and itself).
 MAY_IMPORT = {
     "raw": set(),

@@ -26,6 +26,10 @@ TINY = {
 }
 
 
+# absl's INFO lines (I1207 12:00:00.0 ...), LiteRT's and the converter's own prints.
+INFO_LINE = re.compile(r"^(I\d{4} |INFO: |fully_quantize:)")
+
+
 def walkthrough() -> list[str]:
     text = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- walkthrough -->\s*```bash\n(.*?)```\s*<!-- /walkthrough -->", text, re.S)
@@ -45,7 +49,7 @@ def test_walkthrough_runs_in_order(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "samples").symlink_to(ROOT / "data" / "samples")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    outputs = {}
+    outputs, errors = {}, {}
     for command in walkthrough():
         if not command.startswith("python -m"):
             continue
@@ -60,11 +64,21 @@ def test_walkthrough_runs_in_order(tmp_path):
         )
         assert proc.returncode == 0, f"{command}: {proc.stderr[-3000:]}"
         outputs[module] = proc.stdout
+        errors[module] = proc.stderr
     check_train_run(tmp_path / "runs" / "train", outputs["isp_keras.train"])
     assert (tmp_path / "export" / "model_int8.tflite").is_file()
     predictions = [line for line in outputs["isp_keras.predict"].splitlines() if line.startswith("data/samples/")]
     assert len(predictions) == 4 and all(line.count(",") == 4 for line in predictions)
     assert "int8_over_float32_latency" in outputs["isp_keras.benchmark"]
+    # What a person reads: a short table from benchmark, progress on stderr, and no TensorFlow, absl or LiteRT
+    # INFO lines (they need --verbosity=1).
+    table = [line for line in outputs["isp_keras.benchmark"].splitlines() if line.startswith("| ")]
+    assert table[0] == "| figure | value | q1-q3 |" and 5 < len(table) < 40
+    assert "benchmark: single-image latency" in errors["isp_keras.benchmark"]
+    assert "export: converting to TFLite (int8" in errors["isp_keras.export"]
+    for module in ("isp_keras.export", "isp_keras.predict", "isp_keras.benchmark"):
+        noise = [line for line in errors[module].splitlines() if INFO_LINE.match(line)]
+        assert not noise, (module, noise[:3])
 
     # Golden: the same train command with the same seed gives the same numbers (CPU, one process).
     results = json.loads((tmp_path / "runs" / "train" / "results.json").read_text())

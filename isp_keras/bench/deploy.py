@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from isp_keras import console
 from isp_keras.bench import timing
 from isp_keras.config import option
 from isp_keras.errors import UserError
@@ -173,7 +174,7 @@ def measure(
     )
     models = {}
     for kind in ("float32", "dynamic", "int8"):
-        logging.info("converting %s to TFLite (%s)", student.model.name, kind)
+        console.progress(f"benchmark: converting {student.model.name} to TFLite ({kind})")
         models[kind] = (
             tflite.int8_tflite(student, representative)[0]["int8"] if kind == "int8" else tflite.to_tflite(sm_dir, kind)
         )
@@ -205,6 +206,7 @@ def measure(
     test, labels = serving.pipeline_mosaics(student, source, source.test_split, take)
     runners = {kind: runtime.TFLiteRunner(b, cfg.threads) for kind, b in models.items()}
     if agreement:
+        console.progress(f"benchmark: int8/float32 agreement with Keras on {len(test)} test mosaics")
         reference = parity.keras_probabilities(student, test)
         fig["agreement_examples"] = int(len(test))
         fig["keras_top1"] = float(100.0 * np.mean(np.argmax(reference, -1) == labels))
@@ -220,6 +222,7 @@ def measure(
     fns = {"keras": lambda i: serve(singles_tf[i % len(singles)])[serving.OUTPUT_NAME].numpy()}
     for kind, runner in runners.items():
         fns[kind] = lambda i, runner=runner: runner.invoke(singles[i % len(singles)])
+    console.progress(f"benchmark: single-image latency of Keras and the TFLite files ({cfg.runs} calls each)")
     fig.update(
         latencies(
             fns,
@@ -253,6 +256,7 @@ def measure(
     if isp(0).shape != (size, size, 3):
         raise UserError(f"LibRaw returned a {isp(0).shape} image for a {size}x{size} DNG; cannot compare paths")
     fig["e2e_images"] = len(dngs)
+    console.progress(f"benchmark: RAW path against the ISP paths, end to end from {len(dngs)} DNGs")
     fig.update(
         latencies(
             {"raw_path": raw_path, "isp_path": isp_path, "tf_isp_path": tf_isp_path, "isp_only": isp},
@@ -264,6 +268,7 @@ def measure(
         )
     )
     if cfg.full_size_mp > 0:
+        console.progress(f"benchmark: a {cfg.full_size_mp:g}-megapixel DNG end to end, both paths")
         fig.update(full_size(student, models["int8"], isp_path_model, np.concatenate(singles), work, cfg))
     if agreement:
         e2e_labels = labels[: len(dngs)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from isp_keras import fsutil
+from isp_keras import console, fsutil
 from isp_keras.data import records
 from isp_keras.deploy import parity, runtime, serving, tflite
 from isp_keras.deploy.config import ExportConfig
@@ -36,21 +36,25 @@ def representative_set(cfg: ExportConfig, student: serving.Student, source) -> n
 
 def write_export(cfg: ExportConfig, student: serving.Student, source, representative: np.ndarray, tmp: Path) -> dict:
     """Every file of the export into `tmp`, then the parity check; UserError (nothing published) if a gate fails."""
+    console.progress("export: SavedModel (mosaic in)")
     serving.export_saved_model(student, tmp, cfg.black_level, cfg.white_level)
     int8_kinds = ["int8"] + (["int8_float_head"] if cfg.float_head else [])
     kinds = ["float32", *int8_kinds] + (["dynamic"] if cfg.dynamic else [])
     files = {}
     for kind in kinds:
         if kind not in int8_kinds:
-            logging.info("converting to TFLite (%s)", kind)
+            console.progress(f"export: converting to TFLite ({kind})")
             files[kind] = tflite.to_tflite(tmp, kind)
-    logging.info("converting to TFLite (%s)", ", ".join(int8_kinds))
+    console.progress(
+        f"export: converting to TFLite ({', '.join(int8_kinds)}; {len(representative)} calibration mosaics)"
+    )
     integer, ranges = tflite.int8_tflite(student, representative, cfg.range_batch, int8_kinds)
     files.update(integer)
     for kind in kinds:
         (tmp / tflite.TFLITE_FILES[kind]).write_bytes(files[kind])
     (tmp / serving.LABELS).write_text("".join(f"{c}\n" for c in student.classes))
     mosaics, _ = serving.pipeline_mosaics(student, source, source.test_split, cfg.parity_take or None, cfg.seed)
+    console.progress(f"export: parity on {len(mosaics)} test mosaics (Keras, SavedModel, {', '.join(kinds)})")
     reference = parity.keras_probabilities(student, mosaics)
     candidates = {"saved_model": parity.saved_model_probabilities(tmp, mosaics)}
     for kind in kinds:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from isp_keras import console
 from isp_keras.errors import UserError
 
 
@@ -15,7 +16,8 @@ class TFLiteRunner:
 
         kwargs = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
         try:
-            self.interpreter = Interpreter(num_threads=num_threads, **kwargs)
+            with console.native_stderr_filtered():  # LiteRT's "Created ... XNNPACK delegate" INFO line
+                self.interpreter = Interpreter(num_threads=num_threads, **kwargs)
         except (ValueError, RuntimeError) as exc:
             name = kwargs.get("model_path", "model")
             raise UserError(f"{name}: not a TFLite model LiteRT can load ({exc})") from None
@@ -23,7 +25,8 @@ class TFLiteRunner:
         self.output = self.interpreter.get_output_details()[0]
         self.input_shape = tuple(int(s) for s in self.input["shape"][1:])
         self.batch = int(self.input["shape"][0])
-        self.interpreter.allocate_tensors()
+        with console.native_stderr_filtered():
+            self.interpreter.allocate_tensors()
 
     @property
     def input_dtype(self):

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tflite as tflite_schema
 from absl import logging
 
+from isp_keras import console
 from isp_keras.data import pipeline
 from isp_keras.deploy import runtime, serving
 from isp_keras.errors import UserError
@@ -62,7 +63,8 @@ def to_tflite(
         converter.inference_output_type = tf.int8
     elif kind != "float32":
         raise ValueError(f"unknown TFLite kind {kind!r}")
-    with warnings.catch_warnings():  # the converter's own calibrator still builds a tf.lite.Interpreter
+    with warnings.catch_warnings(), console.native_stderr_filtered():
+        # the converter's own calibrator still builds a tf.lite.Interpreter
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
         return converter.convert()
 
@@ -80,7 +82,7 @@ def _float_head(converter, samples) -> bytes:
         )
         return debugger.get_nondebug_quantized_model()
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), console.native_stderr_filtered():
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
         return convert(head_nodes(convert([])))
 

@@ -180,6 +180,16 @@ def test_cli(setup, tmp_path):
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{files['dng_1']}: ") and lines[0].count(",") == 4
+    info = re.compile(r"^(I\d{4} |INFO: )", re.M)
+    assert not info.search(ok.stderr), ok.stderr  # TensorFlow's, absl's and LiteRT's INFO lines: --verbosity=1
+    loud = subprocess.run(
+        [sys.executable, "-m", "isp_keras.predict", f"--model={model}", "--verbosity=1", str(files["dng_1"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert loud.returncode == 0 and loud.stdout.splitlines()[0] == lines[0]
+    assert "XNNPACK delegate" in loud.stderr
     np.save(tmp_path / "odd.npy", np.zeros((32, 30), np.float16))
     bad = subprocess.run(
         [sys.executable, "-m", "isp_keras.predict", f"--model={model}", str(tmp_path / "odd.npy")],
