@@ -7,11 +7,12 @@ sidecar field by field. Sidecar fields (all optional; unknown ones are refused):
     {"width": 768, "height": 512, "bits": 14, "packing": "u16", "stride": 1536, "cfa": "RGGB",
      "black": 600, "white": 15520, "wb_gains": [1.949, 1.0, 1.344]}
 
-- `packing`: `u16` (little-endian 16-bit, the default), `mipi10` (MIPI CSI-2 RAW10: 4 pixels in 5 bytes, the 8 MSBs
-  of each then one byte of 2-bit LSBs, pixel 0 in bits 0-1) or `mipi12` (RAW12: 2 pixels in 3 bytes, the 8 MSBs of
-  each then one byte of 4-bit LSBs, pixel 0 in bits 0-3).
+- `packing`: `u16` (little-endian 16-bit, the default), `u8` (one byte a site), `mipi10` (MIPI CSI-2 RAW10: 4
+  pixels in 5 bytes, the 8 MSBs of each then one byte of 2-bit LSBs, pixel 0 in bits 0-1) or `mipi12` (RAW12: 2
+  pixels in 3 bytes, the 8 MSBs of each then one byte of 4-bit LSBs, pixel 0 in bits 0-3).
 - `stride`: bytes per row (MIPI rows are often padded); default the packed row, e.g. width * 5 / 4 for RAW10.
-- `bits`: the data's bit depth (1..16); default 10 for mipi10, 12 for mipi12, and for images the sample size (8/16).
+- `bits`: the data's bit depth (1..16); default 8 for u8, 10 for mipi10, 12 for mipi12, and for images the sample
+  size (8/16).
   A u16 dump needs it.
 - `cfa`: the pattern of the file's top-left 2x2 tile. `black`: one value, or four per site of that tile
   (row-major). `white`: default 2**bits - 1. `wb_gains`: optional as-shot (R, G, B) multipliers.
@@ -37,7 +38,7 @@ from isp_keras.errors import UserError
 from isp_keras.raw.cfa import CFA_PATTERNS
 
 # packing -> (pixels per group, bytes per group, bits a pixel can hold)
-PACKINGS = {"u16": (1, 2, 16), "mipi10": (4, 5, 10), "mipi12": (2, 3, 12)}
+PACKINGS = {"u16": (1, 2, 16), "u8": (1, 1, 8), "mipi10": (4, 5, 10), "mipi12": (2, 3, 12)}
 # Suffixes of files that are headerless dumps unless their content says otherwise; without a format they are refused
 # rather than handed to LibRaw, whose file-size table would guess a wrong geometry for them.
 DUMP_SUFFIXES = (".raw", ".bin", ".raw10", ".raw12", ".raw16", ".mipi")
@@ -193,6 +194,8 @@ def unpack(data: np.ndarray, width: int, packing: str) -> np.ndarray:
     """uint16 [H, width] pixels from packed rows uint8 [H, packed row bytes]."""
     if packing == "u16":
         return data.copy().view("<u2").astype(np.uint16)
+    if packing == "u8":
+        return data.astype(np.uint16)
     group_px, group_bytes, bits = PACKINGS[packing]
     groups = data.reshape(data.shape[0], width // group_px, group_bytes).astype(np.uint16)
     low_bits = bits - 8

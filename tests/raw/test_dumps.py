@@ -21,6 +21,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "raw"
 NIKON = FIXTURES / "nikon_d750_rose_crop_96x64_{}_14bit.raw"
 OPENISP = FIXTURES / "openisp_chart_crop_128x96_rggb_10bit.raw"
 N900 = FIXTURES / "nokia_n900_dog_grbg_10bit.png"
+INFINITE = FIXTURES / "infiniteisp_outdoor1_crop_96x64_grbg_8bit.raw"
 
 
 @pytest.mark.parametrize("canonical, offset", [("RGGB", (0, 0)), ("GRBG", (0, 1)), ("BGGR", (1, 1))])
@@ -31,6 +32,23 @@ def test_u16_dump_with_sidecar_matches_numpy(canonical, offset, read_raw_referen
     assert (img.file_cfa, img.cfa, img.offset, img.visible_shape) == ("RGGB", canonical, offset, (64, 96))
     assert img.black_level == [600.0] * 4 and img.white_level == 15520.0 and img.color_matrix is None
     np.testing.assert_allclose(img.wb_gains, [1.949, 1.0, 1.344])
+
+
+def test_u8_dump_with_sidecar_matches_numpy(read_raw_reference):
+    img = rawio.read_raw(str(INFINITE), "RGGB")
+    counts = np.fromfile(INFINITE, np.uint8).reshape(64, 96).astype(np.uint16)
+    np.testing.assert_array_equal(img.mosaic, read_raw_reference(counts, [12] * 4, 255, (0, 1)))
+    assert (img.file_cfa, img.offset, img.white_level) == ("GRBG", (0, 1), 255.0)
+
+
+def test_a_dump_of_the_wrong_size_or_depth_names_the_bytes_it_needs():
+    for packing, bits, needed in (("u16", 8, 12288), ("mipi10", None, 7680)):
+        fmt = SensorFormat(width=96, height=64, packing=packing, bits=bits, cfa="GRBG")
+        with pytest.raises(UserError) as info:
+            rawio.read_raw(str(INFINITE), "RGGB", fmt)
+        assert str(info.value) == f"{INFINITE}: 96x64 {packing} needs {needed} bytes, the file has 6144"
+    with pytest.raises(UserError, match=r"u8 holds 8-bit pixels, not 10-bit"):
+        rawio.read_raw(str(INFINITE), "RGGB", SensorFormat(bits=10))
 
 
 def test_gbrg_file_is_the_rggb_file_with_each_tile_rotated():
@@ -127,7 +145,7 @@ def test_sidecar_format_checks(tmp_path):
         ({"bits": 17}, "x: bits 17 is not in 1..16"),
         ({"bits": 0}, "x: bits must be a positive integer, got 0"),
         ({"width": "768"}, "x: width must be a positive integer, got '768'"),
-        ({"packing": "raw10"}, "x: packing 'raw10' is not one of u16, mipi10, mipi12"),
+        ({"packing": "raw10"}, "x: packing 'raw10' is not one of u16, u8, mipi10, mipi12"),
         ({"cfa": "RGBG"}, "x: cfa 'RGBG' is not one of RGGB"),
         ({"black": [1, 2, 3]}, "x: black must be 1 or 4 finite number(s), got [1, 2, 3]"),
         ({"wb_gains": [2, 0, 1]}, "x: wb_gains [2.0, 0.0, 1.0] must be three positive"),
