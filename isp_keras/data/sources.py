@@ -1,4 +1,4 @@
-"""Data sources: `embedded`, `folder:PATH`, `tfds:NAME`, `records:PATH`.
+"""Data sources: `embedded`, `folder:PATH`, `tfds:NAME`, `records:PATH`, one DATASET_KINDS entry each.
 
 A source yields (uint8 RGB image [h, w, 3], int32 label) per split; `pipeline.build` turns it into model inputs.
 Unlabelled data (a folder of images without class folders, records without classes, a TFDS set without a label)
@@ -10,6 +10,7 @@ training split off for tuning.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -367,44 +368,110 @@ def _as_rgb(image):
     return image
 
 
+@dataclasses.dataclass(frozen=True)
+class DatasetKind:
+    """One `--dataset` kind: how its argument opens a Source, whether it has labels and what it is (the dry run's
+    line: description, training images, classes; None where unknown) without reading any image."""
+
+    name: str
+    usage: str
+    open: Callable  # (arg, seed, strict, per_class) -> Source
+    labelled: Callable  # (arg) -> bool
+    describe: Callable  # (arg) -> (str, int | None, int | None)
+
+
+def _records_described(path, name: str) -> tuple:
+    index = records.read_index(path)
+    counts = {k: v["count"] for k, v in index["splits"].items()}
+    return f"{name} ({counts})", counts.get("train"), len(index["classes"])
+
+
+def _open_embedded(arg, seed, strict, per_class) -> Source:
+    if not (EMBEDDED_DIR / "index.json").exists():
+        raise UserError(f"--dataset=embedded: {EMBEDDED_DIR} is missing; see BUILD_NOTES.md to rebuild it")
+    return records_source(EMBEDDED_DIR, name="embedded")
+
+
+def _folder_labelled(arg: str) -> bool:
+    root = Path(arg)
+    if not root.is_dir():
+        raise UserError(f"--dataset=folder:{arg}: not a directory")
+    split = root / "train" if (root / "train").is_dir() else root
+    return any(p.is_dir() and not p.name.startswith(".") for p in split.iterdir())
+
+
+def _folder_described(arg: str) -> tuple:
+    if not Path(arg).is_dir():
+        return f"image folder {arg} (not present here; a real run needs it)", None, None
+    return f"image folder {arg}", None, None
+
+
+DATASET_KINDS = {
+    kind.name: kind
+    for kind in (
+        DatasetKind(
+            "embedded",
+            "embedded",
+            _open_embedded,
+            lambda arg: True,
+            lambda arg: _records_described(EMBEDDED_DIR, "embedded"),
+        ),
+        DatasetKind(
+            "folder",
+            "folder:PATH",
+            lambda arg, seed, strict, per_class: folder_source(arg, seed=seed, strict=strict, per_class=per_class),
+            _folder_labelled,
+            _folder_described,
+        ),
+        DatasetKind(
+            "tfds",
+            "tfds:NAME",
+            lambda arg, seed, strict, per_class: tfds_source(arg),
+            lambda arg: bool(tfds_source(arg).labelled),
+            lambda arg: (f"TFDS {arg} (prepared locally; ILSVRC needs its manual download)", None, None),
+        ),
+        DatasetKind(
+            "records",
+            "records:PATH",
+            lambda arg, seed, strict, per_class: records_source(arg),
+            lambda arg: bool(records.read_index(arg)["classes"]),
+            lambda arg: _records_described(arg, f"records:{arg}"),
+        ),
+    )
+}
+
+
+def dataset_kind(spec: str) -> tuple[DatasetKind, str]:
+    """(its kind, its argument) of `--dataset=spec`; one line listing the kinds when it is none of them."""
+    name, sep, arg = spec.partition(":")
+    kind = DATASET_KINDS.get(name)
+    if kind is None or bool(sep and arg) != (":" in kind.usage):
+        *first, last = (k.usage for k in DATASET_KINDS.values())
+        raise UserError(f"--dataset: unknown dataset {spec!r}; use {', '.join(first)} or {last}")
+    return kind, arg
+
+
 def is_labelled(spec: str) -> bool:
     """Whether `--dataset=spec` has labels, from its index, folder layout or TFDS features (no image is read)."""
-    kind, _, arg = spec.partition(":")
-    if spec == "embedded":
-        return True
-    if kind == "records" and arg:
-        return bool(records.read_index(arg)["classes"])
-    if kind == "folder" and arg:
-        root = Path(arg)
-        if not root.is_dir():
-            raise UserError(f"--dataset=folder:{arg}: not a directory")
-        split = root / "train" if (root / "train").is_dir() else root
-        return any(p.is_dir() and not p.name.startswith(".") for p in split.iterdir())
-    if kind == "tfds" and arg:
-        return bool(tfds_source(arg).labelled)
-    raise UserError(f"--dataset: unknown dataset {spec!r}; use embedded, folder:PATH, tfds:NAME or records:PATH")
+    kind, arg = dataset_kind(spec)
+    return kind.labelled(arg)
+
+
+def describe(spec: str) -> tuple:
+    """(description, training images or None, classes or None) of `--dataset=spec`, reading no image."""
+    kind, arg = dataset_kind(spec)
+    return kind.describe(arg)
 
 
 def get_source(spec: str, seed: int = 0, strict: bool = False, per_class: dict | None = None) -> Source:
-    """`embedded`, `folder:PATH`, `tfds:NAME` or `records:PATH`. `strict`: stop at unreadable folder images.
+    """The Source of `--dataset=spec` (see DATASET_KINDS). `strict`: stop at unreadable folder images.
     `per_class` ({split: count}): a class-balanced subset of a folder's splits (see folder_source)."""
-    kind = spec.partition(":")[0]
+    kind, arg = dataset_kind(spec)
     asked = {k: v for k, v in (per_class or {}).items() if v}
-    if asked and kind != "folder":
+    if asked and kind.name != "folder":
         split, count = next(iter(asked.items()))
         raise UserError(f"--{split}_per_class={count}: only for --dataset=folder:PATH (got --dataset={spec})")
-    if spec == "embedded":
-        if not (EMBEDDED_DIR / "index.json").exists():
-            raise UserError(f"--dataset=embedded: {EMBEDDED_DIR} is missing; see BUILD_NOTES.md to rebuild it")
-        return records_source(EMBEDDED_DIR, name="embedded")
-    kind, _, arg = spec.partition(":")
-    if kind == "folder" and arg:
-        return folder_source(arg, seed=seed, strict=strict, per_class=asked)
-    if kind == "tfds" and arg:
-        return tfds_source(arg)
-    if kind == "records" and arg:
-        return records_source(arg)
-    raise UserError(f"--dataset: unknown dataset {spec!r}; use embedded, folder:PATH, tfds:NAME or records:PATH")
+    return kind.open(arg, seed, strict, asked)
 
 
 def in_label_space(source: Source, classes: list, wnids: list | None = None, what: str = "the teacher") -> Source:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from isp_keras import fsutil, paths
 from isp_keras.config import default_of
-from isp_keras.data import normalisation, pipeline, records, sources
+from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.errors import UserError
 from isp_keras.models import students, teachers
 from isp_keras.training import experiment
@@ -447,7 +447,7 @@ def plan_text(plan: Plan) -> str:
     """What the command would do, validated as far as possible without reading any data or training."""
     cfg = plan.cfg
     teacher_desc, teacher, spec = _describe_teacher(cfg.teacher)
-    data_desc, train_count, num_classes = _describe_dataset(cfg)
+    data_desc, train_count, num_classes = sources.describe(cfg.dataset)
     image_size = cfg.image_size or (spec.image_size if spec else (teachers.input_size(teacher)[0] if teacher else None))
     if teacher is not None and image_size and num_classes:
         teachers.check_teacher_matches(teacher, image_size, num_classes, cfg.teacher)
@@ -501,22 +501,6 @@ def _describe_teacher(name: str):
         arch = spec.arch if spec and spec.arch else model.name
         return f"{name} ({arch}, {teachers.num_outputs(model)} classes)", model, spec
     return f"{name} (not present here; a real run needs it)", None, None
-
-
-def _describe_dataset(cfg: TrainConfig):
-    kind, _, arg = cfg.dataset.partition(":")
-    if cfg.dataset == "embedded" or (kind == "records" and arg):
-        path = sources.EMBEDDED_DIR if cfg.dataset == "embedded" else Path(arg)
-        index = records.read_index(path)
-        counts = {k: v["count"] for k, v in index["splits"].items()}
-        return f"{cfg.dataset} ({counts})", counts.get("train"), len(index["classes"])
-    if kind == "tfds" and arg:
-        return f"TFDS {arg} (prepared locally; ILSVRC needs its manual download)", None, None
-    if kind == "folder" and arg:
-        if not Path(arg).is_dir():
-            return f"image folder {arg} (not present here; a real run needs it)", None, None
-        return f"image folder {arg}", None, None
-    raise UserError(f"--dataset: unknown dataset {cfg.dataset!r}; use embedded, folder:PATH, tfds:NAME or records:PATH")
 
 
 def _pipeline_spec(cfg: TrainConfig, image_size: int):

@@ -210,3 +210,17 @@ def test_per_class_cap_beyond_a_class_or_off_a_folder_is_one_error():
         sources.get_source(f"folder:{IMAGENETTE}", per_class={"train": 4})
     with pytest.raises(UserError, match=r"--test_per_class=2: only for --dataset=folder:PATH \(got --dataset=embedded"):
         sources.get_source("embedded", per_class={"test": 2})
+
+
+def test_every_dataset_kind_parses_describes_and_refuses_in_one_place():
+    assert list(sources.DATASET_KINDS) == ["embedded", "folder", "tfds", "records"]
+    kind, arg = sources.dataset_kind(f"folder:{IMAGENETTE}")
+    assert (kind.name, arg) == ("folder", str(IMAGENETTE)) and sources.is_labelled(f"folder:{IMAGENETTE}")
+    assert sources.describe("embedded") == ("embedded ({'train': 20000, 'test': 10000})", 20000, 10)
+    assert sources.describe("folder:/no/such")[0] == "image folder /no/such (not present here; a real run needs it)"
+    for bad in ("nosuch", "folder:", "embedded:x", "records"):
+        with pytest.raises(UserError) as info:
+            sources.dataset_kind(bad)
+        assert str(info.value) == (
+            f"--dataset: unknown dataset {bad!r}; use embedded, folder:PATH, tfds:NAME or records:PATH"
+        )
