@@ -17,11 +17,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.errors import UserError
 from isp_keras.raw import bayer
+from isp_keras.training import student_file
 
 SIGNATURE = "serving_default"
 UINT16_SIGNATURE = "serving_uint16"
@@ -118,45 +118,22 @@ def load_student(path) -> Student:
             f"{keras_path}: no {meta_path.name} beside it; export needs the run's CFA and normalisation "
             "(written by the train command)"
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-        norm = normalisation.Normalisation(**meta["normalisation"])
-        cfa = bayer.check_cfa(meta["cfa"])
-        image_size, classes = int(meta["image_size"]), list(meta["classes"])
-        student_input = str(meta.get("student_input", "infill"))
-        if student_input not in ("infill", "packed"):
-            raise ValueError(f"student_input {student_input!r} is neither infill nor packed")
-        sensor = str(meta.get("sensor", "gaussian"))
-        if sensor not in ("gaussian", "realistic"):
-            raise ValueError(f"sensor {sensor!r} is neither gaussian nor realistic")
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"{meta_path}: not a student description ({type(exc).__name__}: {exc})") from None
-    if image_size % 2:
-        raise UserError(f"{meta_path}: image_size {image_size} is odd; a Bayer mosaic needs an even size")
-    if "sensor" not in meta:
-        logging.warning("%s: records no sensor (written before it did); mosaics simulated as gaussian", meta_path)
+    meta = student_file.read(meta_path)
     model = teachers.load_model_file(keras_path)
-    check_student(model, image_size, len(classes), str(keras_path), student_input)
-    dataset = meta.get("dataset", "embedded")
-    config_path = keras_path.parent / "config.json"
-    if "dataset" not in meta and config_path.exists():
-        try:
-            dataset = json.loads(config_path.read_text())["config"]["dataset"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    check_student(model, meta.image_size, len(meta.classes), str(keras_path), meta.student_input)
     return Student(
         model,
-        cfa,
-        image_size,
-        classes,
-        norm,
-        float(meta.get("noise_std", 0.0)),
-        str(meta.get("teacher", "")),
-        dataset,
+        meta.cfa,
+        meta.image_size,
+        meta.classes,
+        meta.normalisation,
+        float(meta.noise_std),
+        str(meta.teacher),
+        meta.dataset,
         str(keras_path),
-        meta.get("wnids"),
-        student_input,
-        sensor,
+        meta.wnids,
+        meta.student_input,
+        meta.sensor,
     )
 
 

@@ -15,6 +15,7 @@ from isp_keras.raw.cfa import CFA_PATTERNS
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 STUDENT_INPUTS = ("infill", "packed")
+SENSORS = ("gaussian", "realistic")
 
 
 @dataclasses.dataclass
@@ -72,7 +73,7 @@ class TrainConfig:
     sensor: str = option(
         "gaussian",
         "RAW simulator: gaussian (--noise_std) or realistic (unprocessing + shot/read noise).",
-        choices=("gaussian", "realistic"),
+        choices=SENSORS,
     )
     seed: int = option(0, "Seed (data order, augmentation, noise, initialisation).")
     epochs: int = option(3, "Training epochs per student row.")
@@ -180,7 +181,7 @@ class TrainConfig:
         if self.cfa.upper() not in CFA_PATTERNS:
             raise UserError(f"--cfa={self.cfa}: must be one of {', '.join(CFA_PATTERNS)}")
         self.cfa = self.cfa.upper()
-        if self.sensor not in ("gaussian", "realistic"):
+        if self.sensor not in SENSORS:
             raise UserError(f"--sensor={self.sensor}: must be gaussian or realistic")
         if self.hard_labels not in ("gt", "teacher"):
             raise UserError(f"--hard_labels={self.hard_labels}: must be gt or teacher")

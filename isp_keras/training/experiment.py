@@ -17,7 +17,7 @@ from isp_keras import fsutil
 from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.errors import UserError
 from isp_keras.models import adapter, packed, students, teachers
-from isp_keras.training import checkpoint, distiller, quantise, schedule
+from isp_keras.training import checkpoint, distiller, quantise, schedule, student_file
 from isp_keras.training.config import TrainConfig
 
 
@@ -416,21 +416,21 @@ def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise fsutil.write_error(path, exc) from exc
-    fsutil.write_json_atomic(
+    student_file.write(
         run_dir / "student.json",
-        {
-            "cfa": s.cfg.cfa,
-            "student_input": s.pipeline.student_input,
-            "raw_adapter": s.cfg.raw_adapter,
-            "noise_std": s.cfg.noise_std,
-            "sensor": s.cfg.sensor,
-            "image_size": s.pipeline.image_size,
-            "classes": list(s.source.classes),
-            "wnids": list(s.spec.wnids) if s.spec.wnids else None,
-            "normalisation": s.norm.to_json(),
-            "teacher": s.cfg.teacher,
-            "dataset": s.cfg.dataset,
-        },
+        student_file.StudentFile(
+            cfa=s.cfg.cfa,
+            image_size=s.pipeline.image_size,
+            classes=list(s.source.classes),
+            normalisation=s.norm,
+            student_input=s.pipeline.student_input,
+            raw_adapter=s.cfg.raw_adapter,
+            noise_std=s.cfg.noise_std,
+            sensor=s.cfg.sensor,
+            wnids=list(s.spec.wnids) if s.spec.wnids else None,
+            teacher=s.cfg.teacher,
+            dataset=s.cfg.dataset,
+        ),
     )
     return path
 
