@@ -210,3 +210,43 @@ def test_docs_and_comments_describe_the_system_not_its_history():
     ]
     assert not hits, "\n".join(hits)
     assert (root / "BUILD_NOTES.md").stat().st_size <= 15_000  # the design record; history is in CHANGELOG.md
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Every isp_keras module `path` imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("isp_keras"):
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if _module_path(candidate) else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("isp_keras"))
+    return found
+
+
+def _module_path(name: str) -> Path | None:
+    base = PACKAGE.parent / Path(*name.split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.exists()), None)
+
+
+def test_the_import_graph_has_no_circle():
+    """Lazy imports inside functions count too: a circle hidden by them is still a circle."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = _imports_of(path) - {name}
+    state = {}
+
+    def visit(name, stack):
+        state[name] = "open"
+        for dep in sorted(modules.get(name, ())):
+            if state.get(dep) == "open":
+                raise AssertionError(" -> ".join([*stack[stack.index(dep) :], dep]))
+            if dep in modules and dep not in state:
+                visit(dep, [*stack, dep])
+        state[name] = "done"
+
+    for name in sorted(modules):
+        if name not in state:
+            visit(name, [name])

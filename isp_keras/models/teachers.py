@@ -208,3 +208,18 @@ def freeze(model: keras.Model) -> keras.Model:
     for layer in model.layers:
         layer.trainable = False
     return model
+
+
+def save_imported(path, out, simulate_rounding: bool = False) -> dict:
+    """Import a .tflite file and write it as `out` (.keras) plus the sidecar JSON `teachers.load_teacher` reads."""
+    from isp_keras import fsutil
+    from isp_keras.models import tflite_import
+
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise UserError(f"{out}: the imported teacher must be written as a .keras file")
+    model, spec = tflite_import.import_tflite(path, simulate_rounding=simulate_rounding)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    fsutil.write_json_atomic(sidecar_path(out), spec)
+    return spec

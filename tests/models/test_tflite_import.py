@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
+from isp_keras.deploy import runtime
 from isp_keras.errors import UserError
 from isp_keras.models import students, teachers
 from isp_keras.models import tflite_import as ti
@@ -233,7 +234,7 @@ def test_tf1_uint8_file_per_tensor_weights_and_biases(files):
     np.testing.assert_allclose(convs[0].bias, expected["bias"], atol=bias_step / 2 + 1e-7)
     assert spec["rgb_mean"] == pytest.approx([128 / 255] * 3) and spec["rgb_std"] == pytest.approx([0.5] * 3)
     pixels = np.random.default_rng(4).integers(0, 256, size=(64, SIZE, SIZE, 3)).astype(np.uint8)
-    result = ti.compare_with_litert(path, pixels, model=model, spec=spec)
+    result = runtime.compare_imported_with_litert(path, pixels, model=model, spec=spec)
     assert result["images"] == 64 and result["agreement_up_to_ties"] >= 95
 
 
@@ -262,7 +263,7 @@ def test_per_channel_int8_weights_are_within_half_a_step_per_channel(files):
 
 def test_saved_teacher_loads_and_clones(files, tmp_path):
     out = tmp_path / "teacher.keras"
-    spec = ti.save_imported(files["a", "int8"], out)
+    spec = teachers.save_imported(files["a", "int8"], out)
     model, loaded = teachers.load_teacher(str(out))
     assert loaded == teachers.TeacherSpec(**spec)
     assert loaded.arch == "tflite:net_a_int8" and loaded.source == str(files["a", "int8"])
@@ -349,7 +350,7 @@ def test_shared_imagenet_classifier(name):
     assert spec["wnids"][:2] == ["background", "n01440764"] and len(spec["wnids"]) == 1001
     assert spec["rgb_std"] == pytest.approx([0.5] * 3, abs=0.002) and spec["arch"] == f"tflite:{name}"
     images, labels = _imagenette_val(spec["image_size"], 40)
-    result = ti.compare_with_litert(path, images, labels, model=model, spec=spec)
+    result = runtime.compare_imported_with_litert(path, images, labels, model=model, spec=spec)
     # On 400 images: 96.75-97.75 % agreement, accuracies within 0.25 points (docs/results/tflite_import.md).
     assert result["agreement"] >= 90 and abs(result["keras_top1"] - result["litert_top1"]) <= 7.5
     assert result["keras_top1"] >= 50
