@@ -330,39 +330,39 @@ def train_plan(model_dir, **changes):
 
 
 def test_output_directory_not_writable(capsys, tmp_path):
-    from isp_keras.training import runner
+    from isp_keras.training import rundir
 
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    line = one_line(capsys, lambda: runner.prepare_out(train_plan(blocker / "run")))
+    line = one_line(capsys, lambda: rundir.prepare_out(train_plan(blocker / "run")))
     assert line.startswith(f"{blocker / 'run'}: cannot write the run directory")
 
 
 def test_run_directory_of_another_command_is_refused(capsys, tmp_path):
-    from isp_keras.training import experiments, runner
+    from isp_keras.training import experiments, rundir
     from isp_keras.training.config import TableConfig
 
-    runner.prepare_out(experiments.plan_for("table", TableConfig(model_dir=str(tmp_path)).validate()))
-    line = one_line(capsys, lambda: runner.prepare_out(train_plan(tmp_path)))
+    rundir.prepare_out(experiments.plan_for("table", TableConfig(model_dir=str(tmp_path)).validate()))
+    line = one_line(capsys, lambda: rundir.prepare_out(train_plan(tmp_path)))
     assert line == f"{tmp_path}: holds a table run, not a train run; choose another --model_dir"
 
 
 def test_resume_with_different_flags_is_refused(capsys, tmp_path):
-    from isp_keras.training import checkpoint, runner
+    from isp_keras.training import checkpoint, rundir
 
-    runner.prepare_out(train_plan(tmp_path, lr=0.05))
+    rundir.prepare_out(train_plan(tmp_path, lr=0.05))
     checkpoint.save_checkpoint(
         tmp_path / "distilled", lambda folder: (folder / "w").write_text("w"), {"epochs_done": 1}
     )
-    line = one_line(capsys, lambda: runner.prepare_out(train_plan(tmp_path, lr=0.1)))
+    line = one_line(capsys, lambda: rundir.prepare_out(train_plan(tmp_path, lr=0.1)))
     assert line == (
         f"{tmp_path}: its rows were made with --lr=0.05 (now 0.1); rerun with the same flags to resume, "
         f"pass --overwrite to redo them, or choose another --model_dir"
     )
-    runner.prepare_out(train_plan(tmp_path, lr=0.05, checkpoint_steps=7, strategy="mirrored"))  # resumable changes
-    runner.prepare_out(train_plan(tmp_path, lr=0.1, overwrite=True))
+    rundir.prepare_out(train_plan(tmp_path, lr=0.05, checkpoint_steps=7, strategy="mirrored"))  # resumable changes
+    rundir.prepare_out(train_plan(tmp_path, lr=0.1, overwrite=True))
     assert not (tmp_path / "distilled").exists()
-    runner.prepare_out(train_plan(tmp_path, lr=0.1))
+    rundir.prepare_out(train_plan(tmp_path, lr=0.1))
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")
@@ -377,10 +377,10 @@ def test_full_disk_while_saving_results(capsys, tmp_path, monkeypatch):
         return os.open("/dev/full", os.O_WRONLY), path
 
     monkeypatch.setattr(fsutil.tempfile, "mkstemp", mkstemp)
-    from isp_keras.training import runner
+    from isp_keras.training import report
 
     rows = [{"name": "distilled", "top1": 50.0, "top5": 90.0, "agreement": 60.0}]
-    line = one_line(capsys, lambda: runner.write_results(train_plan(tmp_path), [{"rows": rows}], 1.0))
+    line = one_line(capsys, lambda: report.write_results(train_plan(tmp_path), [{"rows": rows}], 1.0))
     assert line.startswith(f"{tmp_path / 'results.json'}: could not write: No space left on device (the disk is full)")
     assert not (tmp_path / "results.json").exists() and os.listdir(tmp_path) == []
 
@@ -451,14 +451,14 @@ def test_unknown_student_input_variant(capsys):
 
 def test_resume_of_a_run_recorded_before_a_field_existed(capsys, tmp_path):
     """A config.json without student_input (written before the flag) resumes as the default, infill."""
-    from isp_keras.training import runner
+    from isp_keras.training import rundir
 
-    runner.prepare_out(train_plan(tmp_path))
-    path = tmp_path / runner.CONFIG_FILE
+    rundir.prepare_out(train_plan(tmp_path))
+    path = tmp_path / rundir.CONFIG_FILE
     record = json.loads(path.read_text())
     del record["config"]["student_input"]
     path.write_text(json.dumps(record))
-    runner.prepare_out(train_plan(tmp_path))
+    rundir.prepare_out(train_plan(tmp_path))
     path.write_text(json.dumps(record))
-    line = one_line(capsys, lambda: runner.prepare_out(train_plan(tmp_path, student_input="packed")))
+    line = one_line(capsys, lambda: rundir.prepare_out(train_plan(tmp_path, student_input="packed")))
     assert line.startswith(f"{tmp_path}: its rows were made with --student_input=infill (now packed)")

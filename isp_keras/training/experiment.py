@@ -293,7 +293,7 @@ def adapter_gradient_scales(student: keras.Model, scale: float) -> dict:
 def train_student(
     s: Setup, row, row_dir, start_from: keras.Model | None = None, step_offset: int = 0, verbose: int | str = "auto"
 ) -> tuple[dict, keras.Model]:
-    """Train one student row (`runner.Row`: its loss, epochs, learning rate, fine-tuned prefix and whether it is
+    """Train one student row (`plans.Row`: its loss, epochs, learning rate, fine-tuned prefix and whether it is
     quantisation-aware), resumably in `row_dir`; returns (metrics row, student).
 
     The student starts from the teacher's weights (or `start_from`'s). Quantisation-aware rows train through

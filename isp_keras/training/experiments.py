@@ -16,7 +16,7 @@ from pathlib import Path
 
 from isp_keras import paths
 from isp_keras.errors import UserError
-from isp_keras.training import runner
+from isp_keras.training import dryrun, plans, report, rundir, runner, statistics
 from isp_keras.training.config import AblationConfig, SweepConfig, Table2Config, TableConfig, TrainConfig, TuneConfig
 
 TITLES = {
@@ -35,48 +35,48 @@ def with_run_dir(cfg, kind: str):
     return cfg
 
 
-def plan_for(kind: str, cfg: TrainConfig, command: str = "", verbose: int | str = "auto") -> runner.Plan:
+def plan_for(kind: str, cfg: TrainConfig, command: str = "", verbose: int | str = "auto") -> plans.Plan:
     """The rows and levels of a command, from its config."""
     cfg = with_run_dir(cfg, kind)
-    levels = runner.single_level(cfg)
+    levels = plans.single_level(cfg)
     if kind == "train":
-        rows = runner.train_rows(cfg)
+        rows = plans.train_rows(cfg)
     elif kind in ("table", "sweep"):
-        rows = runner.table_rows(cfg, cfg.rows)
+        rows = plans.table_rows(cfg, cfg.rows)
         if kind == "sweep":
-            levels = runner.noise_levels(cfg, cfg.noise_stds)
+            levels = plans.noise_levels(cfg, cfg.noise_stds)
         if kind == "table" and cfg.student_inputs:
-            levels = runner.input_levels(levels, cfg.student_inputs)
-        levels = runner.seed_levels(levels, cfg.seeds)
+            levels = plans.input_levels(levels, cfg.student_inputs)
+        levels = plans.seed_levels(levels, cfg.seeds)
     elif kind == "tune":
-        rows = runner.table_rows(cfg, cfg.rows)
-        levels = runner.lr_levels(cfg, cfg.lrs, cfg.rows)
+        rows = plans.table_rows(cfg, cfg.rows)
+        levels = plans.lr_levels(cfg, cfg.lrs, cfg.rows)
     elif kind == "ablation":
-        rows = runner.ablation_rows(cfg, cfg.finetune_ks)
+        rows = plans.ablation_rows(cfg, cfg.finetune_ks)
     else:
         raise ValueError(f"unknown experiment {kind!r}")
-    return runner.Plan(kind, cfg, rows, levels, command=command, verbose=verbose)
+    return plans.Plan(kind, cfg, rows, levels, command=command, verbose=verbose)
 
 
-def finish(plan: runner.Plan, levels: list[dict], seconds: dict, start: float, extra: dict | None = None) -> dict:
+def finish(plan: plans.Plan, levels: list[dict], seconds: dict, start: float, extra: dict | None = None) -> dict:
     """results.json and results.md of a finished plan, and the table on stdout."""
     extra = {"row_seconds": seconds, **(extra or {})}
-    results = runner.write_results(plan, levels, time.time() - start, extra)
+    results = report.write_results(plan, levels, time.time() - start, extra)
     if plan.kind == "sweep":
         cfg = plan.cfg
         title = f"{cfg.dataset}, CFA {cfg.cfa}, {cfg.epochs} epochs per student, seed {cfg.seed}"
-        plot = runner.plot_sweep(levels, plan.out / runner.PLOT_FILE, title)
-        body = f"Plot: {plot.name}\n\n{runner.format_sweep(levels)}"
+        plot = report.plot_sweep(levels, plan.out / rundir.PLOT_FILE, title)
+        body = f"Plot: {plot.name}\n\n{report.format_sweep(levels)}"
     elif plan.kind == "tune":
-        body = runner.format_tune(plan, results["rows"])
+        body = statistics.format_tune(plan, results["rows"])
     elif "inputs" in results:
-        body = runner.format_inputs(results["inputs"]) + "\n\nPer run:\n\n" + runner.format_table(results["rows"])
+        body = statistics.format_inputs(results["inputs"]) + "\n\nPer run:\n\n" + report.format_table(results["rows"])
     elif "seeds" in results:
-        body = runner.format_seeds(results["seeds"]) + "\n\nPer seed:\n\n" + runner.format_table(results["rows"])
+        body = statistics.format_seeds(results["seeds"]) + "\n\nPer seed:\n\n" + report.format_table(results["rows"])
     else:
-        body = runner.format_table(results["rows"])
-    print(runner.write_markdown(plan, TITLES[plan.kind], body))
-    print(f"wrote {plan.out / runner.RESULTS} and {plan.out / runner.RESULTS_MD} ({results['wall_seconds']:.0f} s)")
+        body = report.format_table(results["rows"])
+    print(report.write_markdown(plan, TITLES[plan.kind], body))
+    print(f"wrote {plan.out / rundir.RESULTS} and {plan.out / rundir.RESULTS_MD} ({results['wall_seconds']:.0f} s)")
     return results
 
 
@@ -98,21 +98,21 @@ def table(cfg: TableConfig | SweepConfig | AblationConfig | TuneConfig, kind: st
     """table, sweep or ablation: the plan (printed with --dry_run) or its results."""
     plan = plan_for(kind, cfg, command)
     if cfg.dry_run:
-        text = runner.plan_text(plan)
+        text = dryrun.plan_text(plan)
         print(text)
         return {"plan": text}
     start = time.time()
     levels, seconds = runner.run(plan)
     extra = {"finetune_ks": list(cfg.finetune_ks)} if kind == "ablation" else {}
     if kind == "sweep":
-        extra["plot"] = runner.PLOT_FILE
+        extra["plot"] = rundir.PLOT_FILE
     rows = [row for level in levels for row in level["rows"]]
     if kind == "table" and cfg.student_inputs:
-        extra["inputs"] = runner.input_summary(rows)
+        extra["inputs"] = statistics.input_summary(rows)
     elif kind == "table" and cfg.seeds:
-        extra["seeds"] = runner.seed_summary(rows)
+        extra["seeds"] = statistics.seed_summary(rows)
     if kind == "tune":
-        extra["best"] = runner.best_lrs(plan, rows)
+        extra["best"] = statistics.best_lrs(plan, rows)
     return finish(plan, levels, seconds, start, extra)
 
 
@@ -139,12 +139,12 @@ def table2(cfg: Table2Config, command: str = "") -> dict:
     teachers.freeze(teacher)
     maybe_synthesize(cfg)
     rows = [
-        runner.Row("teacher_raw"),
-        runner.student_row("teacher_labels", cfg, 1.0, "teacher"),
-        runner.student_row("distilled", cfg, cfg.alpha, "teacher"),
+        plans.Row("teacher_raw"),
+        plans.student_row("teacher_labels", cfg, 1.0, "teacher"),
+        plans.student_row("distilled", cfg, cfg.alpha, "teacher"),
     ]
     out = Path(cfg.model_dir)
-    levels = [runner.Level(cfg, out / mode, {"raw": mode}) for mode in cfg.modes]
+    levels = [plans.Level(cfg, out / mode, {"raw": mode}) for mode in cfg.modes]
     caches = {}
 
     def make_setup(level, norm):
@@ -152,7 +152,7 @@ def table2(cfg: Table2Config, command: str = "") -> dict:
         caches[level.tag["raw"]] = {"dir": s.cache, "counts": s.source.counts}
         return s
 
-    plan = runner.Plan("table2", cfg, rows, levels, make_setup=make_setup, command=command)
+    plan = plans.Plan("table2", cfg, rows, levels, make_setup=make_setup, command=command)
     levels_out, seconds = runner.run(plan)
     # A mode whose rows had all finished earlier was not set up in this process: its cache is read from its index.
     caches = {mode: caches.get(mode) or cache_summary(str(Path(cfg.cache_dir) / mode)) for mode in cfg.modes}

@@ -103,7 +103,7 @@ def test_saved_model_teacher_needs_student_init(tiny_teacher, tmp_path):
     --student_init because a SavedModel has no architecture to clone."""
     import dataclasses
 
-    from isp_keras.training import experiment, runner
+    from isp_keras.training import experiment, plans
     from isp_keras.training.config import TrainConfig
 
     keras_teacher, spec = teachers.load_teacher(str(tiny_teacher))
@@ -128,7 +128,7 @@ def test_saved_model_teacher_needs_student_init(tiny_teacher, tmp_path):
         experiment.setup(cfg)
     s = experiment.setup(dataclasses.replace(cfg, student_init=str(tiny_teacher)))
     row, student = experiment.train_student(
-        s, runner.student_row("distilled", cfg, 0.9, "gt"), tmp_path / "run", verbose=0
+        s, plans.student_row("distilled", cfg, 0.9, "gt"), tmp_path / "run", verbose=0
     )
     assert row["name"] == "distilled" and 0 <= row["top1"] <= 100
     assert student.count_params() == keras_teacher.count_params()

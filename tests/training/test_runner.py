@@ -70,10 +70,10 @@ def student_weights(teacher_path, row_dir) -> dict:
     import keras
 
     from isp_keras.models import students
-    from isp_keras.training import runner
+    from isp_keras.training import rundir
 
     student = students.student_from_teacher(keras.saving.load_model(teacher_path, compile=False))
-    student.load_weights(Path(row_dir) / runner.STUDENT_WEIGHTS)
+    student.load_weights(Path(row_dir) / rundir.STUDENT_WEIGHTS)
     return {v.path: v.numpy() for v in student.weights}
 
 
@@ -95,7 +95,7 @@ def test_flagfiles_exist():
 
 @pytest.mark.parametrize("flagfile", FLAGFILES)
 def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsys, tmp_path):
-    from isp_keras.training import experiments, runner
+    from isp_keras.training import dryrun, experiments
 
     monkeypatch.chdir(REPO)  # flagfiles name each other relative to the repository
     kind = kind_of(flagfile)
@@ -106,7 +106,7 @@ def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsy
     plan = experiments.plan_for(kind, cfg)
     results = experiments.table(cfg, kind, f"test {kind}")
     text = results["plan"]
-    assert text == runner.plan_text(plan) and text in capsys.readouterr().out
+    assert text == dryrun.plan_text(plan) and text in capsys.readouterr().out
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
     for row in plan.rows:
         assert row.name in text
@@ -198,7 +198,7 @@ def test_bad_experiment_flags_name_the_flag(kind, argv, needle):
 
 
 def test_table_end_to_end_resumes_and_guards_settings(tiny_teacher, tmp_path, monkeypatch):
-    from isp_keras.training import experiment, runner
+    from isp_keras.training import experiment, rundir
 
     out = tmp_path / "table"
     students = ("gt_labels", "teacher_labels", "distilled")
@@ -207,18 +207,18 @@ def test_table_end_to_end_resumes_and_guards_settings(tiny_teacher, tmp_path, mo
     assert results["config"]["epochs"] == 1 and results["wall_seconds"] > 0
     assert results["experiment"] == "table" and results["command"] == "test table"
     assert set(results["row_seconds"]) == set(DEFAULT_TABLE_ROWS)
-    on_disk = json.loads((out / runner.RESULTS).read_text())
+    on_disk = json.loads((out / rundir.RESULTS).read_text())
     assert on_disk == json.loads(json.dumps(results))
-    record = json.loads((out / runner.CONFIG_FILE).read_text())  # the resume guard's record
+    record = json.loads((out / rundir.CONFIG_FILE).read_text())  # the resume guard's record
     assert record["command"] == "table" and record["config"]["lr"] == 0.05
-    assert set(json.loads((out / runner.NORM_FILE).read_text())) >= {"raw_mean", "raw_std", "rgb_mean", "rgb_std"}
-    md = (out / runner.RESULTS_MD).read_text()
+    assert set(json.loads((out / rundir.NORM_FILE).read_text())) >= {"raw_mean", "raw_std", "rgb_mean", "rgb_std"}
+    md = (out / rundir.RESULTS_MD).read_text()
     assert "Command: `test table`" in md
     for name in DEFAULT_TABLE_ROWS:
         assert f"| {name} |" in md
         assert list((out / name / "logs" / "test").glob("events.out.tfevents.*")), name  # TensorBoard, per row
-        assert json.loads((out / name / runner.ROW_FILE).read_text())["row"]["name"] == name
-        assert (out / name / runner.STUDENT_WEIGHTS).exists() == (name in students)
+        assert json.loads((out / name / rundir.ROW_FILE).read_text())["row"]["name"] == name
+        assert (out / name / rundir.STUDENT_WEIGHTS).exists() == (name in students)
         assert (out / name / "student.keras").exists() == (name in students)  # exportable: --student=ROW_DIR
     for name in students:
         assert list((out / name / "logs" / "train").glob("events.out.tfevents.*")), name
@@ -236,12 +236,12 @@ def test_table_end_to_end_resumes_and_guards_settings(tiny_teacher, tmp_path, mo
         assert not np.array_equal(weights[a]["logits/kernel"], weights[b]["logits/kernel"])
 
     # A rerun skips every finished row (baselines included: no data is even read) and reports the same numbers;
-    # settings that cannot change a number (runner.RESUMABLE) may differ.
+    # settings that cannot change a number (rundir.RESUMABLE) may differ.
     monkeypatch.setattr(experiment, "train_student", no_training)
     monkeypatch.setattr(experiment, "setup", no_training)
     again = run("table", *tiny_argv(tiny_teacher, out), "--log_steps=5", "--checkpoint_epochs=2")
     assert again["rows"] == results["rows"] and again["row_seconds"] == results["row_seconds"]
-    assert "log_steps" in runner.RESUMABLE and "checkpoint_epochs" in runner.RESUMABLE
+    assert "log_steps" in rundir.RESUMABLE and "checkpoint_epochs" in rundir.RESUMABLE
     with pytest.raises(UserError, match=r"its rows were made with --lr=0.05 \(now 0.1\)"):
         run("table", *tiny_argv(tiny_teacher, out), "--lr=0.1")
     with pytest.raises(UserError, match=r"holds a table run, not a sweep run"):
@@ -251,7 +251,7 @@ def test_table_end_to_end_resumes_and_guards_settings(tiny_teacher, tmp_path, mo
 def test_table_adds_rows_and_resumes_an_unfinished_one(tiny_teacher, tmp_path, monkeypatch):
     """More rows in the same run directory: only the new ones train. A row killed before its row.json was written
     trains again (from its last checkpoint: here the final one, so it ends with the same numbers); only that row."""
-    from isp_keras.training import experiment, runner
+    from isp_keras.training import experiment, rundir
 
     out = tmp_path / "table"
     first = run("table", *tiny_argv(tiny_teacher, out, "--rows=teacher_clean,gt_labels"))
@@ -268,7 +268,7 @@ def test_table_adds_rows_and_resumes_an_unfinished_one(tiny_teacher, tmp_path, m
     assert trained == ["teacher_labels"]
     check_rows(more["rows"], ["teacher_clean", "gt_labels", "teacher_labels"])
     assert more["rows"][:2] == first["rows"]
-    (out / "gt_labels" / runner.ROW_FILE).unlink()
+    (out / "gt_labels" / rundir.ROW_FILE).unlink()
     again = run("table", *tiny_argv(tiny_teacher, out, "--rows=teacher_clean,gt_labels,teacher_labels"))
     assert trained == ["teacher_labels", "gt_labels"]
     assert again["rows"] == more["rows"]
@@ -277,43 +277,43 @@ def test_table_adds_rows_and_resumes_an_unfinished_one(tiny_teacher, tmp_path, m
 def test_sweep_end_to_end_json_and_plot(tiny_teacher, tmp_path, monkeypatch):
     from PIL import Image
 
-    from isp_keras.training import experiment, runner
+    from isp_keras.training import experiment, report, rundir
 
     out = tmp_path / "sweep"
     results = run("sweep", *tiny_argv(tiny_teacher, out, "--noise_stds=0,0.3"))
-    on_disk = json.loads((out / runner.RESULTS).read_text())
+    on_disk = json.loads((out / rundir.RESULTS).read_text())
     assert [level["noise_std"] for level in on_disk["sweep"]] == [0.0, 0.3]
     for level in on_disk["sweep"]:
         assert set(level) == {"noise_std", "rows"}
         check_rows(level["rows"], DEFAULT_TABLE_ROWS, {"noise_std": level["noise_std"]})
         level_dir = out / f"noise_{level['noise_std']:g}"
-        assert (level_dir / runner.NORM_FILE).exists()
+        assert (level_dir / rundir.NORM_FILE).exists()
         for name in DEFAULT_TABLE_ROWS:
-            assert (level_dir / name / runner.ROW_FILE).exists()
+            assert (level_dir / name / rundir.ROW_FILE).exists()
     assert "noise_std" not in on_disk["config"] and on_disk["config"]["noise_stds"] == [0.0, 0.3]
-    assert on_disk["experiment"] == "sweep" and on_disk["plot"] == runner.PLOT_FILE
+    assert on_disk["experiment"] == "sweep" and on_disk["plot"] == rundir.PLOT_FILE
     assert set(on_disk["row_seconds"]) == {f"noise_{s}/{n}" for s in ("0", "0.3") for n in DEFAULT_TABLE_ROWS}
     assert on_disk == json.loads(json.dumps(results))
     # Each level has its own statistics: the RAW mosaic's spread grows with the noise.
-    norms = [json.loads((out / f"noise_{s}" / runner.NORM_FILE).read_text()) for s in ("0", "0.3")]
+    norms = [json.loads((out / f"noise_{s}" / rundir.NORM_FILE).read_text()) for s in ("0", "0.3")]
     assert all(b > a for a, b in zip(norms[0]["raw_std"], norms[1]["raw_std"], strict=True))
     # The clean-RGB teacher does not see the noise; the RAW rows do.
     clean = [level["rows"][0]["top1"] for level in on_disk["sweep"]]
     assert clean[0] == clean[1]
-    png = out / runner.PLOT_FILE
+    png = out / rundir.PLOT_FILE
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as image:
         image.verify()
     with Image.open(png) as image:
-        assert image.format == "PNG" and image.size == runner.PLOT_SIZE
+        assert image.format == "PNG" and image.size == report.PLOT_SIZE
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.std() > 10  # something was drawn
-    md = (out / runner.RESULTS_MD).read_text()
+    md = (out / rundir.RESULTS_MD).read_text()
     assert "std 0.3" in md and "| distilled |" in md and "Top-1 %:" in md and "Agreement %:" in md
 
     # A rerun skips every finished row at every level (a subset of the levels too). --noise_std is not a sweep
     # setting (--noise_stds replaces it): it is not recorded and does not trip the resume guard; the rest does.
-    assert "noise_std" not in json.loads((out / runner.CONFIG_FILE).read_text())["config"]
+    assert "noise_std" not in json.loads((out / rundir.CONFIG_FILE).read_text())["config"]
     monkeypatch.setattr(experiment, "train_student", no_training)
     monkeypatch.setattr(experiment, "setup", no_training)
     png.unlink()
@@ -350,7 +350,7 @@ def test_ablation_freezes_what_it_says(tiny_teacher, tmp_path):
 
 def test_mobilenetv2_ablation_counts_17_blocks(monkeypatch, tmp_path):
     """keras.applications.MobileNetV2 names its blocks block_<n>_*; the ablation must see 17 of them, not one."""
-    from isp_keras.training import experiments, runner
+    from isp_keras.training import dryrun, experiments
 
     monkeypatch.chdir(REPO)
 
@@ -362,7 +362,7 @@ def test_mobilenetv2_ablation_counts_17_blocks(monkeypatch, tmp_path):
             "--dry_run",
             f"--model_dir={tmp_path / 'run'}",
         )
-        return runner.plan_text(experiments.plan_for("ablation", cfg))
+        return dryrun.plan_text(experiments.plan_for("ablation", cfg))
 
     assert "finetune_first_17" in plan_text("2,17")
     with pytest.raises(UserError, match="k=18 but the model has 17 stages/blocks"):
@@ -377,7 +377,7 @@ def test_ablation_rejects_k_beyond_the_model(tiny_teacher, tmp_path):
 
 
 def test_seed_summary_against_numpy():
-    from isp_keras.training import runner
+    from isp_keras.training import statistics
 
     top1 = {"teacher_raw": [10.0, 12.0, 11.0], "gt_labels": [50.0, 52.0, 55.0], "distilled": [53.0, 53.5, 58.0]}
     agree = {"teacher_raw": [20.0, 22.0, 21.0], "gt_labels": [60.0, 61.0, 59.0], "distilled": [70.0, 72.0, 69.0]}
@@ -386,7 +386,7 @@ def test_seed_summary_against_numpy():
         for i, seed in enumerate((0, 1, 7))
         for n in top1
     ]
-    got = runner.seed_summary(rows)
+    got = statistics.seed_summary(rows)
     d = np.array(top1["distilled"]) - np.array(top1["gt_labels"])
     half = 4.303 * d.std(ddof=1) / np.sqrt(3)  # Student's t, 2 degrees of freedom, two-sided 95 %
     paired = got["paired"]["distilled - gt_labels"]["top1"]
@@ -398,25 +398,25 @@ def test_seed_summary_against_numpy():
     lost = 100 - np.array(agree["teacher_raw"])
     recovered = 100 * (np.array(agree["distilled"]) - agree["teacher_raw"]) / lost
     assert got["recovered_agreement"]["mean"] == pytest.approx(recovered.mean(), abs=1e-3)
-    text = runner.format_seeds(got)
+    text = statistics.format_seeds(got)
     assert "Mean ± std over 3 seeds" in text and f"| distilled - gt_labels | {d.mean():+.2f} [" in text
-    one = runner.seed_summary([r for r in rows if r["seed"] == 0])
+    one = statistics.seed_summary([r for r in rows if r["seed"] == 0])
     assert "ci95" not in one["paired"]["distilled - gt_labels"]["top1"]  # one seed: no interval
     rows += [{**r, "name": "distilled_gt", "top1": r["top1"] + 1.5} for r in rows if r["name"] == "gt_labels"]
-    assert runner.seed_summary(rows)["paired"]["distilled_gt - gt_labels"]["top1"]["mean"] == pytest.approx(1.5)
+    assert statistics.seed_summary(rows)["paired"]["distilled_gt - gt_labels"]["top1"]["mean"] == pytest.approx(1.5)
     rows += [
         {**r, "name": "teacher_labels", "agreement": r["agreement"] - 2.0} for r in rows if r["name"] == "gt_labels"
     ]
     rows += [{**r, "name": "distilled_kd", "agreement": r["agreement"] + 0.5} for r in rows if r["name"] == "gt_labels"]
-    kd = runner.seed_summary(rows)["paired"]["distilled_kd - teacher_labels"]["agreement"]
+    kd = statistics.seed_summary(rows)["paired"]["distilled_kd - teacher_labels"]["agreement"]
     assert kd["mean"] == pytest.approx(2.5) and kd["n"] == 3
 
 
 def test_distilled_kd_reads_alpha_as_the_weight_of_the_kd_term():
-    from isp_keras.training import runner
+    from isp_keras.training import plans
 
     cfg = TrainConfig(alpha=0.9, hard_labels="teacher", row_lrs=["distilled_kd=0.002"]).validate()
-    distilled, kd = runner.table_rows(cfg, ["distilled", "distilled_kd"])
+    distilled, kd = plans.table_rows(cfg, ["distilled", "distilled_kd"])
     assert (distilled.alpha, kd.alpha) == (0.9, 0.1) and kd.hard_labels == distilled.hard_labels == "teacher"
     assert (kd.lr, distilled.lr) == (0.002, cfg.lr) and not kd.needs_labels
     assert "0.1*CE + 0.9*T^2*KL, T=4" in kd.describe(cfg)
@@ -425,7 +425,7 @@ def test_distilled_kd_reads_alpha_as_the_weight_of_the_kd_term():
 def test_unlabelled_data_skips_ground_truth_rows_or_refuses_them(tiny_teacher, tmp_path, capsys):
     from PIL import Image
 
-    from isp_keras.training import runner
+    from isp_keras.training import rundir
 
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -445,7 +445,7 @@ def test_unlabelled_data_skips_ground_truth_rows_or_refuses_them(tiny_teacher, t
     for r in results["rows"]:
         assert r["top1"] is None and r["top5"] is None and 0 <= r["agreement"] <= 100
     assert results["rows"][0]["agreement"] == 100.0
-    assert "| teacher_labels | - | - |" in (tmp_path / "run" / runner.RESULTS_MD).read_text()
+    assert "| teacher_labels | - | - |" in (tmp_path / "run" / rundir.RESULTS_MD).read_text()
 
 
 def test_tune_scores_on_held_out_training_data_and_table_takes_its_choice(tiny_teacher, tmp_path, monkeypatch):
@@ -476,7 +476,7 @@ def test_tune_scores_on_held_out_training_data_and_table_takes_its_choice(tiny_t
 
 
 def test_table_with_seeds_runs_each_seed_and_reports_paired_differences(tiny_teacher, tmp_path):
-    from isp_keras.training import runner
+    from isp_keras.training import rundir
 
     out = tmp_path / "seeds"
     argv = tiny_argv(tiny_teacher, out, "--rows=teacher_raw,gt_labels,distilled", "--seeds=3,4", "--train_take=64")
@@ -484,13 +484,13 @@ def test_table_with_seeds_runs_each_seed_and_reports_paired_differences(tiny_tea
     assert [(r["seed"], r["name"]) for r in results["rows"]] == [
         (s, n) for s in (3, 4) for n in ("teacher_raw", "gt_labels", "distilled")
     ]
-    assert (out / "seed_3" / "distilled" / runner.ROW_FILE).exists() and (out / "seed_4" / runner.NORM_FILE).exists()
+    assert (out / "seed_3" / "distilled" / rundir.ROW_FILE).exists() and (out / "seed_4" / rundir.NORM_FILE).exists()
     by = {(r["seed"], r["name"]): r for r in results["rows"]}
     assert by[3, "distilled"]["top1"] != by[4, "distilled"]["top1"] or by[3, "gt_labels"] != by[4, "gt_labels"]
     diff = [by[s, "distilled"]["agreement"] - by[s, "gt_labels"]["agreement"] for s in (3, 4)]
     paired = results["seeds"]["paired"]["distilled - gt_labels"]["agreement"]["mean"]
     assert paired == pytest.approx(np.mean(diff), abs=1e-3)
-    assert "| distilled - gt_labels |" in (out / runner.RESULTS_MD).read_text()
+    assert "| distilled - gt_labels |" in (out / rundir.RESULTS_MD).read_text()
     assert "seed" not in results["config"]  # a level field, like a sweep's noise_std
     again = run("table", *argv, "--seeds=3,4,5", "--dry_run")["plan"]  # adding a seed keeps the finished ones
     assert again.count("[done]") == 6 and "seed_5/distilled:" in again
@@ -551,7 +551,7 @@ def test_student_batchnorm_starts_from_the_teachers_function(tmp_path, tiny_teac
 
 
 def test_input_summary_against_numpy():
-    from isp_keras.training import runner
+    from isp_keras.training import statistics
 
     agree = {"infill": [60.0, 62.0, 61.0], "packed": [61.0, 61.5, 63.0], "packed_curve": [59.0, 60.0, 64.0]}
     rows = [
@@ -560,7 +560,7 @@ def test_input_summary_against_numpy():
         for i, seed in enumerate((0, 1, 2))
         for name in ("teacher_raw", "distilled")
     ]
-    got = runner.input_summary(rows)
+    got = statistics.input_summary(rows)
     assert list(got["inputs"]) == list(agree)
     assert got["inputs"]["packed"]["rows"]["distilled"]["agreement"]["mean"] == pytest.approx(
         np.mean(agree["packed"]), abs=1e-3
@@ -574,16 +574,16 @@ def test_input_summary_against_numpy():
         "distilled (packed) - distilled (infill)",
         "distilled (packed_curve) - distilled (infill)",
     }
-    text = runner.format_inputs(got)
+    text = statistics.format_inputs(got)
     assert "### Student input packed_curve" in text and "### Student inputs against infill" in text
     assert f"| distilled (packed_curve) - distilled (infill) | {d.mean():+.2f} [" in text
-    one_seed = runner.format_inputs(runner.input_summary([r for r in rows if r["seed"] == 0]))
+    one_seed = statistics.format_inputs(statistics.input_summary([r for r in rows if r["seed"] == 0]))
     assert "One seed (no spread):" in one_seed and "over 1 seeds" not in one_seed
 
 
 def test_table_with_student_inputs_runs_each_input_side_by_side(tiny_teacher, tmp_path):
     from isp_keras.models import adapter, border, teachers
-    from isp_keras.training import runner
+    from isp_keras.training import rundir
 
     out = tmp_path / "inputs"
     argv = tiny_argv(
@@ -602,7 +602,7 @@ def test_table_with_student_inputs_runs_each_input_side_by_side(tiny_teacher, tm
     meta = json.loads((out / "input_packed_curve" / "distilled" / "student.json").read_text())
     assert (meta["student_input"], meta["raw_adapter"]) == ("packed", "curve")
     assert "student_input" not in results["config"] and "raw_adapter" not in results["config"]
-    md = (out / runner.RESULTS_MD).read_text()
+    md = (out / rundir.RESULTS_MD).read_text()
     assert "| input |" in md and "distilled (packed_curve) - distilled (infill)" in md
     assert results["inputs"]["paired"]["distilled (packed_curve) - distilled (infill)"]["agreement"]["n"] == 1
 
@@ -614,14 +614,14 @@ def test_a_curve_started_adapter_normalises_after_its_curve(tiny_teacher, tmp_pa
     from isp_keras.data import normalisation
     from isp_keras.models import teachers
     from isp_keras.raw import bayer
-    from isp_keras.training import runner
+    from isp_keras.training import rundir
 
     out = tmp_path / "gamma"
     gamma = ",".join(f"{(k / 4) ** (1 / 2.2):.4f}" for k in range(5))
     argv = tiny_argv(tiny_teacher, out, "--rows=distilled", "--student_inputs=infill,packed_curve")
     run("table", *argv, f"--raw_adapter_curve={gamma}")
-    infill = normalisation.load_normalisation(out / "input_infill" / runner.NORM_FILE)
-    norm = normalisation.load_normalisation(out / "input_packed_curve" / runner.NORM_FILE)
+    infill = normalisation.load_normalisation(out / "input_infill" / rundir.NORM_FILE)
+    norm = normalisation.load_normalisation(out / "input_packed_curve" / rundir.NORM_FILE)
     assert infill.curve is None and norm.curve == [float(v) for v in gamma.split(",")]
     assert (norm.raw_mean, norm.raw_std) == (infill.raw_mean, infill.raw_std)
     assert all(c > r + 0.05 for c, r in zip(norm.curve_mean, norm.raw_mean, strict=True))
@@ -634,7 +634,7 @@ def test_a_curve_started_adapter_normalises_after_its_curve(tiny_teacher, tmp_pa
 def test_sweep_tables_per_measure_on_a_class_subset_and_unlabelled_data(tmp_path):
     from PIL import Image
 
-    from isp_keras.training import runner
+    from isp_keras.training import report
 
     def level(std, raw, distilled):
         keys = ("top1", "top1_subset", "agreement")
@@ -643,16 +643,16 @@ def test_sweep_tables_per_measure_on_a_class_subset_and_unlabelled_data(tmp_path
         return {"noise_std": std, "rows": rows}
 
     levels = [level(0.0, (40.0, 80.0, 50.0), (60.0, 90.0, 70.0)), level(0.1, (5.0, 55.0, 6.5), (55.0, 88.5, 61.25))]
-    text = runner.format_sweep(levels)
+    text = report.format_sweep(levels)
     assert text.split("\n\n")[0] == "Top-1 %:"
     head = "| row | std 0 | std 0.1 |\n|---|---:|---:|\n"
     assert f"Top-1 (data's classes) %:\n\n{head}| teacher_raw | 80.00 | 55.00 |" in text
     assert f"Agreement %:\n\n{head}| teacher_raw | 50.00 | 6.50 |\n" in text
     assert text.endswith("| distilled | 70.00 | 61.25 |")
     unlabelled = [level(0.0, (None, None, 50.0), (None, None, 70.0)), level(0.1, (None, None, 6.5), (None, None, 61.0))]
-    assert runner.sweep_metrics(unlabelled) == ["agreement"]
-    assert runner.format_sweep(unlabelled).startswith("Agreement %:")
+    assert report.sweep_metrics(unlabelled) == ["agreement"]
+    assert report.format_sweep(unlabelled).startswith("Agreement %:")
     for name, lv in (("subset.png", levels), ("unlabelled.png", unlabelled)):
-        runner.plot_sweep(lv, tmp_path / name, "title")
+        report.plot_sweep(lv, tmp_path / name, "title")
         with Image.open(tmp_path / name) as image:
-            assert image.size == runner.PLOT_SIZE
+            assert image.size == report.PLOT_SIZE

@@ -97,7 +97,7 @@ def test_patch_size_must_match_the_teacher(tmp_path, untrained_teacher):
 
 @pytest.mark.slow
 def test_end_to_end_on_synthetic_bursts(tmp_path, untrained_teacher, monkeypatch):
-    from isp_keras.training import experiment, experiments, runner
+    from isp_keras.training import experiment, experiments, rundir
 
     argv = (
         f"--pairs=hdrplus:{tmp_path / 'bursts'}",
@@ -119,21 +119,21 @@ def test_end_to_end_on_synthetic_bursts(tmp_path, untrained_teacher, monkeypatch
         assert set(row) == {"raw", "name", "top1", "top5", "agreement", "agreement_top5"}
         assert 0.0 <= row["top1"] <= row["top5"] <= 100.0 and row["top1"] == row["agreement"]
         assert row["top5"] == row["agreement_top5"]  # the labels are the teacher's top-1 on the RGB patch
-    saved = json.loads((tmp_path / "run" / runner.RESULTS).read_text())
+    saved = json.loads((tmp_path / "run" / rundir.RESULTS).read_text())
     assert saved["rows"] == results["rows"] and saved["experiment"] == "table2" and saved["command"] == "test"
     assert saved["caches"]["merged"]["counts"]["train"] + saved["caches"]["merged"]["counts"]["test"] == 40
     for mode in ("merged", "short"):  # the default cache directory: <model_dir>/cache/<mode>
         assert Path(saved["caches"][mode]["dir"]) == tmp_path / "run" / "cache" / mode
-        assert (tmp_path / "run" / mode / runner.NORM_FILE).exists()
+        assert (tmp_path / "run" / mode / rundir.NORM_FILE).exists()
         for name in ("teacher_labels", "distilled"):
-            assert (tmp_path / "run" / mode / name / runner.STUDENT_WEIGHTS).exists()
+            assert (tmp_path / "run" / mode / name / rundir.STUDENT_WEIGHTS).exists()
     assert saved["config"]["cache_dir"] == str(tmp_path / "run" / "cache")
     assert set(saved["row_seconds"]) == {
         f"{m}/{n}" for m in ("merged", "short") for n in ("teacher_raw", "teacher_labels", "distilled")
     }
-    assert (tmp_path / "run" / runner.RESULTS_MD).read_text().count("| short |") == 3
+    assert (tmp_path / "run" / rundir.RESULTS_MD).read_text().count("| short |") == 3
     assert (tmp_path / "bursts" / "burst_00009" / "final.jpg").exists()
-    assert json.loads((tmp_path / "run" / runner.CONFIG_FILE).read_text())["command"] == "table2"
+    assert json.loads((tmp_path / "run" / rundir.CONFIG_FILE).read_text())["command"] == "table2"
 
     # Rerunning skips the finished rows (nothing is trained or even set up again) and keeps the same results,
     # caches included; rerunning with a setting that changes numbers is refused, naming the flag.
