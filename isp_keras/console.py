@@ -28,9 +28,10 @@ def verbose() -> bool:
     return logging.get_verbosity() >= logging.DEBUG
 
 
-def progress(message: str) -> None:
-    """One line of progress for a long step, on stderr (stdout keeps the results)."""
-    print(message, file=sys.stderr, flush=True)
+def progress(message: str, *args) -> None:
+    """One line for the person at the terminal (progress of a long step, a note on what was found or done), on
+    stderr so that stdout keeps the results; `args` fill `message`'s %-placeholders."""
+    print(message % args if args else message, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from isp_keras import fsutil
+from isp_keras import console, fsutil
 from isp_keras.data import records
 from isp_keras.errors import UserError
 from isp_keras.raw import bayer, dumps, rawio, render
@@ -411,7 +411,7 @@ def build_cache(
             logging.warning("%s; rebuilding the cache", exc)
             index = None
         if index is not None and index.get("key") == key:
-            logging.info("%s: reusing the cached patches (same inputs and settings)", out)
+            console.progress("%s: reusing the cached patches (same inputs and settings)", out)
             return index
     num_classes = int(spec.num_classes)
     test_groups = split_groups([p.group for p in pairs], cfg.test_fraction, cfg.seed)
@@ -490,7 +490,7 @@ def build_cache(
             "splits": splits,
         }
         fsutil.write_json_atomic(tmp / "index.json", index)
-    logging.info(
+    console.progress(
         "%s: %d train / %d test patches from %d pairs (%d skipped, %d low-confidence test patches dropped)",
         out,
         splits["train"]["count"],

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from isp_keras import paths
+from isp_keras import console, paths
 from isp_keras.data import records
 from isp_keras.errors import UserError
 
@@ -275,7 +275,7 @@ def folder_source(
     counts = {k: len(v[0]) for k, v in parts.items()}
     if not classes:
         notes.append(f"folder:{path}: no class folders, so unlabelled ({counts['train']} train, {counts['test']} test)")
-        logging.info("%s", notes[-1])
+        console.progress("%s", notes[-1])
     return Source(f"folder:{path}", classes, counts, None, split_fn, notes=notes, labelled=bool(classes))
 
 
@@ -510,7 +510,7 @@ def in_label_space(source: Source, classes: list, wnids: list | None = None, wha
         return inner(split).map(lambda image, label: (image, tf.gather(table, label)), num_parallel_calls=AUTOTUNE)
 
     note = f"{source.name}: its {len(names)} classes mapped by name into {what}'s {len(classes)} outputs"
-    logging.info("%s", note)
+    console.progress("%s", note)
     return dataclasses.replace(
         source, classes=classes, split_fn=split_fn, subset=table.tolist(), notes=[*source.notes, note]
     )

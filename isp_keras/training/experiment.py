@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from isp_keras import fsutil
+from isp_keras import console, fsutil
 from isp_keras.data import normalisation, pipeline, sources
 from isp_keras.errors import UserError
 from isp_keras.models import adapter, packed, students, teachers
@@ -190,7 +190,7 @@ def batchnorm_student(cfg: TrainConfig, source, pcfg, norm, count: int = 64) -> 
     # The imported model takes the infilled image; a packed student is made from it afterwards (build_student).
     probe_cfg = dataclasses.replace(pcfg, take=count, batch_size=count, cache=False, student_input="infill")
     (inputs, _), _ = next(iter(pipeline.build(source, source.train_split, probe_cfg, training=True, norm=norm)))
-    logging.info("student: BatchNorm restored after %d convolutions", sum("_bn" in x.name for x in model.layers))
+    console.progress("student: BatchNorm restored after %d convolutions", sum("_bn" in x.name for x in model.layers))
     return students.init_identity_batchnorm(model, inputs)
 
 
@@ -328,9 +328,9 @@ def train_student(
             distiller.load_optimizer_state(
                 optimizer, trained.trainable_variables, Path(state["path"]) / "optimizer.npz"
             )
-            logging.info("resuming %s after epoch %d from %s", row.name, state["epochs_done"], state["path"])
+            console.progress("resuming %s after epoch %d from %s", row.name, state["epochs_done"], state["path"])
     start_step = int(state.get("step", state["epochs_done"] * steps)) if state else 0
-    logging.info(
+    console.progress(
         "%s: training %d layers of %d for %d epochs x %d steps",
         row.name,
         len(trainable),

@@ -14,7 +14,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from isp_keras import paths
+from isp_keras import console, paths
 from isp_keras.errors import UserError
 from isp_keras.training import dryrun, plans, report, rundir, runner, statistics
 from isp_keras.training.config import AblationConfig, SweepConfig, Table2Config, TableConfig, TrainConfig, TuneConfig
@@ -167,7 +167,6 @@ def cache_summary(cache: str) -> dict:
 
 
 def maybe_synthesize(cfg: Table2Config) -> None:
-    from absl import logging
 
     from isp_keras.data import pairs
 
@@ -189,7 +188,7 @@ def maybe_synthesize(cfg: Table2Config) -> None:
         cfa=cfg.cfa,
         seed=cfg.seed,
     )
-    logging.info("wrote %d synthetic bursts to %s", n, root)
+    console.progress("wrote %d synthetic bursts to %s", n, root)
 
 
 def pairs_setup(cfg: Table2Config, teacher, spec, mode: str):
