@@ -109,6 +109,41 @@ class Setup:
         return steps
 
 
+@dataclasses.dataclass
+class PairsSetup(Setup):
+    """Table 2's Setup: batches of aligned RAW/RGB patches from a pairs cache (data.pairs) instead of the
+    pipeline."""
+
+    cache: str = ""
+
+    def batches(self, split, batch_size, training, start_step=0):
+        from isp_keras.data import pairs
+
+        return pairs.batches(
+            self.cache,
+            split,
+            batch_size=batch_size,
+            cfa=self.cfg.cfa,
+            norm=self.norm,
+            training=training,
+            seed=self.cfg.seed,
+            start_step=start_step,
+        )
+
+    def train_ds(self, start_step: int = 0, epochs: int | None = None):
+        return self.batches("train", self.pipeline.batch_size, True, start_step)
+
+    def test_ds(self, student_input: str | None = None):
+        # Table 2 takes infill students only (packed ones are refused), so the override changes nothing here.
+        return self.batches("test", max(self.pipeline.batch_size, 256), False)
+
+    def steps_per_epoch(self) -> int:
+        n = self.source.counts["train"]
+        if n < self.pipeline.batch_size:
+            raise UserError(f"{self.cache}: {n} training patches, fewer than one batch of {self.pipeline.batch_size}")
+        return n // self.pipeline.batch_size
+
+
 def pipeline_config(cfg: TrainConfig, image_size: int) -> pipeline.PipelineConfig:
     """The training pipeline's settings from a run's config."""
     return pipeline.PipelineConfig(

@@ -19,15 +19,6 @@ from isp_keras.errors import UserError
 from isp_keras.training import dryrun, plans, report, rundir, runner, statistics
 from isp_keras.training.config import AblationConfig, SweepConfig, Table2Config, TableConfig, TrainConfig, TuneConfig
 
-TITLES = {
-    "train": "ISP distillation of one student",
-    "table": "Table 1: teacher baselines and RAW students",
-    "sweep": "Noise sweep: top-1 and agreement vs noise std",
-    "ablation": "Ablation: fine-tune only the first k stages/blocks",
-    "table2": "Table 2: agreement with the teacher on the processed RGB",
-    "tune": "Learning rates of the student rows, scored on held-out training data",
-}
-
 
 def with_run_dir(cfg, kind: str):
     if not cfg.model_dir:
@@ -35,47 +26,123 @@ def with_run_dir(cfg, kind: str):
     return cfg
 
 
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One command's experiment, handed to the runner as a plan: its rows and levels from its config, what it adds
+    to results.json, and how its results.md reads. Subclasses change only what differs."""
+
+    name: str
+    title: str
+    by_level: bool = False  # results.json lists the rows per level ({"sweep": [...]}) instead of flat
+
+    def rows(self, cfg) -> list:
+        return plans.table_rows(cfg, cfg.rows)
+
+    def levels(self, cfg) -> list:
+        return plans.single_level(cfg)
+
+    def plan(self, cfg, command: str = "", verbose: int | str = "auto") -> plans.Plan:
+        cfg = with_run_dir(cfg, self.name)
+        return plans.Plan(self.name, cfg, self.rows(cfg), self.levels(cfg), command=command, verbose=verbose)
+
+    def summaries(self, plan: plans.Plan, rows: list[dict]) -> dict:
+        """What results.json holds beside the rows."""
+        return {}
+
+    def body(self, plan: plans.Plan, results: dict, levels: list[dict]) -> str:
+        """results.md below the settings: the tables."""
+        return report.format_table(results["rows"])
+
+
+class Train(Experiment):
+    def rows(self, cfg) -> list:
+        return plans.train_rows(cfg)
+
+
+class Table(Experiment):
+    def levels(self, cfg) -> list:
+        levels = plans.single_level(cfg)
+        if cfg.student_inputs:
+            levels = plans.input_levels(levels, cfg.student_inputs)
+        return plans.seed_levels(levels, cfg.seeds)
+
+    def summaries(self, plan, rows) -> dict:
+        if plan.cfg.student_inputs:
+            return {"inputs": statistics.input_summary(rows)}
+        if plan.cfg.seeds:
+            return {"seeds": statistics.seed_summary(rows)}
+        return {}
+
+    def body(self, plan, results, levels) -> str:
+        per_run = report.format_table(results["rows"])
+        if "inputs" in results:
+            return statistics.format_inputs(results["inputs"]) + "\n\nPer run:\n\n" + per_run
+        if "seeds" in results:
+            return statistics.format_seeds(results["seeds"]) + "\n\nPer seed:\n\n" + per_run
+        return per_run
+
+
+class Sweep(Experiment):
+    def levels(self, cfg) -> list:
+        return plans.noise_levels(cfg, cfg.noise_stds)
+
+    def summaries(self, plan, rows) -> dict:
+        return {"plot": rundir.PLOT_FILE}
+
+    def body(self, plan, results, levels) -> str:
+        cfg = plan.cfg
+        title = f"{cfg.dataset}, CFA {cfg.cfa}, {cfg.epochs} epochs per student, seed {cfg.seed}"
+        plot = report.plot_sweep(levels, plan.out / rundir.PLOT_FILE, title)
+        return f"Plot: {plot.name}\n\n{report.format_sweep(levels)}"
+
+
+class Ablation(Experiment):
+    def rows(self, cfg) -> list:
+        return plans.ablation_rows(cfg, cfg.finetune_ks)
+
+    def summaries(self, plan, rows) -> dict:
+        return {"finetune_ks": list(plan.cfg.finetune_ks)}
+
+
+class Tune(Experiment):
+    def levels(self, cfg) -> list:
+        return plans.lr_levels(cfg, cfg.lrs, cfg.rows)
+
+    def summaries(self, plan, rows) -> dict:
+        return {"best": statistics.best_lrs(plan, rows)}
+
+    def body(self, plan, results, levels) -> str:
+        return statistics.format_tune(plan, results["rows"])
+
+
+class Table2(Experiment):
+    """Its plan comes from table2(): rows and levels per RAW mode, data from the pairs' patch caches."""
+
+
+EXPERIMENTS = {
+    e.name: e
+    for e in (
+        Train("train", "ISP distillation of one student"),
+        Table("table", "Table 1: teacher baselines and RAW students"),
+        Sweep("sweep", "Noise sweep: top-1 and agreement vs noise std", by_level=True),
+        Ablation("ablation", "Ablation: fine-tune only the first k stages/blocks"),
+        Tune("tune", "Learning rates of the student rows, scored on held-out training data"),
+        Table2("table2", "Table 2: agreement with the teacher on the processed RGB"),
+    )
+}
+
+
 def plan_for(kind: str, cfg: TrainConfig, command: str = "", verbose: int | str = "auto") -> plans.Plan:
     """The rows and levels of a command, from its config."""
-    cfg = with_run_dir(cfg, kind)
-    levels = plans.single_level(cfg)
-    if kind == "train":
-        rows = plans.train_rows(cfg)
-    elif kind in ("table", "sweep"):
-        rows = plans.table_rows(cfg, cfg.rows)
-        if kind == "sweep":
-            levels = plans.noise_levels(cfg, cfg.noise_stds)
-        if kind == "table" and cfg.student_inputs:
-            levels = plans.input_levels(levels, cfg.student_inputs)
-        levels = plans.seed_levels(levels, cfg.seeds)
-    elif kind == "tune":
-        rows = plans.table_rows(cfg, cfg.rows)
-        levels = plans.lr_levels(cfg, cfg.lrs, cfg.rows)
-    elif kind == "ablation":
-        rows = plans.ablation_rows(cfg, cfg.finetune_ks)
-    else:
-        raise ValueError(f"unknown experiment {kind!r}")
-    return plans.Plan(kind, cfg, rows, levels, command=command, verbose=verbose)
+    return EXPERIMENTS[kind].plan(cfg, command, verbose)
 
 
 def finish(plan: plans.Plan, levels: list[dict], seconds: dict, start: float, extra: dict | None = None) -> dict:
     """results.json and results.md of a finished plan, and the table on stdout."""
+    experiment = EXPERIMENTS[plan.kind]
     extra = {"row_seconds": seconds, **(extra or {})}
-    results = report.write_results(plan, levels, time.time() - start, extra)
-    if plan.kind == "sweep":
-        cfg = plan.cfg
-        title = f"{cfg.dataset}, CFA {cfg.cfa}, {cfg.epochs} epochs per student, seed {cfg.seed}"
-        plot = report.plot_sweep(levels, plan.out / rundir.PLOT_FILE, title)
-        body = f"Plot: {plot.name}\n\n{report.format_sweep(levels)}"
-    elif plan.kind == "tune":
-        body = statistics.format_tune(plan, results["rows"])
-    elif "inputs" in results:
-        body = statistics.format_inputs(results["inputs"]) + "\n\nPer run:\n\n" + report.format_table(results["rows"])
-    elif "seeds" in results:
-        body = statistics.format_seeds(results["seeds"]) + "\n\nPer seed:\n\n" + report.format_table(results["rows"])
-    else:
-        body = report.format_table(results["rows"])
-    print(report.write_markdown(plan, TITLES[plan.kind], body))
+    results = report.write_results(plan, levels, time.time() - start, extra, by_level=experiment.by_level)
+    print(report.write_markdown(plan, experiment.title, experiment.body(plan, results, levels)))
     print(f"wrote {plan.out / rundir.RESULTS} and {plan.out / rundir.RESULTS_MD} ({results['wall_seconds']:.0f} s)")
     return results
 
@@ -95,25 +162,17 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
 
 
 def table(cfg: TableConfig | SweepConfig | AblationConfig | TuneConfig, kind: str, command: str = "") -> dict:
-    """table, sweep or ablation: the plan (printed with --dry_run) or its results."""
-    plan = plan_for(kind, cfg, command)
+    """table, sweep, ablation or tune: the plan (printed with --dry_run) or its results."""
+    experiment = EXPERIMENTS[kind]
+    plan = experiment.plan(cfg, command)
     if cfg.dry_run:
         text = dryrun.plan_text(plan)
         print(text)
         return {"plan": text}
     start = time.time()
     levels, seconds = runner.run(plan)
-    extra = {"finetune_ks": list(cfg.finetune_ks)} if kind == "ablation" else {}
-    if kind == "sweep":
-        extra["plot"] = rundir.PLOT_FILE
     rows = [row for level in levels for row in level["rows"]]
-    if kind == "table" and cfg.student_inputs:
-        extra["inputs"] = statistics.input_summary(rows)
-    elif kind == "table" and cfg.seeds:
-        extra["seeds"] = statistics.seed_summary(rows)
-    if kind == "tune":
-        extra["best"] = statistics.best_lrs(plan, rows)
-    return finish(plan, levels, seconds, start, extra)
+    return finish(plan, levels, seconds, start, experiment.summaries(plan, rows))
 
 
 # ---------------------------------------------------------------- Table 2: RAW/RGB pairs
@@ -218,35 +277,4 @@ def pairs_setup(cfg: Table2Config, teacher, spec, mode: str):
         image_size=cfg.patch_size, batch_size=cfg.batch_size, cfa=cfg.cfa, noise_std=0.0, seed=cfg.seed
     )
 
-    @dataclasses.dataclass
-    class PairsSetup(experiment.Setup):
-        cache: str = ""
-
-        def batches(self, split, batch_size, training, start_step=0):
-            return pairs.batches(
-                self.cache,
-                split,
-                batch_size=batch_size,
-                cfa=self.cfg.cfa,
-                norm=self.norm,
-                training=training,
-                seed=self.cfg.seed,
-                start_step=start_step,
-            )
-
-        def train_ds(self, start_step: int = 0, epochs: int | None = None):
-            return self.batches("train", self.pipeline.batch_size, True, start_step)
-
-        def test_ds(self, student_input: str | None = None):
-            # Table 2 takes infill students only (packed ones are refused), so the override changes nothing here.
-            return self.batches("test", max(self.pipeline.batch_size, 256), False)
-
-        def steps_per_epoch(self) -> int:
-            n = self.source.counts["train"]
-            if n < self.pipeline.batch_size:
-                raise UserError(
-                    f"{self.cache}: {n} training patches, fewer than one batch of {self.pipeline.batch_size}"
-                )
-            return n // self.pipeline.batch_size
-
-    return PairsSetup(cfg, source, teacher, spec, norm, pcfg, cache=build.out)
+    return experiment.PairsSetup(cfg, source, teacher, spec, norm, pcfg, cache=build.out)

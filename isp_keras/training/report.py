@@ -36,14 +36,17 @@ def check_percentages(rows: list[dict]) -> None:
                 raise ValueError(f"row {row['name']}: {key}={value!r} is not a percentage")
 
 
-def write_results(plan: Plan, levels: list[dict], wall_seconds: float, extra: dict | None = None) -> dict:
-    """results.json: {"rows": [...]} (one level) or {"sweep": [{"noise_std", "rows"}, ...]}, plus config,
-    wall_seconds, the command and the seconds each row took."""
+def write_results(
+    plan: Plan, levels: list[dict], wall_seconds: float, extra: dict | None = None, by_level: bool = False
+) -> dict:
+    """results.json: {"rows": [...]} (flat), or with `by_level` {"<kind>": [{level tag..., "rows"}, ...]} (the
+    sweep's {"sweep": [{"noise_std", "rows"}, ...]}), plus config, wall_seconds, the command and the seconds each
+    row took."""
     for level in levels:
         check_percentages(level["rows"])
     config = run_config(plan)
-    if plan.kind == "sweep":
-        body = {"sweep": levels}
+    if by_level:
+        body = {plan.kind: levels}
     else:
         body = {"rows": [row for level in levels for row in level["rows"]]}
     results = {
