@@ -13,19 +13,19 @@ from isp_keras.data.config import PairsConfig
 
 
 def run(cfg: PairsConfig) -> dict:
-    from isp_keras.data import pairs
+    from isp_keras.data import pair_cache, synthetic_bursts
     from isp_keras.errors import UserError
     from isp_keras.models import teachers
 
     kind, _, root = cfg.pairs.partition(":")
     if cfg.synthesize_bursts > 0 and kind == "hdrplus" and not Path(root).exists():
-        images, labels = pairs.embedded_images("test", cfg.synthesize_bursts * 4)
-        pairs.synthesize_bursts(root, images, labels, tiles=2, cfa=cfg.cfa, seed=cfg.seed)
+        images, labels = synthetic_bursts.embedded_images("test", cfg.synthesize_bursts * 4)
+        synthetic_bursts.synthesize_bursts(root, images, labels, tiles=2, cfa=cfg.cfa, seed=cfg.seed)
     teacher, spec = teachers.load_teacher(cfg.teacher)
     if spec is None:
         raise UserError(f"--teacher={cfg.teacher}: needs its sidecar JSON (RGB normalisation) to label RGB patches")
-    build = pairs.BuildConfig.of(cfg, cfg.out, cfg.mode)
-    index = pairs.build_cache(build, teachers.freeze(teacher), spec, cfg.teacher)
+    build = pair_cache.BuildConfig.of(cfg, cfg.out, cfg.mode)
+    index = pair_cache.build_cache(build, teachers.freeze(teacher), spec, cfg.teacher)
     summary = {k: index[k] for k in ("pairs", "pairs_read", "test_dropped_low_prob")}
     summary.update(skipped=index["skipped"]["count"], **{s: v["count"] for s, v in index["splits"].items()})
     print(f"{cfg.out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))

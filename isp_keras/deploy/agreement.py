@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from isp_keras import fsutil
+from isp_keras.data import pair_cache, pipeline
 from isp_keras.data import pairs as pairs_lib
-from isp_keras.data import pipeline
 from isp_keras.deploy import serving, tiles
 from isp_keras.errors import UserError
 
@@ -189,7 +189,7 @@ def evaluate(
     if not teacher_path:
         raise UserError("--teacher: the students' student.json names no teacher; give --teacher")
     teacher_model, _ = teachers.load_teacher(teacher_path)
-    pairs_lib.check_patch_size(teacher_model, first.image_size, teacher_path)
+    pair_cache.check_patch_size(teacher_model, first.image_size, teacher_path)
     listed = pairs_lib.list_pairs(pairs, mode)
     on_rgb, on_raw = classifiers(loaded, teacher_model)
     rows, files, skipped = [], [], []

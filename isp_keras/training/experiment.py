@@ -117,9 +117,9 @@ class PairsSetup(Setup):
     cache: str = ""
 
     def batches(self, split, batch_size, training, start_step=0):
-        from isp_keras.data import pairs
+        from isp_keras.data import pair_cache
 
-        return pairs.batches(
+        return pair_cache.batches(
             self.cache,
             split,
             batch_size=batch_size,

@@ -192,9 +192,9 @@ def table2(cfg: Table2Config, command: str = "") -> dict:
     teacher, spec = teachers.load_teacher(cfg.teacher)
     if spec is None:
         raise UserError(f"--teacher={cfg.teacher}: needs its sidecar JSON (RGB normalisation) to label the RGB patches")
-    from isp_keras.data import pairs
+    from isp_keras.data import pair_cache
 
-    pairs.check_patch_size(teacher, cfg.patch_size, cfg.teacher)
+    pair_cache.check_patch_size(teacher, cfg.patch_size, cfg.teacher)
     teachers.freeze(teacher)
     maybe_synthesize(cfg)
     rows = [
@@ -219,15 +219,15 @@ def table2(cfg: Table2Config, command: str = "") -> dict:
 
 
 def cache_summary(cache: str) -> dict:
-    from isp_keras.data import pairs
+    from isp_keras.data import pair_cache
 
-    index = pairs.read_index(cache)
+    index = pair_cache.read_index(cache)
     return {"dir": cache, "counts": {s: v["count"] for s, v in index["splits"].items()}}
 
 
 def maybe_synthesize(cfg: Table2Config) -> None:
 
-    from isp_keras.data import pairs
+    from isp_keras.data import synthetic_bursts
 
     kind, _, root = cfg.pairs.partition(":")
     if cfg.synthesize_bursts <= 0 or kind != "hdrplus" or Path(root).exists():
@@ -236,8 +236,8 @@ def maybe_synthesize(cfg: Table2Config) -> None:
         raise UserError(f"--synthesize_bursts: only from --dataset=embedded (got {cfg.dataset})")
     per = cfg.burst_tiles**2
     # The test images: like HDR+ scenes for an ImageNet teacher, none was seen while training the teacher.
-    images, labels = pairs.embedded_images("test", cfg.synthesize_bursts * per)
-    n = pairs.synthesize_bursts(
+    images, labels = synthetic_bursts.embedded_images("test", cfg.synthesize_bursts * per)
+    n = synthetic_bursts.synthesize_bursts(
         root,
         images,
         labels,
@@ -252,11 +252,11 @@ def maybe_synthesize(cfg: Table2Config) -> None:
 
 def pairs_setup(cfg: Table2Config, teacher, spec, mode: str):
     """An experiment.Setup whose batches come from the mode's patch cache (built or reused)."""
-    from isp_keras.data import normalisation, pairs, pipeline, sources
+    from isp_keras.data import normalisation, pair_cache, pipeline, sources
     from isp_keras.training import experiment
 
-    build = pairs.BuildConfig.of(cfg, str(Path(cfg.cache_dir) / mode), mode)
-    index = pairs.build_cache(build, teacher, spec, cfg.teacher)
+    build = pair_cache.BuildConfig.of(cfg, str(Path(cfg.cache_dir) / mode), mode)
+    index = pair_cache.build_cache(build, teacher, spec, cfg.teacher)
     stats = index["raw_stats"]
     norm = normalisation.Normalisation(
         stats["mean"], stats["std"], list(spec.rgb_mean), list(spec.rgb_std), spec.channel_order
@@ -269,7 +269,7 @@ def pairs_setup(cfg: Table2Config, teacher, spec, mode: str):
         index["classes"],
         counts,
         cfg.patch_size,
-        lambda split: pairs.dataset(build.out, split),
+        lambda split: pair_cache.dataset(build.out, split),
         "train",
         "test",
     )

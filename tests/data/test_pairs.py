@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from isp_keras.data import pairs
+from isp_keras.data import pair_cache, pairs, synthetic_bursts
 from isp_keras.errors import UserError
 from isp_keras.models import architectures, teachers
 from isp_keras.raw import rawio, render
@@ -88,8 +88,8 @@ def test_manifest_and_hdrplus_layouts(tmp_path):
 def bursts(tmp_path_factory):
     """Six synthetic bursts of 2x2 embedded images (64x64 frames, RGGB)."""
     root = tmp_path_factory.mktemp("bursts") / "hdrplus"
-    images, labels = pairs.embedded_images("test", 24)
-    assert pairs.synthesize_bursts(root, images, labels, tiles=2, frames=2, seed=3, progress=False) == 6
+    images, labels = synthetic_bursts.embedded_images("test", 24)
+    assert synthetic_bursts.synthesize_bursts(root, images, labels, tiles=2, frames=2, seed=3, progress=False) == 6
     return root
 
 
@@ -114,7 +114,7 @@ def test_synthetic_bursts_have_real_headers(bursts):
 
 
 def _first_label():
-    return int(pairs.embedded_images("test", 1)[1][0])
+    return int(synthetic_bursts.embedded_images("test", 1)[1][0])
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def tiny_teacher(tmp_path_factory):
 
 
 def _probs(cache, split):
-    files = [str(cache / f) for f in pairs.read_index(cache)["splits"][split]["files"]]
+    files = [str(cache / f) for f in pair_cache.read_index(cache)["splits"][split]["files"]]
     return [
         tf.train.Example.FromString(r.numpy()).features.feature["prob"].float_list.value[0]
         for r in tf.data.TFRecordDataset(files, compression_type="GZIP")
@@ -144,8 +144,8 @@ def _teacher(path):
 
 def _build(bursts, out, teacher_path, **kw):
     teacher, spec = _teacher(teacher_path)
-    cfg = pairs.BuildConfig(pairs=f"hdrplus:{bursts}", out=str(out), patch_size=32, **kw)
-    return pairs.build_cache(cfg, teacher, spec, str(teacher_path), progress=False)
+    cfg = pair_cache.BuildConfig(pairs=f"hdrplus:{bursts}", out=str(out), patch_size=32, **kw)
+    return pair_cache.build_cache(cfg, teacher, spec, str(teacher_path), progress=False)
 
 
 def test_cache_contents_split_and_filter(bursts, tmp_path, tiny_teacher):
@@ -168,7 +168,7 @@ def test_cache_contents_split_and_filter(bursts, tmp_path, tiny_teacher):
         pairs.Pair(str(bursts / first / "merged.dng"), str(bursts / first / "final.jpg"), first), "RGGB"
     )
     raws, rgbs, _ = pairs.cut_patches(mosaic, rgb, 32)
-    cached = [(r.numpy(), c.numpy()) for r, c, _ in pairs.dataset(tmp_path / "cache", "train")]
+    cached = [(r.numpy(), c.numpy()) for r, c, _ in pair_cache.dataset(tmp_path / "cache", "train")]
     assert any(
         np.array_equal(r[..., 0], raws[0]) and np.array_equal(np.round(c * 255).astype(np.uint8), rgbs[0])
         for r, c in cached
@@ -195,8 +195,8 @@ def test_csv_manifest_builds_the_same_patches(bursts, tmp_path, tiny_teacher):
     ]
     (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
     teacher, spec = _teacher(tiny_teacher)
-    via_csv = pairs.build_cache(
-        pairs.BuildConfig(
+    via_csv = pair_cache.build_cache(
+        pair_cache.BuildConfig(
             pairs=f"csv:{tmp_path / 'pairs.csv'}", out=str(tmp_path / "c1"), patch_size=32, min_teacher_prob=0.0
         ),
         teacher,
@@ -213,8 +213,8 @@ def test_max_patches_per_pair_samples_a_seeded_subset(bursts, tmp_path, tiny_tea
     index = _build(bursts, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.0, max_patches_per_pair=2)
     assert index["splits"]["train"]["count"] + index["splits"]["test"]["count"] == 6 * 2
     again = _build(bursts, tmp_path / "cache2", tiny_teacher, min_teacher_prob=0.0, max_patches_per_pair=2)
-    first = [r.numpy() for r, _, _ in pairs.dataset(tmp_path / "cache", "train")]
-    second = [r.numpy() for r, _, _ in pairs.dataset(tmp_path / "cache2", "train")]
+    first = [r.numpy() for r, _, _ in pair_cache.dataset(tmp_path / "cache", "train")]
+    second = [r.numpy() for r, _, _ in pair_cache.dataset(tmp_path / "cache2", "train")]
     assert again["key"] == index["key"] and all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
 
 
@@ -223,7 +223,7 @@ def test_bad_file_is_skipped_or_stops_with_strict(bursts, tmp_path, tiny_teacher
     shutil.copytree(bursts, root)
     (root / "burst_00002" / "merged.dng").write_bytes(b"II*\x00garbage")
     warnings = []
-    monkeypatch.setattr(pairs.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+    monkeypatch.setattr(pair_cache.logging, "warning", lambda msg, *a: warnings.append(msg % a))
     index = _build(root, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.0)
     assert index["skipped"]["count"] == 1 and index["pairs_read"] == 5
     assert index["skipped"]["files"][0]["raw"].endswith("burst_00002/merged.dng")
@@ -254,11 +254,11 @@ def test_cache_is_reused_and_never_half_written(bursts, tmp_path, tiny_teacher, 
             raise RuntimeError("killed mid-build")
         return real_cut(*a, **k)
 
-    monkeypatch.setattr(pairs, "cut_patches", crash_on_third)
+    monkeypatch.setattr(pair_cache, "cut_patches", crash_on_third)
     with pytest.raises(RuntimeError):  # a different setting: a rebuild that dies halfway
         _build(bursts, tmp_path / "cache", tiny_teacher, min_teacher_prob=0.01)
     assert not (tmp_path / ".cache.partial").exists()
-    assert pairs.read_index(tmp_path / "cache") == first  # the complete old cache is untouched
+    assert pair_cache.read_index(tmp_path / "cache") == first  # the complete old cache is untouched
 
 
 def test_raw_folder_pairs_render_their_rgb_with_libraw(tmp_path):
@@ -296,7 +296,7 @@ def test_dump_pairs_take_the_raw_format(tmp_path):
     rgb[..., 0], rgb[..., 1] = np.arange(h)[:, None], np.arange(w)[None, :]
     Image.fromarray(rgb).save(tmp_path / "pos.png")
     pair = pairs.Pair(str(tmp_path / "pos.raw"), str(tmp_path / "pos.png"), "g")
-    build = pairs.BuildConfig.of(
+    build = pair_cache.BuildConfig.of(
         PairsConfig(pairs="csv:x", out="y", raw_width=w, raw_height=h, raw_bits=16, raw_cfa="GRBG"), "y", "merged"
     )
     assert build.raw_format == SensorFormat(width=w, height=h, bits=16, cfa="GRBG")
@@ -311,13 +311,13 @@ def test_dump_pairs_take_the_raw_format(tmp_path):
         k: v for k, v in dataclasses.asdict(plain).items() if k not in ("out", "strict", "shards", "batch_size")
     }
     del settings["raw_format"]
-    items = [[pairs._file_id(pair.raw), pairs._file_id(pair.rgb), pair.group, pair.problem]]
-    blob = json.dumps({"settings": settings, "pairs": items, "teacher": pairs._file_id("t")}, sort_keys=True)
-    before = pairs.cache_key(plain, [pair], "t")
+    items = [[pair_cache._file_id(pair.raw), pair_cache._file_id(pair.rgb), pair.group, pair.problem]]
+    blob = json.dumps({"settings": settings, "pairs": items, "teacher": pair_cache._file_id("t")}, sort_keys=True)
+    before = pair_cache.cache_key(plain, [pair], "t")
     assert before == hashlib.sha256(blob.encode()).hexdigest()  # the key of caches built before dumps existed
-    assert pairs.cache_key(build, [pair], "t") != before
+    assert pair_cache.cache_key(build, [pair], "t") != before
     (tmp_path / "pos.raw.json").write_text(json.dumps({"width": w, "height": h, "bits": 16, "cfa": "GRBG"}))
-    with_sidecar = pairs.cache_key(plain, [pair], "t")
+    with_sidecar = pair_cache.cache_key(plain, [pair], "t")
     assert with_sidecar != before
     np.testing.assert_array_equal(pairs.aligned_pair(pair, "RGGB")[0], mosaic)
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from isp_keras.data import pairs, pipeline
+from isp_keras.data import pairs, pipeline, synthetic_bursts
 from isp_keras.deploy import agreement, parity, serving
 from isp_keras.errors import UserError
 from isp_keras.models import teachers
@@ -44,7 +44,7 @@ def test_student_names():
 def raw_folder(tmp_path_factory):
     """Three 12-bit DNGs of 2x3 real CIFAR-10 test images each (64x96, RGGB and the file phases around it)."""
     root = tmp_path_factory.mktemp("real")
-    images, _ = pairs.embedded_images("test", 18)
+    images, _ = synthetic_bursts.embedded_images("test", 18)
     for i, cfa in enumerate(("RGGB", "GBRG", "BGGR")):
         tiles = images[6 * i : 6 * i + 6].astype(np.float64) / 255.0
         rgb = np.concatenate([np.concatenate(list(tiles[r * 3 : r * 3 + 3]), axis=1) for r in range(2)], axis=0)
