@@ -17,7 +17,7 @@ from isp_keras import console
 from isp_keras.data import pipeline
 from isp_keras.deploy import runtime, serving
 from isp_keras.errors import UserError
-from isp_keras.models import tflite_import
+from isp_keras.models import tflite_reader
 from isp_keras.training import quantise
 
 TFLITE_FILES = {
@@ -93,7 +93,7 @@ def head_nodes(model_bytes: bytes) -> list[str]:
     model = tflite_schema.Model.GetRootAs(model_bytes, 0)
     graph = model.Subgraphs(0)
     ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
-    name = functools.partial(tflite_import.opcode_name, model)
+    name = functools.partial(tflite_reader.opcode_name, model)
 
     producer = {int(t): op for op in ops for t in op.OutputsAsNumpy()}
     softmax = [op for op in ops if name(op) == "SOFTMAX"]

@@ -119,7 +119,7 @@ def test_framed_convolution_fuses_its_activation_in_tflite():
     stored before the activation (the frame's own small convolutions are)."""
     import tflite as tflite_schema
 
-    from isp_keras.models import tflite_import
+    from isp_keras.models import tflite_reader
 
     d = edge_map(8, channels=2)
     layer = framed_layer(
@@ -133,7 +133,7 @@ def test_framed_convolution_fuses_its_activation_in_tflite():
     convs = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        if tflite_import.opcode_name(parsed, op) == "CONV_2D":
+        if tflite_reader.opcode_name(parsed, op) == "CONV_2D":
             options = tflite_schema.Conv2DOptions()
             options.Init(op.BuiltinOptions().Bytes, op.BuiltinOptions().Pos)
             convs.append((tuple(graph.Tensors(int(op.Outputs(0))).ShapeAsNumpy()), options.FusedActivationFunction()))

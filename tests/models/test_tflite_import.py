@@ -14,7 +14,7 @@ from keras import layers
 
 from isp_keras.deploy import runtime
 from isp_keras.errors import UserError
-from isp_keras.models import students, teachers
+from isp_keras.models import students, teachers, tflite_reader
 from isp_keras.models import tflite_import as ti
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"  # ../shared beside the repository; absent in a fresh clone
@@ -138,7 +138,7 @@ def files(tmp_path_factory):
 
 
 def _ops(path: Path) -> set[str]:
-    g = ti._Graph(path)
+    g = tflite_reader.Graph(path)
     return {g.op_name(g.op(i)) for i in range(g.num_ops)}
 
 
@@ -243,11 +243,13 @@ def test_dequantize_matches_numpy_reference():
     q = rng.integers(-128, 128, size=(2, 3, 3, 6)).astype(np.int8)
     scale, zero = rng.uniform(0.001, 0.1, size=6), rng.integers(-5, 5, size=6)
     reference = (q.astype(np.float64) - zero) * scale  # channel axis 3 broadcasts by NumPy's rules
-    np.testing.assert_allclose(ti.dequantize(q, scale, zero, axis=3), reference, rtol=1e-6)
+    np.testing.assert_allclose(tflite_reader.dequantize(q, scale, zero, axis=3), reference, rtol=1e-6)
     reference0 = (q.astype(np.float64) - zero[:2, None, None, None]) * scale[:2, None, None, None]
-    np.testing.assert_allclose(ti.dequantize(q, scale[:2], zero[:2], axis=0), reference0, rtol=1e-6)
+    np.testing.assert_allclose(tflite_reader.dequantize(q, scale[:2], zero[:2], axis=0), reference0, rtol=1e-6)
     u = rng.integers(0, 256, size=(4, 4)).astype(np.uint8)
-    np.testing.assert_allclose(ti.dequantize(u, [0.02], [128]), (u.astype(np.float64) - 128) * 0.02, rtol=1e-6)
+    np.testing.assert_allclose(
+        tflite_reader.dequantize(u, [0.02], [128]), (u.astype(np.float64) - 128) * 0.02, rtol=1e-6
+    )
 
 
 def test_per_channel_int8_weights_are_within_half_a_step_per_channel(files):
@@ -280,12 +282,12 @@ def test_saved_teacher_loads_and_clones(files, tmp_path):
 def test_labels_and_wordnet_ids_beside_the_file(files, tmp_path):
     path = tmp_path / "net.tflite"
     path.write_bytes(files["tf1_uint8"].read_bytes())
-    (tmp_path / ti.LABELS_FILE).write_text("background\ntench\ngoldfish\nshark\nhen\n")
-    (tmp_path / ti.SYNSETS_FILE).write_text("n01440764\nn01443537\nn01491361\nn01514859\n")
+    (tmp_path / tflite_reader.LABELS_FILE).write_text("background\ntench\ngoldfish\nshark\nhen\n")
+    (tmp_path / tflite_reader.SYNSETS_FILE).write_text("n01440764\nn01443537\nn01491361\nn01514859\n")
     _, spec = ti.import_tflite(path)
     assert spec["classes"] == ["background", "tench", "goldfish", "shark", "hen"]
     assert spec["wnids"] == ["background", "n01440764", "n01443537", "n01491361", "n01514859"]
-    (tmp_path / ti.LABELS_FILE).write_text("tench\ngoldfish\n")
+    (tmp_path / tflite_reader.LABELS_FILE).write_text("tench\ngoldfish\n")
     with pytest.raises(UserError, match=r"imagenet_labels.txt: 2 class names but net.tflite has 5 outputs") as info:
         ti.import_tflite(path)
     assert "\n" not in str(info.value)
