@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from isp_keras.data import normalisation, pipeline, sources
+from isp_keras.data import normalisation, pipeline, relabel, sources
 from isp_keras.errors import UserError
 from isp_keras.raw import bayer
 from isp_keras.training import student_file
@@ -203,7 +203,7 @@ def labelled_source(student: Student, flag: str, dataset: str = "", seed: int = 
     """`dataset` (default: the student's own) with its labels in the student's output space, so Imagenette's
     WordNet-id folders count against an ImageNet student's 1001 outputs; `flag` names the student in errors."""
     source = sources.get_source(dataset or student.dataset, seed=seed)
-    return sources.in_label_space(source, student.classes, student.wnids, what=flag)
+    return relabel.in_label_space(source, student.classes, student.wnids, what=flag)
 
 
 def pipeline_mosaics(

@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from isp_keras import console, fsutil
-from isp_keras.data import normalisation, pipeline, sources
+from isp_keras.data import normalisation, pipeline, relabel, sources
 from isp_keras.errors import UserError
 from isp_keras.models import adapter, packed, students, teachers
 from isp_keras.training import checkpoint, distiller, quantise, schedule, student_file
@@ -163,7 +163,7 @@ def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> 
     """Load data and teacher, check they fit each other, compute (or reuse) the normalisation statistics."""
     source = sources.get_source(cfg.dataset, seed=cfg.seed, strict=cfg.strict, per_class=cfg.per_class())
     if cfg.holdout_fraction:
-        source = sources.holdout(source, cfg.holdout_fraction, cfg.seed)
+        source = relabel.holdout(source, cfg.holdout_fraction, cfg.seed)
     teacher, spec = teachers.load_teacher(cfg.teacher)
     image_size = cfg.image_size or (spec.image_size if spec else teachers.input_size(teacher)[0])
     if image_size is None:
@@ -240,7 +240,7 @@ def label_space(source: sources.Source, teacher: keras.Model, spec, cfg: TrainCo
                 f"{len(source.classes)} classes, and the teacher names none of its classes (no sidecar JSON)"
             )
         names = list(source.classes) if source.labelled else [str(i) for i in range(outputs)]
-    return sources.in_label_space(source, names, spec.wnids if spec else None, what=f"--teacher={cfg.teacher}")
+    return relabel.in_label_space(source, names, spec.wnids if spec else None, what=f"--teacher={cfg.teacher}")
 
 
 def evaluate(s: Setup, model: keras.Model | None = None, on: str = "student", student_input: str | None = None) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isp_keras.data import convert, sources
+from isp_keras.data import convert, relabel, sources
 from isp_keras.errors import UserError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -37,14 +37,14 @@ def imagenet_outputs() -> tuple[list, list]:
 def test_imagenette_folders_map_by_wordnet_id_into_the_1001_outputs():
     names, wnids = imagenet_outputs()
     source = sources.folder_source(IMAGENETTE)
-    mapped = sources.in_label_space(source, names, wnids, what="the teacher")
+    mapped = relabel.in_label_space(source, names, wnids, what="the teacher")
     assert mapped.classes == names and mapped.subset == [i + 1 for i in IMAGENETTE_INDICES]
     assert mapped.counts == source.counts and mapped.labelled
     assert _labels(mapped, "train") == sorted([i + 1 for i in IMAGENETTE_INDICES] * 3)
     assert _labels(mapped, "test") == sorted([i + 1 for i in IMAGENETTE_INDICES] * 2)
     assert "mapped by name" in mapped.notes[-1]
     # The same data against a model whose class names are the wnids themselves (no separate wnid list).
-    assert sources.in_label_space(source, wnids).subset == mapped.subset
+    assert relabel.in_label_space(source, wnids).subset == mapped.subset
 
 
 def test_classes_matching_nothing_are_one_error_listing_them():
@@ -52,7 +52,7 @@ def test_classes_matching_nothing_are_one_error_listing_them():
     source = sources.folder_source(IMAGENETTE)
     odd = source.classes[:8] + ["n99999999", "kitten"]
     with pytest.raises(UserError) as info:
-        sources.in_label_space(dataclasses.replace(source, classes=odd), names, wnids, "T")
+        relabel.in_label_space(dataclasses.replace(source, classes=odd), names, wnids, "T")
     assert str(info.value) == (
         f"folder:{IMAGENETTE}: 2 of its 10 classes match no class of T (1001 outputs; matched by WordNet id or "
         "name): n99999999, kitten"
@@ -61,7 +61,7 @@ def test_classes_matching_nothing_are_one_error_listing_them():
 
 def test_same_count_and_no_name_in_common_is_taken_index_for_index():
     source = sources.folder_source(IMAGENETTE)
-    same = sources.in_label_space(source, [f"c{i}" for i in range(10)])
+    same = relabel.in_label_space(source, [f"c{i}" for i in range(10)])
     assert same is source and same.subset is None
 
 
@@ -72,7 +72,7 @@ def test_folder_of_images_without_class_folders_is_unlabelled(tmp_path):
     source = sources.get_source(f"folder:{tmp_path / 'flat'}")
     assert not source.labelled and source.classes == [] and source.counts == {"train": 8, "test": 2}
     assert set(_labels(source, "train")) == {sources.UNLABELLED}
-    mapped = sources.in_label_space(source, ["a", "b", "c"])
+    mapped = relabel.in_label_space(source, ["a", "b", "c"])
     assert mapped.classes == ["a", "b", "c"] and not mapped.labelled and mapped.subset is None
     # The split layout without class folders, and records written from it, are unlabelled too.
     for split, n in (("train", 3), ("test", 2)):
@@ -94,17 +94,17 @@ def test_one_class_folder_is_an_error(tmp_path):
 
 def test_holdout_splits_the_training_split_only_and_disjointly():
     source = sources.folder_source(IMAGENETTE)
-    held = sources.holdout(source, 0.2, seed=3)
+    held = relabel.holdout(source, 0.2, seed=3)
     assert held.counts == {"train": 24, "holdout": 6} and held.test_split == "holdout"
     train = [x.tobytes() for x, _ in held.split("train").as_numpy_iterator()]
     out = [x.tobytes() for x, _ in held.split("holdout").as_numpy_iterator()]
     every = [x.tobytes() for x, _ in source.split("train").as_numpy_iterator()]
     assert len(train) == 24 and len(out) == 6 and not set(train) & set(out) and sorted(train + out) == sorted(every)
-    again = [x.tobytes() for x, _ in sources.holdout(source, 0.2, seed=3).split("holdout").as_numpy_iterator()]
-    other = [x.tobytes() for x, _ in sources.holdout(source, 0.2, seed=4).split("holdout").as_numpy_iterator()]
+    again = [x.tobytes() for x, _ in relabel.holdout(source, 0.2, seed=3).split("holdout").as_numpy_iterator()]
+    other = [x.tobytes() for x, _ in relabel.holdout(source, 0.2, seed=4).split("holdout").as_numpy_iterator()]
     assert again == out and other != out
     with pytest.raises(UserError, match=r"--holdout_fraction=0.01: leaves 0 of 30 training images"):
-        sources.holdout(source, 0.01, seed=0)
+        relabel.holdout(source, 0.01, seed=0)
 
 
 def test_folder_order_is_mixed_so_a_first_n_slice_spans_classes():
@@ -144,7 +144,7 @@ def test_tfds_without_a_label_is_unlabelled_and_with_wnid_names_maps(tmp_path):
     assert not plain.labelled and plain.classes == [] and _labels(plain, "train") == [sources.UNLABELLED] * 4
     named = sources.tfds_source("tiny_wnids", data_dir=str(tmp_path))
     names, wnids = imagenet_outputs()
-    mapped = sources.in_label_space(named, names, wnids)
+    mapped = relabel.in_label_space(named, names, wnids)
     assert mapped.subset == [218, 1] and _labels(mapped, "train") == [1, 1, 218, 218]
 
 
@@ -173,7 +173,7 @@ def test_tiny_imagenet_validation_is_labelled_by_its_annotations_file(tmp_path):
     )
     assert found == [(i, i % 3) for i in range(6)]
     names, wnids = imagenet_outputs()
-    mapped = sources.in_label_space(source, names, wnids)
+    mapped = relabel.in_label_space(source, names, wnids)
     assert mapped.subset == [2, 26, 31]  # goldfish, European fire salamander, bullfrog among the 1001 outputs
 
 
