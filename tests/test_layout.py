@@ -250,3 +250,11 @@ def test_the_import_graph_has_no_circle():
     for name in sorted(modules):
         if name not in state:
             visit(name, [name])
+
+
+def test_no_module_is_over_500_lines():
+    """One role per module: a module that outgrows this is split by role, not left to grow."""
+    long = {
+        str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert not long, long
