@@ -48,20 +48,12 @@ def test_walkthrough_commands_are_known():
 def test_walkthrough_runs_in_order(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "samples").symlink_to(ROOT / "data" / "samples")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     outputs, errors = {}, {}
     for command in walkthrough():
         if not command.startswith("python -m"):
             continue
         module = command.split()[2]
-        proc = subprocess.run(
-            ["bash", "-c", f"{command} {TINY[module]}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=900,
-        )
+        proc = run_in(tmp_path, f"{command} {TINY[module]}")
         assert proc.returncode == 0, f"{command}: {proc.stderr[-3000:]}"
         outputs[module] = proc.stdout
         errors[module] = proc.stderr
@@ -83,19 +75,18 @@ def test_walkthrough_runs_in_order(tmp_path):
     # Golden: the same train command with the same seed gives the same numbers (CPU, one process).
     results = json.loads((tmp_path / "runs" / "train" / "results.json").read_text())
     command = next(c for c in walkthrough() if c.startswith("python -m isp_keras.train"))
-    again = subprocess.run(
-        ["bash", "-c", f"{command} {TINY['isp_keras.train']} --overwrite"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    again = run_in(tmp_path, f"{command} {TINY['isp_keras.train']} --overwrite")
     assert again.returncode == 0, again.stderr[-2000:]
     rerun = json.loads((tmp_path / "runs" / "train" / "results.json").read_text())
     for a, b in zip(results["rows"], rerun["rows"]):
         for k in ("top1", "top5", "agreement"):
             assert abs(a[k] - b[k]) <= 0.5, (a, b)
+
+
+def run_in(folder: Path, command: str) -> subprocess.CompletedProcess:
+    """A README command line through bash in `folder`, its output captured."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(["bash", "-c", command], cwd=folder, capture_output=True, text=True, env=env, timeout=900)
 
 
 def check_train_run(run_dir: Path, stdout: str) -> None:
