@@ -14,7 +14,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from isp_keras.data import normalisation, sources
+from isp_keras.data import normalisation, sources, student_inputs
 from isp_keras.errors import UserError
 from isp_keras.raw import bayer, sensor
 
@@ -133,15 +133,8 @@ def raw_simulator(cfg: PipelineConfig):
 
 
 def student_input(raw, *, cfa: str, norm: normalisation.Normalisation, kind: str = "infill"):
-    """What the student sees. infill: the normalised bilinear infill [.., H, W, 3] in the teacher's channel order.
-    packed: the mosaic's 2x2 tiles [.., H/2, W/2, 4]; a packed student's first layer holds the infill and the
-    normalisation (models.packed)."""
-    if kind == "packed":
-        return bayer.pack(raw)
-    if kind != "infill":
-        raise ValueError(f"unknown student input {kind!r}; expected infill or packed")
-    x = bayer.raw_to_input(raw, cfa, *norm.student_stats())
-    return x[..., ::-1] if norm.channel_order == "BGR" else x
+    """What the student sees, the `kind` of data/student_inputs.py: the normalised infill or the 2x2 tiles."""
+    return student_inputs.get(kind).make(raw, cfa, norm)
 
 
 def teacher_input(rgb, *, norm: normalisation.Normalisation):

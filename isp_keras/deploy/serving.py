@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from isp_keras.data import normalisation, pipeline, relabel, sources
+from isp_keras.data import normalisation, pipeline, relabel, sources, student_inputs
 from isp_keras.errors import UserError
 from isp_keras.raw import bayer
 from isp_keras.training import student_file
@@ -67,19 +67,18 @@ def check_student(model, image_size: int, num_classes: int, source: str, student
             "a student has one image input and one logits output"
         )
     shape = tuple(model.inputs[0].shape)
-    packed = student_input == "packed"
-    channels, side = (4, image_size // 2) if packed else (3, image_size)
+    kind = student_inputs.get(student_input)
+    side, _, channels = kind.shape(image_size)
+    tiled = kind.tile > 1
     if len(shape) != 4 or shape[-1] != channels:
-        expected = (
-            "the mosaic's 2x2 tiles [batch, H/2, W/2, 4] (student.json says student_input packed)"
-            if packed
-            else "the 3-channel bilinearly infilled mosaic [batch, H, W, 3]"
+        said = f" (student.json says student_input {kind.name})" if tiled else ""
+        raise UserError(
+            f"{source}: the model takes input of shape {shape}; a RAW student takes {kind.description}{said}"
         )
-        raise UserError(f"{source}: the model takes input of shape {shape}; a RAW student takes {expected}")
     if any(s is not None and s != side for s in shape[1:3]):
         raise UserError(
-            f"{source}: the model takes {shape[1]}x{shape[2]} {'tiles' if packed else 'images'} but student.json "
-            f"says image_size {image_size}{' (tiles of half that side)' if packed else ''}"
+            f"{source}: the model takes {shape[1]}x{shape[2]} {'tiles' if tiled else 'images'} but student.json "
+            f"says image_size {image_size}{' (tiles of half that side)' if tiled else ''}"
         )
     outputs = int(model.outputs[0].shape[-1])
     if outputs != num_classes:

@@ -9,12 +9,12 @@ import math
 from isp_keras import paths
 from isp_keras.config import option
 from isp_keras.data.normalisation import RAW_SCALES
+from isp_keras.data.student_inputs import NAMES as STUDENT_INPUTS
 from isp_keras.errors import UserError
 from isp_keras.models.curves import ADAPTERS, curve_problem
 from isp_keras.raw.cfa import CFA_PATTERNS
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-STUDENT_INPUTS = ("infill", "packed")
 SENSORS = ("gaussian", "realistic")
 
 
