@@ -42,7 +42,7 @@ def parse_flags(argv, flag_values=None):
     from absl import flags
 
     try:
-        return (flag_values or flags.FLAGS)(argv)
+        return (flags.FLAGS if flag_values is None else flag_values)(argv)
     except flags.Error as exc:
         message = str(exc).replace("ERROR:: ", "")
         missing = re.search(r"Flag --(\w+) must have a value other than None", message)

@@ -50,7 +50,7 @@ def in_label_space(source: Source, classes: list, wnids: list | None = None, wha
         return inner(split).map(lambda image, label: (image, tf.gather(table, label)), num_parallel_calls=AUTOTUNE)
 
     note = f"{source.name}: its {len(names)} classes mapped by name into {what}'s {len(classes)} outputs"
-    console.progress("%s", note)
+    console.progress(note)
     return dataclasses.replace(
         source, classes=classes, split_fn=split_fn, subset=table.tolist(), notes=[*source.notes, note]
     )

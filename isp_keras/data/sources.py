@@ -275,7 +275,7 @@ def folder_source(
     counts = {k: len(v[0]) for k, v in parts.items()}
     if not classes:
         notes.append(f"folder:{path}: no class folders, so unlabelled ({counts['train']} train, {counts['test']} test)")
-        console.progress("%s", notes[-1])
+        console.progress(notes[-1])
     return Source(f"folder:{path}", classes, counts, None, split_fn, notes=notes, labelled=bool(classes))
 
 

@@ -15,18 +15,17 @@ class TFLiteRunner:
         from ai_edge_litert.interpreter import Interpreter
 
         kwargs = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
-        try:
-            with console.native_stderr_filtered():  # LiteRT's "Created ... XNNPACK delegate" INFO line
+        with console.native_stderr_filtered():  # LiteRT's "Created ... XNNPACK delegate" INFO line
+            try:
                 self.interpreter = Interpreter(num_threads=num_threads, **kwargs)
-        except (ValueError, RuntimeError) as exc:
-            name = kwargs.get("model_path", "model")
-            raise UserError(f"{name}: not a TFLite model LiteRT can load ({exc})") from None
+            except (ValueError, RuntimeError) as exc:
+                name = kwargs.get("model_path", "model")
+                raise UserError(f"{name}: not a TFLite model LiteRT can load ({exc})") from None
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_shape = tuple(int(s) for s in self.input["shape"][1:])
         self.batch = int(self.input["shape"][0])
-        with console.native_stderr_filtered():
-            self.interpreter.allocate_tensors()
 
     @property
     def input_dtype(self):

@@ -111,7 +111,7 @@ class Setup:
 
 @dataclasses.dataclass
 class PairsSetup(Setup):
-    """Table 2's Setup: batches of aligned RAW/RGB patches from a pairs cache (data.pairs) instead of the
+    """Table 2's Setup: batches of aligned RAW/RGB patches from a pair cache (data.pair_cache) instead of the
     pipeline."""
 
     cache: str = ""

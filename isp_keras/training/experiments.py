@@ -226,7 +226,6 @@ def cache_summary(cache: str) -> dict:
 
 
 def maybe_synthesize(cfg: Table2Config) -> None:
-
     from isp_keras.data import synthetic_bursts
 
     kind, _, root = cfg.pairs.partition(":")
