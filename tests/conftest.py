@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny real slice of the embedded CIFAR-10 set and a tiny teacher trained on it."""
+"""Shared fixtures: the committed tiny teacher and student (tests/fixtures/tiny), a tiny distillation config, and an
+in-process command runner."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -10,29 +12,28 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_teacher(tmp_path_factory):
-    """A resnet_tiny RGB teacher (+ sidecar JSON) trained 2 epochs on 1,024 real CIFAR-10 images (~10 s)."""
-    from isp_keras.training import teacher
-    from isp_keras.training.config import TeacherConfig
+def tiny_rebuild():
+    """tests/fixtures/tiny/rebuild.py as a module (the tests are not a package)."""
+    import importlib.util
 
-    root = tmp_path_factory.mktemp("tiny_teacher")
-    out = root / "teacher.keras"
-    teacher.train(
-        TeacherConfig(
-            dataset="embedded",
-            arch="resnet_tiny",
-            image_size=32,
-            epochs=2,
-            batch_size=64,
-            lr=0.05,
-            weight_decay=5e-4,
-            take=1024,
-            seed=0,
-            out=str(out),
-            model_dir=str(root / "run"),
-        )
-    )
-    return out
+    path = Path(__file__).parent / "fixtures" / "tiny" / "rebuild.py"
+    spec = importlib.util.spec_from_file_location("tiny_rebuild", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_rebuild, tmp_path_factory):
+    """(teacher .keras path, student run directory): the committed tiny pair (tests/fixtures/tiny, made by its
+    rebuild.py), copied into a session folder."""
+    return tiny_rebuild.install(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_models):
+    """A resnet_tiny RGB teacher (+ sidecar JSON) trained 2 epochs on 1,024 real CIFAR-10 images."""
+    return tiny_models[0]
 
 
 @pytest.fixture()
@@ -54,26 +55,11 @@ def tiny_config(tiny_teacher, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def tiny_student(tiny_teacher, tmp_path_factory):
-    """A finished run directory (student.keras + student.json + config.json): the tiny teacher distilled for one
-    epoch on 1,024 real CIFAR-10 mosaics (noise 0.1), as `python -m isp_keras.train` writes it (~10 s)."""
-    from isp_keras.training import experiments
-    from isp_keras.training.config import TrainConfig
-
-    run_dir = tmp_path_factory.mktemp("tiny_student")
-    cfg = TrainConfig(
-        teacher=str(tiny_teacher),
-        model_dir=str(run_dir),
-        epochs=1,
-        batch_size=64,
-        train_take=1024,
-        test_take=128,
-        stats_images=512,
-        lr=0.05,
-        qat_epochs=0,
-    ).validate()
-    experiments.train(cfg)
-    return run_dir
+def tiny_student(tiny_models):
+    """A finished run directory (student.keras + student.json + config.json + normalisation.json + results.json):
+    the tiny teacher distilled for one epoch on 1,024 real CIFAR-10 mosaics (noise 0.1), as `python -m
+    isp_keras.train` writes it."""
+    return tiny_models[1]
 
 
 def pytest_collection_modifyitems(items):
