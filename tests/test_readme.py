@@ -2,11 +2,13 @@
 commands are read from the README itself and run through bash in a copy-free temporary working directory that
 only links the checkout's sample files, with tiny settings appended (fewer images, one epoch). Its train step is
 also the main command's end-to-end test: the run directory's contract, the printed table, the saved student,
-TensorBoard, and the golden rerun."""
+TensorBoard, and the golden rerun; its benchmark step is the deployment benchmark's smoke run (every figure of its
+JSON)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -21,9 +23,16 @@ TINY = {
     "--log_steps=3",
     "isp_keras.export": "--calibration_samples=16 --parity_take=32 --nodynamic --noparity_gate",
     "isp_keras.predict": "",
-    "isp_keras.benchmark": "--runs=10 --warmup=1 --latency_block=5 --agreement_take=32 --calibration_samples=16 "
-    "--e2e_images=2 --nomobilenet --full_size_mp=0.02 --full_size_runs=1",
+    "isp_keras.benchmark": "--runs=3 --warmup=1 --latency_block=1 --agreement_take=32 --calibration_samples=16 "
+    "--e2e_images=2 --nomobilenet --full_size_mp=0.02 --full_size_runs=1 --json=bench.json",
 }
+# The benchmark's ratios: (ratio, numerator latency, denominator latency).
+RATIOS = (
+    ("int8_over_float32_latency", "int8_latency_ms", "float32_latency_ms"),
+    ("dynamic_over_float32_latency", "dynamic_latency_ms", "float32_latency_ms"),
+    ("raw_path_speedup_over_isp_path", "isp_path_latency_ms", "raw_path_latency_ms"),
+    ("raw_path_speedup_over_tf_isp_path", "tf_isp_path_latency_ms", "raw_path_latency_ms"),
+)
 
 
 # absl's INFO lines (I1207 12:00:00.0 ...), LiteRT's and the converter's own prints.
@@ -62,6 +71,7 @@ def test_walkthrough_runs_in_order(tmp_path):
     predictions = [line for line in outputs["isp_keras.predict"].splitlines() if line.startswith("data/samples/")]
     assert len(predictions) == 4 and all(line.count(",") == 4 for line in predictions)
     assert "int8_over_float32_latency" in outputs["isp_keras.benchmark"]
+    check_benchmark_figures(json.loads((tmp_path / "bench.json").read_text()))
     # What a person reads: a short table from benchmark, progress on stderr, and no TensorFlow, absl or LiteRT
     # INFO lines (they need --verbosity=1).
     table = [line for line in outputs["isp_keras.benchmark"].splitlines() if line.startswith("| ")]
@@ -72,15 +82,24 @@ def test_walkthrough_runs_in_order(tmp_path):
         noise = [line for line in errors[module].splitlines() if INFO_LINE.match(line)]
         assert not noise, (module, noise[:3])
 
-    # Golden: the same train command with the same seed gives the same numbers (CPU, one process).
+    # Golden: the same train command with the same seed gives the same numbers (CPU, one process); the rows before
+    # the quantisation-aware one are made before it starts, so the rerun stops there.
     results = json.loads((tmp_path / "runs" / "train" / "results.json").read_text())
     command = next(c for c in walkthrough() if c.startswith("python -m isp_keras.train"))
-    again = run_in(tmp_path, f"{command} {TINY['isp_keras.train']} --overwrite")
+    again = run_in(tmp_path, f"{command} {TINY['isp_keras.train']} --qat_epochs=0 --model_dir=runs/again")
     assert again.returncode == 0, again.stderr[-2000:]
-    rerun = json.loads((tmp_path / "runs" / "train" / "results.json").read_text())
-    for a, b in zip(results["rows"], rerun["rows"]):
+    rerun = json.loads((tmp_path / "runs" / "again" / "results.json").read_text())
+    assert [r["name"] for r in rerun["rows"]] == ["teacher_clean", "teacher_raw", "distilled"]
+    for a, b in zip(results["rows"], rerun["rows"], strict=False):
         for k in ("top1", "top5", "agreement"):
             assert abs(a[k] - b[k]) <= 0.5, (a, b)
+    # Without the quantisation-aware row the saved student is the distilled one: its kernels are off the int8 grid.
+    import keras
+
+    student = keras.saving.load_model(tmp_path / "runs" / "again" / "student.keras", safe_mode=True)
+    kernel = student.get_layer("stem_conv").kernel.numpy()
+    steps = kernel / (np.abs(kernel).reshape(-1, kernel.shape[-1]).max(0) / 127.0)
+    assert np.abs(steps - np.round(steps)).max() > 0.1
 
 
 def run_in(folder: Path, command: str) -> subprocess.CompletedProcess:
@@ -147,6 +166,31 @@ def check_train_run(run_dir: Path, stdout: str) -> None:
     assert distilled == [3, 4] and qat == [6, 8]
     assert _scalar_steps(run_dir / "distilled" / "logs" / "validation", "validation/top1") == [4]
     assert _scalar_steps(run_dir / "distilled_qat" / "logs" / "validation", "validation/agreement") == [8]
+
+
+def check_benchmark_figures(fig: dict) -> None:
+    """What `benchmark --suite=deploy --json` promises, with the walkthrough's settings (3 single rounds, 32
+    agreement mosaics, 2 end-to-end images, a 0.02-megapixel full-size file)."""
+    for name in ("keras", "float32", "dynamic", "int8", "raw_path", "isp_path", "tf_isp_path", "isp_only"):
+        assert fig[f"{name}_latency_ms"] > 0
+    assert fig["latency_rounds"] == 3
+    for name, num, den in RATIOS:
+        # The median of the per-round ratios within their spread, and the ratio of the two median latencies (the
+        # same timings) within the per-round ratios' range.
+        lo, q1, q3, hi = (fig[f"{name}_{s}"] for s in ("min", "q1", "q3", "max"))
+        assert lo <= q1 <= fig[name] <= q3 <= hi, (name, fig)
+        assert lo * (1 - 1e-3) <= fig[num] / fig[den] <= hi * (1 + 1e-3), (name, fig)
+    assert 0 <= fig["int8_top1_agreement"] <= 100 and fig["float32_top1_agreement"] == 100.0
+    assert fig["agreement_examples"] == 32 and fig["e2e_images"] == 2
+    assert fig["int8_bytes"] < fig["float32_bytes"] and fig["keras_bytes"] > 0
+    assert 0 <= fig["tf_isp_path_top1"] <= 100 and fig["tf_isp_path_model_bytes"] > 0
+    assert all(not (isinstance(v, float) and math.isnan(v)) for v in fig.values())
+    # 0.02 megapixels in 32-pixel tiles: 122x162 pixels, 3x5 tiles.
+    assert fig["full_size_shape"] == "162x122" and fig["full_size_tiles"] == 3 * 5
+    for kind in ("raw", "isp"):
+        assert fig[f"full_{kind}_path_latency_ms"] > 0
+        assert fig[f"full_{kind}_path_peak_rss_mb"] > fig[f"full_{kind}_path_work_rss_mb"] > 0
+    assert fig["full_raw_path_speedup_over_isp_path"] > 0
 
 
 def parse_table(stdout):

@@ -1,11 +1,11 @@
-"""`python -m isp_keras.train`: without QAT, under mirrored, refusals (its end-to-end contract: test_readme.py)."""
+"""`python -m isp_keras.train`: under mirrored, refusals (its end-to-end contract, with and without the
+quantisation-aware row: test_readme.py)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from isp_keras import train
@@ -40,22 +40,6 @@ def tiny_args(teacher, run_dir, *extra):
         "--log_steps=3",
         *extra,
     ]
-
-
-@pytest.mark.slow
-def test_without_qat_the_distilled_student_is_saved(tiny_teacher, tmp_path):
-    """--qat_epochs=0: no fine-tuning row, and the saved student is the distilled one (kernels off the int8 grid)."""
-    run_dir = tmp_path / "run"
-    proc = run_train(tiny_args(tiny_teacher, run_dir, "--qat_epochs=0", "--train_take=256"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads((run_dir / "results.json").read_text())
-    assert [r["name"] for r in results["rows"]] == ["teacher_clean", "teacher_raw", "distilled"]
-    import keras
-
-    student = keras.saving.load_model(run_dir / "student.keras", safe_mode=True)
-    kernel = student.get_layer("stem_conv").kernel.numpy()
-    steps = kernel / (np.abs(kernel).reshape(-1, kernel.shape[-1]).max(0) / 127.0)
-    assert np.abs(steps - np.round(steps)).max() > 0.1
 
 
 def test_a_run_directory_of_another_command_is_refused(tiny_teacher, tmp_path, capsys, run_command):
