@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -385,21 +383,17 @@ def test_full_disk_while_saving_results(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "results.json").exists() and os.listdir(tmp_path) == []
 
 
-def test_flagfile_with_unknown_flag_on_the_command_line(tmp_path):
+def test_flagfile_with_unknown_flag_on_the_command_line(tmp_path, monkeypatch, capsys, run_command):
+    from isp_keras import train
+
     flagfile = tmp_path / "preset.cfg"
     flagfile.write_text("--noise_std=0.1\n--nosie_std=0.2\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "isp_keras.train", f"--flagfile={flagfile}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert ours == [f"error: {flagfile}: unknown flag --nosie_std"], proc.stderr[-1000:]
-    assert "Traceback" not in proc.stderr
+    monkeypatch.chdir(ROOT)
+    assert run_command(TrainConfig, train.run, [f"--flagfile={flagfile}"]) == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert ours == [f"error: {flagfile}: unknown flag --nosie_std"], err[-1000:]
+    assert "Traceback" not in err
 
 
 def test_data_error_message_ignores_bugs():

@@ -98,16 +98,14 @@ def test_cli_and_bad_input(raw_folder, tiny_student, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "| s |" in run.stdout and "| broken.dng | skipped: " in run.stdout
     assert json.loads((out / "results.json").read_text())["pairs_read"] == 3
-    bad = subprocess.run(
-        [sys.executable, "-m", "isp_keras.experiments.real_raw", f"--pairs=raw:{raw_folder}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert (
-        bad.returncode == 2
-        and bad.stderr.strip() == "error: --students: give one or more trained students (NAME=RUN_DIR)"
-    )
+
+
+def test_no_students_is_one_line(raw_folder, capsys, run_command):
+    from isp_keras.deploy.config import RealRawConfig
+    from isp_keras.experiments import real_raw
+
+    assert run_command(RealRawConfig, real_raw.run, [f"--pairs=raw:{raw_folder}"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --students: give one or more trained students (NAME=RUN_DIR)"
 
 
 def test_bin_pair_shrinks_both_sides_alike():

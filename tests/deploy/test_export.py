@@ -160,22 +160,14 @@ def test_cli_rejects_a_distiller_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_rejects_a_bad_range_batch_in_one_line(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "isp_keras.export",
-            f"--student={tmp_path}",
-            f"--out={tmp_path / 'o'}",
-            "--range_batch=0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == ["error: --range_batch=0: must be >= 1"]
+def test_a_bad_range_batch_is_one_line(tmp_path, capsys, run_command):
+    from isp_keras import export as export_command
+
+    argv = [f"--student={tmp_path}", f"--out={tmp_path / 'o'}", "--range_batch=0"]
+    assert run_command(ExportConfig, export_command.run, argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [x for x in err.splitlines() if x.startswith("error:")] == ["error: --range_batch=0: must be >= 1"]
 
 
 def export_embedded_student(tmp_path, **settings) -> dict:

@@ -13,9 +13,10 @@ import sys
 import numpy as np
 import pytest
 
+from isp_keras import predict as predict_command
 from isp_keras.data import sources
 from isp_keras.deploy import export, parity, predict, runtime, serving
-from isp_keras.deploy.config import ExportConfig
+from isp_keras.deploy.config import ExportConfig, PredictConfig
 from isp_keras.errors import UserError
 from isp_keras.raw import rawio
 
@@ -190,35 +191,34 @@ def test_cli(setup, tmp_path):
     )
     assert loud.returncode == 0 and loud.stdout.splitlines()[0] == lines[0]
     assert "XNNPACK delegate" in loud.stderr
+
+
+def test_a_bad_file_alone_is_one_line(setup, tmp_path, capsys, run_command):
+    deploy, _, _ = setup
     np.save(tmp_path / "odd.npy", np.zeros((32, 30), np.float16))
-    bad = subprocess.run(
-        [sys.executable, "-m", "isp_keras.predict", f"--model={model}", str(tmp_path / "odd.npy")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert [line for line in bad.stderr.splitlines() if line.startswith("error:")] == [
+    argv = [f"--model={deploy / 'model_int8.tflite'}", str(tmp_path / "odd.npy")]
+    assert run_command(PredictConfig, predict_command.run, argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
         f"error: {tmp_path / 'odd.npy'}: dtype float16; expected float32 in [0, 1] or uint16 sensor counts"
     ]
 
 
-def test_cli_whole_photos_with_a_bad_file(setup, tmp_path):
+def test_cli_whole_photos_with_a_bad_file(setup, tmp_path, capsys, run_command):
     deploy, _, files = setup
     model = deploy / "model_int8.tflite"
     bad = tmp_path / "odd.npy"
     np.save(bad, np.zeros((33, 64), np.float32))
     out = {"json": tmp_path / "p.json", "tiles_out": tmp_path / "tiles.csv", "overlay_dir": tmp_path / "pictures"}
     args = [f"--{k}={v}" for k, v in out.items()]
-    run = subprocess.run(
-        [sys.executable, "-m", "isp_keras.predict", f"--model={model}", *args, str(files["photo_dng"]), str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    status = run_command(
+        PredictConfig, predict_command.run, [f"--model={model}", *args, str(files["photo_dng"]), str(bad)]
     )
-    assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert run.stdout.startswith(f"{files['photo_dng']} (6 tiles): ") and run.stdout.count("\n") == 1
-    assert [line for line in run.stderr.splitlines() if line.startswith("error:")] == [
+    run = capsys.readouterr()
+    assert status == 2 and "Traceback" not in run.err
+    assert run.out.startswith(f"{files['photo_dng']} (6 tiles): ") and run.out.count("\n") == 1
+    assert [line for line in run.err.splitlines() if line.startswith("error:")] == [
         f"error: {bad}: mosaic is 33x64; a Bayer mosaic needs even height and width",
         "error: 1 of 2 files failed",
     ]
@@ -229,13 +229,8 @@ def test_cli_whole_photos_with_a_bad_file(setup, tmp_path):
     assert rows[0].startswith("file,tile,y,x,size,label_1,probability_1") and len(rows) == 7
     assert rows[6].startswith(f"{files['photo_dng']},5,33,65,32,")
     assert (out["overlay_dir"] / "photo.dng.png").stat().st_size > 0
-    wrong = subprocess.run(
-        [sys.executable, "-m", "isp_keras.predict", f"--model={model}", "--tiles_out=t.txt", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert wrong.returncode == 2 and wrong.stderr.strip() == "error: --tiles_out=t.txt: give a .json or .csv path"
+    assert run_command(PredictConfig, predict_command.run, [f"--model={model}", "--tiles_out=t.txt", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --tiles_out=t.txt: give a .json or .csv path"
 
 
 def test_read_mosaic_of_a_sensor_dump(tmp_path):

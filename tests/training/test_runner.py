@@ -147,8 +147,8 @@ def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsy
         assert any(r.name.startswith("finetune_first_") for r in plan.rows)
 
 
-def test_cli_dry_run_and_one_line_errors(tmp_path):
-    run_ = dict(cwd=REPO, capture_output=True, text=True, timeout=120)
+def test_cli_dry_run(tmp_path):
+    """The real command line (a flagfile, a flag over it, --dry_run): the plan, nothing written."""
     ok = subprocess.run(
         [
             sys.executable,
@@ -159,23 +159,28 @@ def test_cli_dry_run_and_one_line_errors(tmp_path):
             "--dry_run",
             f"--model_dir={tmp_path / 'run'}",
         ],
-        **run_,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ok.returncode == 0, ok.stderr
     assert "noise_0.2/distilled" in ok.stdout and "keras.applications.MobileNetV2" in ok.stdout
     assert not (tmp_path / "run").exists()
-    table = subprocess.run(
-        [sys.executable, "-m", "isp_keras.experiments.table", "--flagfile=flags/embedded.flags", "--dry_run"], **run_
-    )
-    assert table.returncode == 0, table.stderr
-    assert "runs/table/distilled" in table.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "isp_keras.experiments.sweep", "--noise_stds=0,abc", "--dry_run"], **run_
-    )
-    assert bad.returncode == 2
-    last = bad.stderr.strip().splitlines()[-1]
+
+
+def test_commands_dry_run_and_one_line_errors(monkeypatch, capsys, run_command):
+    """Parsed and run as the commands do, in this process."""
+    from isp_keras.experiments import sweep, table
+
+    monkeypatch.chdir(REPO)
+    assert run_command(TableConfig, table.run, ["--flagfile=flags/embedded.flags", "--dry_run"]) == 0
+    assert "runs/table/distilled" in capsys.readouterr().out
+    assert run_command(SweepConfig, sweep.run, ["--noise_stds=0,abc", "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
     assert last.startswith("error: --noise_stds") and "abc" in last, last
-    assert "Traceback" not in bad.stderr
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(
