@@ -30,6 +30,9 @@ class Setup:
     norm: normalisation.Normalisation
     pipeline: pipeline.PipelineConfig
     student_init: keras.Model | None = None  # what the student is cloned from (default: the teacher)
+    # The test batches by student input, built once: every evaluation of the level iterates the same dataset, so
+    # its in-memory cache decodes the test images once.
+    test_sets: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def student_source(self) -> keras.Model:
         return self.student_init if self.student_init is not None else self.teacher
@@ -73,10 +76,18 @@ class Setup:
 
     def test_ds(self, student_input: str | None = None):
         """The test batches; `student_input` overrides the run's (the teacher_raw baseline sees the infill)."""
-        cfg = dataclasses.replace(self.pipeline, take=self.cfg.test_take, batch_size=max(self.pipeline.batch_size, 256))
-        if student_input is not None:
-            cfg = dataclasses.replace(cfg, student_input=student_input)
-        return pipeline.build(self.source, self.source.test_split, cfg, training=False, norm=self.norm)
+        kind = student_input or self.pipeline.student_input
+        if kind not in self.test_sets:
+            cfg = dataclasses.replace(
+                self.pipeline,
+                take=self.cfg.test_take,
+                batch_size=max(self.pipeline.batch_size, 256),
+                student_input=kind,
+            )
+            self.test_sets[kind] = pipeline.build(
+                self.source, self.source.test_split, cfg, training=False, norm=self.norm
+            )
+        return self.test_sets[kind]
 
     def packing(self) -> packed.Packing | None:
         """What a packed student's first layer folds in (None for an infill student): the per-site statistics of
