@@ -93,9 +93,9 @@ def test_unknown_model_name(capsys):
 def test_teacher_input_size_and_classes_must_match_the_data(capsys, tiny_teacher, tmp_path):
     folder = make_folder(tmp_path / "three")
     cfg = TrainConfig(dataset=f"folder:{folder}", teacher=str(tiny_teacher), model_dir=str(tmp_path / "run"))
-    line = one_line(capsys, lambda: experiment.setup(dataclasses.replace(cfg, image_size=64).validate()))
+    line = one_line(capsys, lambda: experiment.build_setup(dataclasses.replace(cfg, image_size=64).validate()))
     assert line == f"{tiny_teacher}: the teacher takes 32x32 images but the data is 64x64 (set --image_size=32)"
-    line = one_line(capsys, lambda: experiment.setup(cfg.validate()))
+    line = one_line(capsys, lambda: experiment.build_setup(cfg.validate()))
     assert line == (
         f"folder:{folder}: 1 of its 3 classes match no class of --teacher={tiny_teacher} (10 outputs; matched by "
         "WordNet id or name): owl"

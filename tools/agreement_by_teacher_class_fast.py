@@ -26,7 +26,7 @@ def predictions(run: Path, seed: int) -> dict:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in recorded.items() if k in names}, seed=seed).validate()
     level = run / f"seed_{seed}"
-    s = experiment.setup(cfg, norm=normalisation.load_normalisation(level / "normalisation.json"))
+    s = experiment.build_setup(cfg, norm=normalisation.load_normalisation(level / "normalisation.json"))
     students = {}
     for row in ROWS:
         students[row] = experiment.build_student(s, None, sync_bn=False)

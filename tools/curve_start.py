@@ -36,14 +36,16 @@ def main(flagfile: str, out: str) -> None:
     began = time.time()
     cfg = table_config(flagfile)
     rows = {}
-    s = experiment.setup(dataclasses.replace(cfg, raw_adapter_curve=GAMMA))
+    s = experiment.build_setup(dataclasses.replace(cfg, raw_adapter_curve=GAMMA))
     raw = experiment.evaluate(s, s.teacher, student_input="infill")
     rows["teacher_raw"] = experiment.metric_row("teacher_raw", raw)
     rows["gamma, normalised after the curve"] = start(s)
     after = s.norm
     s.norm = dataclasses.replace(after, curve_mean=after.raw_mean, curve_std=after.raw_std)
     rows["gamma, normalised on the mosaic"] = start(s)
-    s = experiment.setup(dataclasses.replace(cfg, raw_adapter_curve=[]), norm=dataclasses.replace(after, curve=None))
+    s = experiment.build_setup(
+        dataclasses.replace(cfg, raw_adapter_curve=[]), norm=dataclasses.replace(after, curve=None)
+    )
     rows["identity"] = start(s)
     result = {
         "command": " ".join(["python", *sys.argv]),

@@ -19,7 +19,7 @@ def run(cfg: TrainConfig) -> None:
     from isp_keras.training import experiment
 
     for student_input in INPUTS:
-        s = experiment.setup(dataclasses.replace(cfg, student_input=student_input))
+        s = experiment.build_setup(dataclasses.replace(cfg, student_input=student_input))
         out = Path(cfg.model_dir) / student_input
         out.mkdir(parents=True, exist_ok=True)
         experiment.save_student(experiment.build_student(s, None, sync_bn=False), out, s)

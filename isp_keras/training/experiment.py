@@ -170,7 +170,7 @@ def pipeline_config(cfg: TrainConfig, image_size: int) -> pipeline.PipelineConfi
     )
 
 
-def setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> Setup:
+def build_setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = None) -> Setup:
     """Load data and teacher, check they fit each other, compute (or reuse) the normalisation statistics."""
     source = sources.get_source(cfg.dataset, seed=cfg.seed, strict=cfg.strict, per_class=cfg.per_class())
     if cfg.holdout_fraction:
@@ -254,13 +254,15 @@ def label_space(source: sources.Source, teacher: keras.Model, spec, cfg: TrainCo
     return relabel.in_label_space(source, names, spec.wnids if spec else None, what=f"--teacher={cfg.teacher}")
 
 
-def evaluate(s: Setup, model: keras.Model | None = None, on: str = "student", student_input: str | None = None) -> dict:
-    return distiller.evaluate(s.test_ds(student_input), s.teacher, model, on=on, subset=s.source.subset)
+def evaluate(
+    setup: Setup, model: keras.Model | None = None, on: str = "student", student_input: str | None = None
+) -> dict:
+    return distiller.evaluate(setup.test_ds(student_input), setup.teacher, model, on=on, subset=setup.source.subset)
 
 
-def baseline_rows(s: Setup) -> list[dict]:
-    clean = evaluate(s, on="teacher_rgb")
-    raw = evaluate(s, s.teacher, on="student", student_input="infill")  # the teacher takes the infilled image
+def baseline_rows(setup: Setup) -> list[dict]:
+    clean = evaluate(setup, on="teacher_rgb")
+    raw = evaluate(setup, setup.teacher, on="student", student_input="infill")  # the teacher takes the infilled image
     return [metric_row("teacher_clean", clean), metric_row("teacher_raw", raw)]
 
 
@@ -323,10 +325,10 @@ class ScalarLog(keras.callbacks.Callback):
         self.validation.close()
 
 
-def build_student(s: Setup, start_from: keras.Model | None, sync_bn: bool) -> keras.Model:
+def build_student(setup: Setup, start_from: keras.Model | None, sync_bn: bool) -> keras.Model:
     if start_from is not None:  # an earlier row's student, already packed if the run's students are
         return students.student_from_teacher(start_from, sync_bn=sync_bn)
-    return students.student_from_teacher(s.student_source(), sync_bn=sync_bn, packing=s.packing())
+    return students.student_from_teacher(setup.student_source(), sync_bn=sync_bn, packing=setup.packing())
 
 
 def adapter_gradient_scales(student: keras.Model, scale: float) -> dict:
@@ -337,7 +339,7 @@ def adapter_gradient_scales(student: keras.Model, scale: float) -> dict:
 
 
 def train_student(
-    s: Setup, row, row_dir, start_from: keras.Model | None = None, step_offset: int = 0, verbose: int | str = "auto"
+    setup: Setup, row, row_dir, start_from: keras.Model | None = None, step_offset: int = 0, verbose: int | str = "auto"
 ) -> tuple[dict, keras.Model]:
     """Train one student row (`plans.Row`: its loss, epochs, learning rate, fine-tuned prefix and whether it is
     quantisation-aware), resumably in `row_dir`; returns (metrics row, student).
@@ -346,13 +348,13 @@ def train_student(
     quantise.quantisation_aware (int8 simulated, BN frozen), then snap the weights to their int8 grid."""
     from isp_keras.training import distribute
 
-    cfg = s.cfg
+    cfg = setup.cfg
     keras.utils.set_random_seed(cfg.seed)
     strategy = distribute.get_strategy(cfg.strategy, cfg.tpu)
     row_dir = distribute.worker_dir(strategy, Path(row_dir))
-    steps = s.steps_per_epoch()
+    steps = setup.steps_per_epoch()
     with strategy.scope():
-        student = build_student(s, start_from, sync_bn=strategy.num_replicas_in_sync > 1)
+        student = build_student(setup, start_from, sync_bn=strategy.num_replicas_in_sync > 1)
         trainable = students.set_trainable_prefix(student, row.finetune_first)
         trained = quantise.quantisation_aware(student) if row.quantisation_aware else student
         optimizer = schedule.sgd(
@@ -360,7 +362,7 @@ def train_student(
         )
         model = distiller.Distiller(
             trained,
-            s.teacher,
+            setup.teacher,
             alpha=row.alpha,
             temperature=cfg.temperature,
             hard_labels=row.hard_labels,
@@ -392,7 +394,7 @@ def train_student(
     def validate():
         if saver.terminated or nan_guard.bad_step is not None:  # stopping: save, do not evaluate
             return None
-        return evaluate(s, trained)
+        return evaluate(setup, trained)
 
     nan_guard = checkpoint.StopOnNaN()
     saver = checkpoint.AtomicCheckpoint(
@@ -409,7 +411,7 @@ def train_student(
     if done_in_epoch and epoch < row.epochs:  # resumed mid-epoch: finish that epoch, then whole ones
         scalars.done_in_epoch = done_in_epoch
         fit(
-            s.train_ds(start_step, row.epochs),
+            setup.train_ds(start_step, row.epochs),
             epochs=epoch + 1,
             initial_epoch=epoch,
             steps_per_epoch=steps - done_in_epoch,
@@ -419,7 +421,7 @@ def train_student(
         epoch += 1
     if epoch < row.epochs and nan_guard.bad_step is None and not saver.terminated:
         fit(
-            s.train_ds(epoch * steps, row.epochs),
+            setup.train_ds(epoch * steps, row.epochs),
             epochs=row.epochs,
             initial_epoch=epoch,
             steps_per_epoch=steps,
@@ -442,13 +444,13 @@ def train_student(
     if row.quantisation_aware:
         quantise.snap_weights(student)
         quantise.unfreeze_batchnorm(student)
-    metrics = evaluate(s, student)
+    metrics = evaluate(setup, student)
     scalars.final(metrics)
     scalars.close()
     return metric_row(row.name, metrics), student
 
 
-def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
+def save_student(student: keras.Model, run_dir, setup: Setup) -> Path:
     """The student alone (never the Distiller) plus what serving needs: normalisation, CFA, classes."""
     run_dir = Path(run_dir)
     path = run_dir / "student.keras"
@@ -465,32 +467,32 @@ def save_student(student: keras.Model, run_dir, s: Setup) -> Path:
     student_file.write(
         run_dir / "student.json",
         student_file.StudentFile(
-            cfa=s.cfg.cfa,
-            image_size=s.pipeline.image_size,
-            classes=list(s.source.classes),
-            normalisation=s.norm,
-            student_input=s.pipeline.student_input,
-            raw_adapter=s.cfg.raw_adapter,
-            noise_std=s.cfg.noise_std,
-            sensor=s.cfg.sensor,
-            wnids=list(s.spec.wnids) if s.spec.wnids else None,
-            teacher=s.cfg.teacher,
-            dataset=s.cfg.dataset,
+            cfa=setup.cfg.cfa,
+            image_size=setup.pipeline.image_size,
+            classes=list(setup.source.classes),
+            normalisation=setup.norm,
+            student_input=setup.pipeline.student_input,
+            raw_adapter=setup.cfg.raw_adapter,
+            noise_std=setup.cfg.noise_std,
+            sensor=setup.cfg.sensor,
+            wnids=list(setup.spec.wnids) if setup.spec.wnids else None,
+            teacher=setup.cfg.teacher,
+            dataset=setup.cfg.dataset,
         ),
     )
     return path
 
 
-def log_image_panel(run_dir, s: Setup, count: int = 4) -> None:
+def log_image_panel(run_dir, setup: Setup, count: int = 4) -> None:
     """TensorBoard image: RGB | mosaic | bilinear infill, for a few test images (display-scaled)."""
     from isp_keras.raw import bayer
 
-    cfg = dataclasses.replace(s.pipeline, take=count, batch_size=count, cache=False)
+    cfg = dataclasses.replace(setup.pipeline, take=count, batch_size=count, cache=False)
     raw, rgb, _ = next(
-        iter(pipeline.build(s.source, s.source.test_split, cfg, training=False, norm=None, mode="mosaic"))
+        iter(pipeline.build(setup.source, setup.source.test_split, cfg, training=False, norm=None, mode="mosaic"))
     )
     mosaic_rgb = tf.repeat(raw, 3, axis=-1)
-    panel = tf.concat([rgb, mosaic_rgb, bayer.infill(raw, s.cfg.cfa)], axis=2)
+    panel = tf.concat([rgb, mosaic_rgb, bayer.infill(raw, setup.cfg.cfa)], axis=2)
     writer = tf.summary.create_file_writer(str(Path(run_dir) / "logs" / "images"))
     with writer.as_default():
         tf.summary.image("rgb | mosaic | infill", tf.clip_by_value(panel, 0.0, 1.0), step=0, max_outputs=count)

@@ -207,9 +207,9 @@ def table2(cfg: Table2Config, command: str = "") -> dict:
     caches = {}
 
     def make_setup(level, norm):
-        s = pairs_setup(level.cfg, teacher, spec, level.tag["raw"])
-        caches[level.tag["raw"]] = {"dir": s.cache, "counts": s.source.counts}
-        return s
+        setup = pairs_setup(level.cfg, teacher, spec, level.tag["raw"])
+        caches[level.tag["raw"]] = {"dir": setup.cache, "counts": setup.source.counts}
+        return setup
 
     plan = plans.Plan("table2", cfg, rows, levels, make_setup=make_setup, command=command)
     levels_out, seconds = runner.run(plan)

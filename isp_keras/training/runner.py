@@ -104,7 +104,7 @@ def level_setup(plan: Plan, level: Level, state: LevelState):
     if state.setup is None:
         norm_path = level.dir / NORM_FILE
         norm = normalisation.load_normalisation(norm_path) if norm_path.exists() else None
-        make = plan.make_setup or (lambda lvl, n: experiment.setup(lvl.cfg, norm=n))
+        make = plan.make_setup or (lambda lvl, n: experiment.build_setup(lvl.cfg, norm=n))
         state.setup = make(level, norm)
         if state.setup.norm != norm:  # new, or completed with the statistics after an adapter's curve
             normalisation.save_normalisation(norm_path, state.setup.norm)
@@ -133,22 +133,22 @@ def run_level(plan: Plan, level: Level, log) -> tuple[list[dict], dict]:
     for row in rows:
         if finished[row.name] is not None:
             continue
-        s = level_setup(plan, level, state)
+        setup = level_setup(plan, level, state)
         row_dir = level.dir / row.name
         log(f"{row_dir}: {row.describe(level.cfg)}")
         start = time.time()
-        steps = s.steps_per_epoch()
+        steps = setup.steps_per_epoch()
         if row.trains:
-            start_model = student_of(s, level, row.start_from, state.students) if row.start_from else None
+            start_model = student_of(setup, level, row.start_from, state.students) if row.start_from else None
             result, student = experiment.train_student(
-                s, row, row_dir, start_from=start_model, step_offset=first_step(row, steps), verbose=plan.verbose
+                setup, row, row_dir, start_from=start_model, step_offset=first_step(row, steps), verbose=plan.verbose
             )
             student.save_weights(row_dir / STUDENT_WEIGHTS)
-            experiment.save_student(student, row_dir, s)  # any row's student can be exported (--student=ROW_DIR)
+            experiment.save_student(student, row_dir, setup)  # any row's student can be exported (--student=ROW_DIR)
             state.students[row.name] = student
         else:
             if state.baselines is None:
-                state.baselines = {r["name"]: r for r in experiment.baseline_rows(s)}
+                state.baselines = {r["name"]: r for r in experiment.baseline_rows(setup)}
             result = state.baselines[row.name]
         result = {**result, **level.tag}
         spent = round(time.time() - start, 1)
@@ -164,7 +164,7 @@ def headline(row: dict) -> str:
     return ", ".join(f"{LABELS[k]} {row[k]:.2f}%" for k in LABELS if row.get(k) is not None)
 
 
-def student_of(s, level: Level, name: str, trained: dict):
+def student_of(setup, level: Level, name: str, trained: dict):
     """The student of row `name` of this level: trained in this process, or its saved final weights."""
     if name in trained:
         return trained[name]
@@ -173,7 +173,7 @@ def student_of(s, level: Level, name: str, trained: dict):
         raise UserError(
             f"{level.dir / name}: finished, but {STUDENT_WEIGHTS} is missing; pass --overwrite to redo the rows"
         )
-    student = experiment.build_student(s, None, sync_bn=False)
+    student = experiment.build_student(setup, None, sync_bn=False)
     student.load_weights(path)
     trained[name] = student
     return student
@@ -185,8 +185,8 @@ def final_student(plan: Plan, level: Level):
     if not names:
         raise UserError(f"{plan.out}: no student row to save")
     state = plan.states.setdefault(str(level.dir), LevelState())
-    s = level_setup(plan, level, state)
-    return s, student_of(s, level, names[-1], state.students)
+    setup = level_setup(plan, level, state)
+    return setup, student_of(setup, level, names[-1], state.students)
 
 
 def log_test_scalars(row_dir: Path, row: dict, row_spec: Row, last_step: int) -> None:

@@ -181,7 +181,7 @@ def export_embedded_student(tmp_path, **settings) -> dict:
     cfg = TrainConfig(
         teacher=str(REAL_TEACHER), model_dir=str(tmp_path / "run"), stats_images=512, noise_std=0.1, **settings
     ).validate()
-    s = experiment.setup(cfg)
+    s = experiment.build_setup(cfg)
     (tmp_path / "run").mkdir()
     experiment.save_student(students.student_from_teacher(s.teacher, packing=s.packing()), tmp_path / "run", s)
     manifest = export.run(

@@ -220,7 +220,7 @@ def test_serving_feeds_a_tflite_teachers_student_the_training_input_in_its_scale
         test_take=8,
         stats_images=30,
     ).validate()
-    s = experiment.setup(cfg)
+    s = experiment.build_setup(cfg)
     assert all(0.4 < v < 0.75 for v in s.norm.input_std) and all(-0.3 < v < 0.1 for v in s.norm.input_mean)
     (x, _), _ = next(iter(s.test_ds()))
     mosaic_cfg = dataclasses.replace(s.pipeline, take=cfg.test_take, batch_size=256)

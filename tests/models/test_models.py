@@ -125,8 +125,8 @@ def test_saved_model_teacher_needs_student_init(tiny_teacher, tmp_path):
         stats_images=128,
     ).validate()
     with pytest.raises(UserError, match="--student_init"):
-        experiment.setup(cfg)
-    s = experiment.setup(dataclasses.replace(cfg, student_init=str(tiny_teacher)))
+        experiment.build_setup(cfg)
+    s = experiment.build_setup(dataclasses.replace(cfg, student_init=str(tiny_teacher)))
     row, student = experiment.train_student(
         s, plans.student_row("distilled", cfg, 0.9, "gt"), tmp_path / "run", verbose=0
     )

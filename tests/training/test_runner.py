@@ -243,7 +243,7 @@ def test_table_end_to_end_resumes_and_guards_settings(tiny_teacher, tmp_path, mo
     # A rerun skips every finished row (baselines included: no data is even read) and reports the same numbers;
     # settings that cannot change a number (rundir.RESUMABLE) may differ.
     monkeypatch.setattr(experiment, "train_student", no_training)
-    monkeypatch.setattr(experiment, "setup", no_training)
+    monkeypatch.setattr(experiment, "build_setup", no_training)
     again = run("table", *tiny_argv(tiny_teacher, out), "--log_steps=5", "--checkpoint_epochs=2")
     assert again["rows"] == results["rows"] and again["row_seconds"] == results["row_seconds"]
     assert "log_steps" in rundir.RESUMABLE and "checkpoint_epochs" in rundir.RESUMABLE
@@ -320,7 +320,7 @@ def test_sweep_end_to_end_json_and_plot(tiny_teacher, tmp_path, monkeypatch):
     # setting (--noise_stds replaces it): it is not recorded and does not trip the resume guard; the rest does.
     assert "noise_std" not in json.loads((out / rundir.CONFIG_FILE).read_text())["config"]
     monkeypatch.setattr(experiment, "train_student", no_training)
-    monkeypatch.setattr(experiment, "setup", no_training)
+    monkeypatch.setattr(experiment, "build_setup", no_training)
     png.unlink()
     again = run("sweep", *tiny_argv(tiny_teacher, out, "--noise_stds=0,0.3", "--noise_std=0.2"))
     assert again["sweep"] == results["sweep"] and png.exists()
@@ -546,13 +546,15 @@ def test_student_batchnorm_starts_from_the_teachers_function(tmp_path, tiny_teac
         batch_size=10,
         model_dir=str(tmp_path / "run"),
     ).validate()
-    s = experiment.setup(cfg)
+    s = experiment.build_setup(cfg)
     student = experiment.build_student(s, None, sync_bn=False)
     assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in student.layers) == 27
     (x, _), _ = next(iter(s.test_ds()))
     np.testing.assert_allclose(student(x, training=False), s.teacher(x, training=False), atol=1e-3)
     with pytest.raises(UserError, match=r"^--student_batchnorm: restores the BatchNorm a TFLite file folded away"):
-        experiment.setup(TrainConfig(teacher=str(tiny_teacher), student_batchnorm=True, stats_images=64).validate())
+        experiment.build_setup(
+            TrainConfig(teacher=str(tiny_teacher), student_batchnorm=True, stats_images=64).validate()
+        )
 
 
 def test_input_summary_against_numpy():
