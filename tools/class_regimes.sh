@@ -3,7 +3,8 @@
 # regime's learning rates on held-out training data (1e-4, 3e-4, 1e-3 for every row; 3e-3 too for distilled_kd when
 # 1e-3, the grid's top, was its best), then its table over three seeds with the tuned rates. A regime whose tuning is
 # already published in docs/results/classes_tune_<regime>[_kd].json is not tuned again. Every step resumes where a
-# stopped run left off, so rerunning this script after a stop costs at most one epoch.
+# stopped run left off, so rerunning this script after a stop costs at most one epoch; a table's finished rows kept in
+# git with `python tools/run_rows.py save runs/table_classes_<regime>` carry over to a fresh machine.
 # Run from the repository root with the data extracted into .cache/ (docs/data.md); results in runs/.
 #   nohup bash tools/class_regimes.sh > runs/class_regimes.log 2>&1 &
 set -euo pipefail
@@ -25,6 +26,10 @@ for regime in $regimes; do
   files=$(tune $regime --flagfile=flags/classes_$regime.flags)
   if [[ $(python tools/best_lrs.py $files) == *distilled_kd=0.001* ]]; then
     files="$files $(tune ${regime}_kd --flagfile=flags/classes_$regime.flags --rows=distilled_kd --lrs=3e-3)"
+  fi
+  # Rows finished on another machine (kept with tools/run_rows.py save) are not trained again.
+  if [[ -f docs/results/rows/table_classes_$regime.json ]]; then
+    python tools/run_rows.py restore runs/table_classes_$regime
   fi
   python -m isp_keras.experiments.table --flagfile=flags/classes_$regime.flags --row_lrs=$(python tools/best_lrs.py $files) \
     --seeds=0,1,2 --model_dir=runs/table_classes_$regime
