@@ -62,6 +62,19 @@ def tiny_student(tiny_models):
     return tiny_models[1]
 
 
+@pytest.fixture()
+def eager_functions():
+    """Runs every tf.function eagerly for one test. A run over a few tiny batches spends most of its time tracing the
+    train, eval and optimizer functions (about two thirds of an end-to-end table test); executed eagerly, its steps
+    cost less than the tracing. For tests of what a run does with its rows, files and reports; the traced path is
+    what the walkthrough, the resume, distribute and export tests run."""
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
 def pytest_collection_modifyitems(items):
     """Slow tests first (stable within each group), so the parallel workers do not end on one long test."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

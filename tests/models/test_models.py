@@ -98,6 +98,7 @@ def test_keras_applications_name_offline_fails_with_one_line():
     assert "could not download the ImageNet weights" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.usefixtures("eager_functions")
 def test_saved_model_teacher_needs_student_init(tiny_teacher, tmp_path):
     """A SavedModel teaches (forward only, same logits as the .keras it came from); the student starts from
     --student_init because a SavedModel has no architecture to clone."""

@@ -19,6 +19,7 @@ from isp_keras.training import checkpoint
 
 STEPS_PER_EPOCH = 20  # 320 images / batch 16
 EPOCHS = 2
+QAT_EPOCHS = 2
 
 
 def _command(teacher, run_dir):
@@ -37,7 +38,7 @@ def _command(teacher, run_dir):
         "--noise_std=0.1",
         "--seed=3",
         "--checkpoint_steps=5",
-        "--qat_epochs=0",  # the quantisation-aware row has its own test below
+        f"--qat_epochs={QAT_EPOCHS}",
     ]
 
 
@@ -98,6 +99,9 @@ def _student_weights(run_dir):
 
 @pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tiny_teacher, tmp_path):
+    """Stopped three times (SIGTERM in the first distillation epoch, SIGKILL in the second, SIGTERM inside the
+    quantisation-aware row), the same command resumes each time and finishes like a run that never stopped: the
+    distilled row's student and the final (quantisation-aware) student, moving ranges included."""
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
     with open(tmp_path / "straight.log", "wb") as straight_log, open(tmp_path / "killed.log", "wb") as log:
         straight = _start(tiny_teacher, straight_dir, straight_log)  # in parallel with the interrupted one
@@ -120,69 +124,48 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_teacher, tmp_path):
         assert STEPS_PER_EPOCH < state["step"] < EPOCHS * STEPS_PER_EPOCH, "killed mid-epoch"
         assert not (killed_dir / "results.json").exists()
 
-        # 3. The same command again finishes the run.
+        # 3. Rerun, then SIGTERM in the second quantisation-aware epoch, after the distilled row finished.
+        proc = _start(tiny_teacher, killed_dir, log)
+        _wait_for_step(proc, killed_dir, STEPS_PER_EPOCH + 5, timeout=300, phase="distilled_qat")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        qat_step = _committed_step(killed_dir, "distilled_qat")
+        assert STEPS_PER_EPOCH < qat_step < QAT_EPOCHS * STEPS_PER_EPOCH and not (killed_dir / "results.json").exists()
+
+        # 4. The same command again finishes the run.
         proc = _start(tiny_teacher, killed_dir, log)
         assert proc.wait(timeout=300) == 0, (tmp_path / "killed.log").read_text()[-2000:]
         assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-2000:]
 
     text = (tmp_path / "killed.log").read_text()
     assert f"stopped by signal {int(signal.SIGTERM)} at step {term_step}" in text
+    assert f"distilled_qat: stopped by signal {int(signal.SIGTERM)} at step {qat_step}" in text
+    assert f"{killed_dir / 'distilled'}: finished earlier" in text
+    assert "resuming distilled_qat after epoch 1" in text
     assert "Traceback" not in text
     a = json.loads((straight_dir / "results.json").read_text())
     b = json.loads((killed_dir / "results.json").read_text())
     rows_a, rows_b = {r["name"]: r for r in a["rows"]}, {r["name"]: r for r in b["rows"]}
+    assert list(rows_b) == ["teacher_clean", "teacher_raw", "distilled", "distilled_qat"]
     assert rows_a["teacher_raw"] == rows_b["teacher_raw"], "same normalisation and evaluation noise"
-    for key in ("top1", "top5", "agreement"):
-        # 256 test images: one image is 0.39 points; the interrupted run must be within one image's noise.
-        assert abs(rows_a["distilled"][key] - rows_b["distilled"][key]) <= 0.4, (key, rows_a, rows_b)
-    weights_a, weights_b = _student_weights(straight_dir), _student_weights(killed_dir)
-    worst = max(float(np.max(np.abs(wa - wb))) for wa, wb in zip(weights_a, weights_b))
-    print(f"max |weight difference| resumed vs uninterrupted: {worst:.3g}")
-    assert worst < 1e-3, f"resumed student differs from the uninterrupted one by {worst}"
+    for row in ("distilled", "distilled_qat"):
+        for key in ("top1", "top5", "agreement"):
+            # 256 test images: one image is 0.39 points; the interrupted run must be within one image's noise.
+            assert abs(rows_a[row][key] - rows_b[row][key]) <= 0.4, (row, key, rows_a, rows_b)
+    for folder in ("distilled", "."):  # the distilled row's student, and the saved (quantisation-aware) one
+        weights_a, weights_b = _student_weights(straight_dir / folder), _student_weights(killed_dir / folder)
+        worst = max(float(np.max(np.abs(wa - wb))) for wa, wb in zip(weights_a, weights_b, strict=True))
+        print(f"max |weight difference| resumed vs uninterrupted ({folder}): {worst:.3g}")
+        assert worst < 1e-3, f"resumed student ({folder}) differs from the uninterrupted one by {worst}"
     # A finished run is not trained again, and is not mixed with a run of other settings.
     cwd = Path(__file__).resolve().parents[2]
     again = subprocess.run(_command(tiny_teacher, killed_dir), capture_output=True, text=True, env=_env(), cwd=cwd)
-    assert again.returncode == 0 and f"{killed_dir / 'distilled'}: finished earlier" in again.stdout
+    assert again.returncode == 0 and f"{killed_dir / 'distilled_qat'}: finished earlier" in again.stdout
     assert json.loads((killed_dir / "results.json").read_text())["rows"] == b["rows"]
     other = subprocess.run(
         [*_command(tiny_teacher, killed_dir), "--lr=0.01"], capture_output=True, text=True, env=_env(), cwd=cwd
     )
     assert other.returncode == 2 and "pass --overwrite" in other.stderr.strip().splitlines()[-1]
-
-
-@pytest.mark.slow
-def test_stop_during_quantisation_aware_epoch_resumes_it(tiny_teacher, tmp_path):
-    """SIGTERM inside the quantisation-aware row (after distillation finished): the rerun keeps the finished distilled
-    row, resumes distilled_qat from its own step checkpoint (moving ranges included, on the global step that goes on
-    from the distilled row's) and saves the same student as a run that never stopped."""
-    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
-    command = lambda run_dir: [*_command(tiny_teacher, run_dir), "--epochs=1", "--qat_epochs=2"]
-    cwd = Path(__file__).resolve().parents[2]
-    with open(tmp_path / "straight.log", "wb") as straight_log, open(tmp_path / "killed.log", "wb") as log:
-        straight = subprocess.Popen(
-            command(straight_dir), stdout=straight_log, stderr=subprocess.STDOUT, env=_env(), cwd=cwd
-        )
-        proc = subprocess.Popen(command(killed_dir), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=cwd)
-        _wait_for_step(proc, killed_dir, STEPS_PER_EPOCH + 5, phase="distilled_qat")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-        stopped_at = _committed_step(killed_dir, "distilled_qat")
-        assert STEPS_PER_EPOCH < stopped_at < 2 * STEPS_PER_EPOCH and not (killed_dir / "results.json").exists()
-        proc = subprocess.Popen(command(killed_dir), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=cwd)
-        assert proc.wait(timeout=300) == 0, (tmp_path / "killed.log").read_text()[-2000:]
-        assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-2000:]
-    text = (tmp_path / "killed.log").read_text()
-    assert f"distilled_qat: stopped by signal {int(signal.SIGTERM)} at step {stopped_at}" in text
-    assert f"{killed_dir / 'distilled'}: finished earlier" in text and "resuming distilled_qat after epoch 1" in text
-    rows_a = {r["name"]: r for r in json.loads((straight_dir / "results.json").read_text())["rows"]}
-    rows_b = {r["name"]: r for r in json.loads((killed_dir / "results.json").read_text())["rows"]}
-    assert rows_a["distilled"] == rows_b["distilled"]
-    for key in ("top1", "top5", "agreement"):
-        assert abs(rows_a["distilled_qat"][key] - rows_b["distilled_qat"][key]) <= 0.4, (key, rows_a, rows_b)
-    worst = max(
-        float(np.max(np.abs(wa - wb))) for wa, wb in zip(_student_weights(straight_dir), _student_weights(killed_dir))
-    )
-    assert worst < 1e-3, f"resumed QAT student differs from the uninterrupted one by {worst}"
 
 
 def _batches(ds, n):

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 FLAGFILES = sorted(p.name for p in (REPO / "flags").glob("*.flags") if not p.name.startswith("hdrplus_"))
 CONFIGS = {"table": TableConfig, "sweep": SweepConfig, "ablation": AblationConfig}
 METRICS = ("top1", "top5", "agreement", "agreement_top5")
+pytestmark = pytest.mark.usefixtures("eager_functions")
 
 
 def kind_of(flagfile: str) -> str:

@@ -96,6 +96,7 @@ def test_patch_size_must_match_the_teacher(tmp_path, untrained_teacher):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("eager_functions")
 def test_end_to_end_on_synthetic_bursts(tmp_path, untrained_teacher, monkeypatch):
     from isp_keras.training import experiment, experiments, rundir
 
