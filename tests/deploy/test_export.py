@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -141,23 +139,20 @@ def test_existing_out_and_bad_representative(tiny_student, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_cli_rejects_a_distiller_in_one_line(tmp_path):
+def test_cli_rejects_a_distiller_in_one_line(tmp_path, capsys, run_command):
+    from isp_keras import export as export_command
+
     fake = tmp_path / "distiller.keras"
     with zipfile.ZipFile(fake, "w") as archive:
         archive.writestr("config.json", json.dumps({"class_name": "Distiller", "config": {}}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "isp_keras.export", f"--student={fake}", f"--out={tmp_path / 'o'}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert run_command(ExportConfig, export_command.run, [f"--student={fake}", f"--out={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert lines == [
         f"error: {fake}: is a Distiller (the teacher+student training wrapper); export its student "
         "(RUN_DIR/student.keras) instead"
     ]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in err
 
 
 def test_a_bad_range_batch_is_one_line(tmp_path, capsys, run_command):

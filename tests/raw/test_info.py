@@ -3,8 +3,6 @@ when any file fails."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +46,14 @@ def test_lines_and_dumps(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "dump" / "b_merged.dng.npy"), rawio.read_raw(b).mosaic)
 
 
-def test_exit_status(tmp_path):
+def test_exit_status(tmp_path, capsys, run_command):
+    """One line per file, the failure count last, exit status 1 when any file failed (the command line itself,
+    start-up included, runs in tests/test_layout.py)."""
     a, _, bad = _files(tmp_path)
-    mixed = subprocess.run(
-        [sys.executable, "-m", "isp_keras.rawinfo", str(a), str(bad)], capture_output=True, text=True
-    )
-    assert mixed.returncode == 1
-    assert len(mixed.stdout.strip().splitlines()) == 2 and "Traceback" not in mixed.stderr
-    assert mixed.stdout.startswith(f"{a}: ") and mixed.stderr.strip().endswith("1 of 2 file(s) failed")
+    assert run_command(rawinfo.RawinfoConfig, rawinfo.run, [str(a), str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 2 and "Traceback" not in err
+    assert out.startswith(f"{a}: ") and err.strip().endswith("1 of 2 file(s) failed")
 
 
 def test_no_files_is_a_user_error():
