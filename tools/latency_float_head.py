@@ -1,4 +1,5 @@
-"""Single-image LiteRT latency of an export's TFLite files (float32, full int8, int8 with a float head), 2 threads,
+"""Single-image LiteRT latency of each TFLite file an export holds (float32, full int8, and int8 with a float head,
+16x8 or dynamic-range when written), 2 threads,
 median and quartiles of repeated calls on one validation-sized random mosaic. Run alone on the CPU:
     python tools/latency_float_head.py runs/export_mobilenetv2_qat2_float_head \
         docs/results/latency_float_head_mobilenetv2.json

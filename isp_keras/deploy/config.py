@@ -34,6 +34,11 @@ class ExportConfig:
         "Also write model_int8_float_head.tflite: int8 but the classifier head (fully connected layers and softmax), "
         "with float32 input and output, so near-tied classes are not rounded onto one int8 step.",
     )
+    int16x8: bool = option(
+        False,
+        "Also write model_int16x8.tflite: int16 activations with int8 weights (LiteRT's 16x8 mode), float32 input and "
+        "output, for a student whose int8 activations round too coarsely; XNNPACK does not run it, so it is slower.",
+    )
     parity_gate: bool = option(True, "Publish nothing (exit 2) if a parity gate fails.")
     overwrite: bool = option(False, "Replace an existing --out directory.")
     seed: int = option(0, "Seed of the calibration/parity mosaics' noise.")

@@ -38,7 +38,7 @@ def write_export(cfg: ExportConfig, student: serving.Student, source, representa
     """Every file of the export into `tmp`, then the parity check; UserError (nothing published) if a gate fails."""
     console.progress("export: SavedModel (mosaic in)")
     serving.export_saved_model(student, tmp, cfg.black_level, cfg.white_level)
-    int8_kinds = ["int8"] + (["int8_float_head"] if cfg.float_head else [])
+    int8_kinds = ["int8"] + (["int8_float_head"] if cfg.float_head else []) + (["int16x8"] if cfg.int16x8 else [])
     kinds = ["float32", *int8_kinds] + (["dynamic"] if cfg.dynamic else [])
     files = {}
     for kind in kinds:

@@ -32,7 +32,7 @@ def parity_failures(figures: dict) -> list[str]:
         key = f"{name}_max_abs_prob_diff"
         if key in figures and not figures[key] <= MAX_FLOAT_PROB_DIFF:
             failures.append(f"{name} max |prob diff| {figures[key]:.3g} > {MAX_FLOAT_PROB_DIFF:g}")
-    for name in ("int8", "int8_float_head"):
+    for name in ("int8", "int8_float_head", "int16x8"):
         key = f"{name}_top1_agreement"
         if key in figures and not figures[key] >= MIN_INT8_AGREEMENT:
             failures.append(f"{name} top-1 agreement {figures[key]:.2f}% < {MIN_INT8_AGREEMENT:g}%")

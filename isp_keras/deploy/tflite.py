@@ -1,4 +1,5 @@
-"""TFLite conversion of the serving graph: float32, dynamic-range and full int8 (activation ranges pinned)."""
+"""TFLite conversion of the serving graph: float32, dynamic-range, full int8 (activation ranges pinned) and 16x8
+(int16 activations, int8 weights)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ TFLITE_FILES = {
     "int8": "model_int8.tflite",
     "int8_float_head": "model_int8_float_head.tflite",
     "dynamic": "model_dynamic.tflite",
+    "int16x8": "model_int16x8.tflite",
 }
-INT8_KINDS = ("int8", "int8_float_head")
+INTEGER_KINDS = ("int8", "int8_float_head", "int16x8")
 # int8_float_head leaves the classifier head in float: over 1000 classes the int8 logits' step (about 0.1 for the
 # MobileNetV2 student) and the int8 probabilities' (1/256) exceed many top-2 gaps, so rounding there flips near-ties.
 _PASS_THROUGH = ("RESHAPE", "SQUEEZE", "DEQUANTIZE", "QUANTIZE")
@@ -41,11 +43,11 @@ def to_tflite(
     input_name: str = serving.INPUT_NAME,
 ) -> bytes:
     """Convert a SavedModel signature (its input named `input_name`): float32, dynamic-range (int8 weights), full
-    int8 (int8 I/O) or int8 with a float head (float I/O)."""
+    int8 (int8 I/O), int8 with a float head (float I/O) or int16 activations with int8 weights (float I/O)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[signature])
     if kind == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif kind in INT8_KINDS:
+    elif kind in INTEGER_KINDS:
         if representative is None:
             raise ValueError("full-integer conversion needs a representative set")
         samples = representative
@@ -58,9 +60,16 @@ def to_tflite(
         converter.representative_dataset = calibration
         if kind == "int8_float_head":
             return _float_head(converter, lambda: ([sample[np.newaxis]] for sample in samples))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if kind == "int16x8":
+            # 16x8 has no SPACE_TO_DEPTH / DEPTH_TO_SPACE (the infill front end): such ops stay float
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+                tf.lite.OpsSet.TFLITE_BUILTINS,
+            ]
+        else:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
     elif kind != "float32":
         raise ValueError(f"unknown TFLite kind {kind!r}")
     with warnings.catch_warnings(), console.native_stderr_filtered():
@@ -112,10 +121,11 @@ def head_nodes(model_bytes: bytes) -> list[str]:
 def int8_tflite(
     student: serving.Student, representative: np.ndarray, range_batch: int = RANGE_BATCH, kinds=("int8",)
 ) -> tuple[dict, dict]:
-    """Integer TFLite models of the serving graph (`kinds` of INT8_KINDS), with the student's activation ranges
-    pinned (quantise.py) and the RAW front end calibrated by the converter on the same representative mosaics.
+    """Integer TFLite models of the serving graph (`kinds` of INTEGER_KINDS), the int8 ones with the student's
+    activation ranges pinned (quantise.py) and the RAW front end calibrated by the converter on the same
+    representative mosaics; 16x8 calibrated by the converter alone (the pins are 8-bit fake quantisation).
     Returns ({kind: model}, ranges)."""
-    unknown = [kind for kind in kinds if kind not in INT8_KINDS]
+    unknown = [kind for kind in kinds if kind not in INTEGER_KINDS]
     if unknown:
         raise ValueError(f"unknown integer TFLite kind(s) {unknown}")
     if range_batch < 1:
@@ -140,6 +150,7 @@ def int8_tflite(
     for kind in kinds:
         # A pinned range after the logits would make the converter quantise the head whatever the deny-list.
         pinned = {k: v for k, v in ranges.items() if k not in head} if kind == "int8_float_head" else ranges
+        pinned = {} if kind == "int16x8" else pinned
         ranged = dataclasses.replace(student, model=quantise.with_ranges(student.model, pinned)) if pinned else student
         with tempfile.TemporaryDirectory(prefix="isp_keras_int8_") as tmp:
             serving.write_archive(

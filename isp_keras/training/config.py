@@ -255,6 +255,7 @@ TABLE_ROWS = (
     "distilled_gt",
     "distilled_kd",
     "distilled_qat",
+    "distilled_qat_float",
 )
 DEFAULT_TABLE_ROWS = ["teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled"]
 PAIR_MODES = ("merged", "short")
@@ -316,8 +317,9 @@ class TableConfig(TrainConfig):
         unknown = [n for n in _unique(self.rows, "rows") if n not in TABLE_ROWS]
         if unknown:
             raise UserError(f"--rows: unknown row {unknown[0]!r}; choose from {', '.join(TABLE_ROWS)}")
-        if "distilled_qat" in self.rows and ("distilled" not in self.rows or not self.qat_epochs):
-            raise UserError("--rows=distilled_qat: needs the distilled row (it starts from it) and --qat_epochs >= 1")
+        for name in ("distilled_qat", "distilled_qat_float"):
+            if name in self.rows and ("distilled" not in self.rows or not self.qat_epochs):
+                raise UserError(f"--rows={name}: needs the distilled row (it starts from it) and --qat_epochs >= 1")
         return self
 
 

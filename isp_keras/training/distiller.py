@@ -3,7 +3,9 @@
     L = alpha * CE(hard, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
 It receives ((student_input, teacher_input), label) and knows nothing about where the data comes from. With
-`cached_logits=True` the teacher input *is* the teacher's logits (precomputed) and the teacher is not run.
+`cached_logits=True` the teacher input *is* the teacher's logits (precomputed) and the teacher is not run; with
+`teacher_sees_student_input=True` the teacher is a model of the student's input (a float student teaching its own
+quantisation-aware copy) and the teacher input is not used.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Distiller(keras.Model):
         hard_labels: str = "gt",
         cached_logits: bool = False,
         gradient_scales: dict | None = None,
+        teacher_sees_student_input: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -51,6 +54,8 @@ class Distiller(keras.Model):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if hard_labels not in HARD_LABELS:
             raise ValueError(f"hard_labels must be one of {HARD_LABELS}, got {hard_labels!r}")
+        if cached_logits and teacher_sees_student_input:
+            raise ValueError("cached_logits and teacher_sees_student_input: the cached logits are the RGB teacher's")
         self.student = student
         self.teacher = teacher
         self.teacher.trainable = False
@@ -58,6 +63,7 @@ class Distiller(keras.Model):
         self.temperature = float(temperature)
         self.hard_labels = hard_labels
         self.cached_logits = cached_logits
+        self.teacher_sees_student_input = teacher_sees_student_input
         # variable path -> factor on its gradient: under (momentum) SGD, that variable's own learning rate
         self.gradient_scales = dict(gradient_scales or {})
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -75,7 +81,9 @@ class Distiller(keras.Model):
         student_x = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
         return self.student(student_x, training=training)
 
-    def teacher_logits(self, teacher_x):
+    def teacher_logits(self, teacher_x, student_x=None):
+        if self.teacher_sees_student_input:
+            return tf.stop_gradient(self.teacher(student_x, training=False))
         if self.cached_logits:
             return tf.stop_gradient(teacher_x)
         return tf.stop_gradient(self.teacher(teacher_x, training=False))
@@ -99,7 +107,7 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         (student_x, teacher_x), labels = data
-        teacher_logits = self.teacher_logits(teacher_x)
+        teacher_logits = self.teacher_logits(teacher_x, student_x)
         targets = self.hard_targets(labels, teacher_logits)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
@@ -119,7 +127,7 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         (student_x, teacher_x), labels = data
-        teacher_logits = self.teacher_logits(teacher_x)
+        teacher_logits = self.teacher_logits(teacher_x, student_x)
         targets = self.hard_targets(labels, teacher_logits)
         student_logits = self.student(student_x, training=False)
         total, ce, kd = distillation_losses(student_logits, teacher_logits, targets, self.alpha, self.temperature)

@@ -362,12 +362,13 @@ def train_student(
         )
         model = distiller.Distiller(
             trained,
-            setup.teacher,
+            start_from if row.from_float else setup.teacher,
             alpha=row.alpha,
             temperature=cfg.temperature,
             hard_labels=row.hard_labels,
-            cached_logits=cfg.cached_logits,
+            cached_logits=cfg.cached_logits and not row.from_float,
             gradient_scales=adapter_gradient_scales(student, cfg.raw_adapter_lr_scale),
+            teacher_sees_student_input=row.from_float,
         )
         model.compile(optimizer=optimizer)
         state = checkpoint.read_checkpoint_state(row_dir)

@@ -29,6 +29,9 @@ class Row:
     warmup_epochs: float = 0.0
     start_from: str = ""  # "": the teacher's weights; else the name of an earlier student row of the same level
     quantisation_aware: bool = False
+    # distil from start_from's float student on the student's own input (not the RGB teacher): its target is
+    # agreement with the float model
+    from_float: bool = False
 
     @property
     def trains(self) -> bool:
@@ -48,9 +51,10 @@ class Row:
         scope = "all layers" if self.finetune_first is None else f"first {self.finetune_first} stage(s), rest frozen"
         start = f"row {self.start_from}'s student" if self.start_from else "the teacher's weights"
         qat = ", quantisation-aware (int8 simulated, BN frozen)" if self.quantisation_aware else ""
+        target = f", targets from row {self.start_from}'s float student on the same mosaics" if self.from_float else ""
         return (
             f"student from {start}: {loss}, hard labels {self.hard_labels}, {scope}, {self.epochs} epochs at lr "
-            f"{self.lr:g}{qat}"
+            f"{self.lr:g}{qat}{target}"
         )
 
 
@@ -59,18 +63,21 @@ def student_row(name: str, cfg: TrainConfig, alpha: float, hard_labels: str, fin
     return Row(name, alpha, hard_labels, finetune_first, cfg.epochs, cfg.row_lr(name), cfg.warmup_epochs)
 
 
-def qat_row(cfg: TrainConfig, start_from: str = "distilled") -> Row:
-    """Quantisation-aware fine-tuning of `start_from`'s student (same loss), so its int8 export agrees with it."""
+def qat_row(cfg: TrainConfig, start_from: str = "distilled", from_float: bool = False) -> Row:
+    """Quantisation-aware fine-tuning of `start_from`'s student, so its int8 export agrees with it: with the same
+    loss as the row it starts from, or (`from_float`) with that loss's targets taken from the float student itself
+    (hard labels its argmax, soft labels its logits)."""
     return Row(
-        f"{start_from}_qat",
+        f"{start_from}_qat" + ("_float" if from_float else ""),
         cfg.alpha,
-        cfg.hard_labels,
+        "teacher" if from_float else cfg.hard_labels,
         None,
         cfg.qat_epochs,
         cfg.qat_lr,
         0.0,
         start_from,
         quantisation_aware=True,
+        from_float=from_float,
     )
 
 
@@ -85,6 +92,7 @@ def table_rows(cfg: TrainConfig, names) -> list[Row]:
         # Widely copied KD code multiplies the KD term by alpha: the paper's "alpha 0.9" read that way.
         "distilled_kd": student_row("distilled_kd", cfg, round(1 - cfg.alpha, 12), cfg.hard_labels),
         "distilled_qat": qat_row(cfg),
+        "distilled_qat_float": qat_row(cfg, from_float=True),
     }
     return [spec[n] for n in names]
 

@@ -33,6 +33,7 @@ def exported(tiny_student, tmp_path_factory):
             parity_take=PARITY_TAKE,
             parity_gate=False,
             float_head=True,
+            int16x8=True,
         )
     )
     return out, manifest
@@ -47,6 +48,7 @@ def test_files_and_manifest(exported, tiny_student):
         "model_float32.tflite",
         "model_int8.tflite",
         "model_int8_float_head.tflite",
+        "model_int16x8.tflite",
         "model_dynamic.tflite",
         "labels.txt",
         "manifest.json",
@@ -74,6 +76,23 @@ def test_float_parity_on_real_mosaics(exported):
     assert parity["saved_model_max_abs_prob_diff"] <= 1e-4
     assert parity["float32_max_abs_prob_diff"] <= 1e-4
     assert parity["float32_top1_agreement"] == 100.0
+
+
+def test_int16x8_has_int16_activations_and_int8_weights(exported):
+    """The 16x8 file: float32 in and out, int16 activations and int8 weights inside, and (rounding 256 times finer
+    than int8) closer to the Keras student than the int8 file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, manifest = exported
+    assert manifest["tflite"]["int16x8"] == "model_int16x8.tflite"
+    interpreter = Interpreter(model_path=str(out / "model_int16x8.tflite"), num_threads=2)
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32
+    dtypes = [t["dtype"] for t in interpreter.get_tensor_details()]
+    assert np.int16 in dtypes and np.int8 in dtypes
+    figures = manifest["parity"]
+    assert figures["int16x8_max_abs_prob_diff"] < figures["int8_max_abs_prob_diff"]
+    assert figures["int16x8_top1_agreement"] >= figures["int8_top1_agreement"]
 
 
 def test_int8_is_full_integer_and_agreement_recomputed(exported, tiny_student):

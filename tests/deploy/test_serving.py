@@ -146,6 +146,7 @@ def test_parity_gates():
         "float32_max_abs_prob_diff": 9e-5,
         "int8_top1_agreement": 98.0,
         "int8_float_head_top1_agreement": 98.0,
+        "int16x8_top1_agreement": 98.0,
     }
     assert parity.parity_failures(ok) == []
     bad = {
@@ -153,10 +154,12 @@ def test_parity_gates():
         "float32_max_abs_prob_diff": float("nan"),
         "int8_top1_agreement": 97.9,
         "int8_float_head_top1_agreement": 97.95,
+        "int16x8_top1_agreement": 97.0,
     }
     failures = parity.parity_failures(bad)
-    assert len(failures) == 4 and "int8 top-1 agreement 97.90% < 98%" in failures[2]
+    assert len(failures) == 5 and "int8 top-1 agreement 97.90% < 98%" in failures[2]
     assert "int8_float_head top-1 agreement 97.95% < 98%" in failures[3]
+    assert "int16x8 top-1 agreement 97.00% < 98%" in failures[4]
     reference = np.array([[0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
     figures = parity.parity_figures(reference, {"int8": np.array([[0.6, 0.4], [0.9, 0.1], [0.5, 0.5]])})
     assert figures["int8_top1_agreement"] == pytest.approx(200 / 3)

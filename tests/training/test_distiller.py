@@ -83,6 +83,29 @@ def test_training_moves_the_student_and_never_the_teacher():
     assert 0.0 <= logs["agreement"] <= 1.0 and 0.0 <= logs["top1"] <= logs["top5"] <= 1.0
 
 
+def test_a_teacher_of_the_student_input_sees_the_student_input():
+    """A float student teaching its quantisation-aware copy: the teacher's logits come from the student's input
+    (the RGB teacher input is not used), in the loss, the hard targets and the agreement."""
+    keras.utils.set_random_seed(0)
+    teacher = architectures.build("resnet_tiny", 4, image_size=16)
+    student = students.student_from_teacher(teacher)
+    ds = _tiny_batches(n_batches=1)
+    (xs, xt), y = next(iter(ds))
+    model = distiller.Distiller(student, teacher, 0.5, 4.0, "teacher", teacher_sees_student_input=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    got = model.evaluate(ds, verbose=0, return_dict=True)
+    s_logits, t_logits = student(xs, training=False).numpy(), teacher(xs, training=False).numpy()
+    total, ce, kd = distiller.distillation_losses(s_logits, t_logits, t_logits.argmax(-1), 0.5, 4.0)
+    np.testing.assert_allclose([got["loss"], got["ce"], got["kd"]], [total, ce, kd], rtol=1e-5, atol=1e-7)
+    assert got["agreement"] == 1.0 and abs(got["kd"]) < 1e-6  # the same weights on the same input
+    other = distiller.Distiller(student, teacher, 0.5, 4.0, "teacher")
+    other.compile(optimizer=keras.optimizers.SGD(0.0))
+    rgb = other.evaluate(ds, verbose=0, return_dict=True)  # the RGB teacher input: another image
+    assert rgb["kd"] > 1e-4 and not np.allclose(teacher(xt, training=False), t_logits)
+    with pytest.raises(ValueError, match="cached logits are the RGB teacher's"):
+        distiller.Distiller(student, teacher, cached_logits=True, teacher_sees_student_input=True)
+
+
 def test_teacher_labels_use_the_teachers_argmax():
     teacher = architectures.build("resnet_tiny", 4, image_size=16)
     student = students.student_from_teacher(teacher)

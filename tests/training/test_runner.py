@@ -280,6 +280,37 @@ def test_table_adds_rows_and_resumes_an_unfinished_one(tiny_teacher, tmp_path, m
     assert again["rows"] == more["rows"]
 
 
+def test_quantisation_aware_rows_from_the_teacher_and_from_the_float_student(tiny_teacher, tmp_path):
+    """distilled_qat distils from the RGB teacher; distilled_qat_float takes its targets from the distilled row's
+    float student on the same mosaics. Both start from that student and save int8-grid kernels; each needs the
+    distilled row and --qat_epochs."""
+    from isp_keras.models import teachers
+    from isp_keras.training import plans
+
+    cfg = parse("table", *tiny_argv(tiny_teacher, tmp_path / "t", "--rows=distilled,distilled_qat_float"))
+    row = plans.table_rows(cfg, ["distilled_qat_float"])[0]
+    assert (row.start_from, row.from_float, row.quantisation_aware, row.hard_labels) == (
+        "distilled",
+        True,
+        True,
+        "teacher",
+    )
+    assert "targets from row distilled's float student" in row.describe(cfg)
+    out = tmp_path / "qat"
+    results = run("table", *tiny_argv(tiny_teacher, out, "--rows=distilled,distilled_qat,distilled_qat_float"))
+    check_rows(results["rows"], ["distilled", "distilled_qat", "distilled_qat_float"])
+    weights = {}
+    for name in ("distilled_qat", "distilled_qat_float"):
+        student = teachers.load_model_file(out / name / "student.keras")
+        kernel = student.get_layer("stem_conv").kernel.numpy()
+        steps = kernel / (np.abs(kernel).reshape(-1, kernel.shape[-1]).max(0) / 127.0)
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+        weights[name] = kernel
+    assert not np.allclose(weights["distilled_qat"], weights["distilled_qat_float"])  # other targets, other steps
+    with pytest.raises(UserError, match=r"^--rows=distilled_qat_float: needs the distilled row"):
+        parse("table", *tiny_argv(tiny_teacher, out, "--rows=teacher_raw,distilled_qat_float")).validate()
+
+
 def test_sweep_end_to_end_json_and_plot(tiny_teacher, tmp_path, monkeypatch):
     from PIL import Image
 
