@@ -51,9 +51,10 @@ class Row:
         scope = "all layers" if self.finetune_first is None else f"first {self.finetune_first} stage(s), rest frozen"
         start = f"row {self.start_from}'s student" if self.start_from else "the teacher's weights"
         qat = ", quantisation-aware (int8 simulated, BN frozen)" if self.quantisation_aware else ""
+        hard = "its argmax" if self.from_float else self.hard_labels
         target = f", targets from row {self.start_from}'s float student on the same mosaics" if self.from_float else ""
         return (
-            f"student from {start}: {loss}, hard labels {self.hard_labels}, {scope}, {self.epochs} epochs at lr "
+            f"student from {start}: {loss}, hard labels {hard}, {scope}, {self.epochs} epochs at lr "
             f"{self.lr:g}{qat}{target}"
         )
 
