@@ -56,6 +56,8 @@ def measure(exports: dict) -> list[dict]:
 
 def markdown(rows: list[dict], command: str) -> str:
     lines = [
+        "# TFLite files side by side: agreement with the Keras student, size, single-image latency",
+        "",
         f"`{command}`",
         "",
         "| export | file | top-1 agreement % | max abs prob diff | size KB | latency ms | / first int8 (q1-q3) |",
