@@ -124,12 +124,28 @@ def simulate_raw(rgb, label, noise_seed, *, cfa: str, noise_std: float):
 
 def raw_simulator(cfg: PipelineConfig):
     """The per-example RAW step chosen by `cfg.sensor`: Gaussian (the paper) or realistic (sensor.py; its noise
-    levels are drawn per image, so `noise_std` does not apply)."""
+    levels are drawn per image, so `noise_std` does not apply). A student of another input size than the teacher's
+    (`cfg.student_size`) gets the mosaic of the scene resized to its size."""
     if cfg.sensor == "realistic":
-        return functools.partial(sensor.simulate_raw, cfa=cfg.cfa)
-    if cfg.sensor != "gaussian":
+        simulate = functools.partial(sensor.simulate_raw, cfa=cfg.cfa)
+    elif cfg.sensor == "gaussian":
+        simulate = functools.partial(simulate_raw, cfa=cfg.cfa, noise_std=cfg.noise_std)
+    else:
         raise ValueError(f"unknown sensor {cfg.sensor!r}; expected gaussian or realistic")
-    return functools.partial(simulate_raw, cfa=cfg.cfa, noise_std=cfg.noise_std)
+    if cfg.student_size in (None, cfg.image_size):
+        return simulate
+    return functools.partial(_at_student_size, simulate=simulate, size=cfg.student_size)
+
+
+def student_scene(rgb, size: int):
+    """The scene as a sensor of a student's own input size delivers it: the RGB crop resized (antialiased, the
+    whole field of view kept) before Bayer sampling. Batched or not."""
+    return tf.image.resize(rgb, [size, size], antialias=True)
+
+
+def _at_student_size(rgb, label, noise_seed, *, simulate, size: int):
+    raw, _, label = simulate(student_scene(rgb, size), label, noise_seed)
+    return raw, rgb, label
 
 
 def student_input(raw, *, cfa: str, norm: normalisation.Normalisation, kind: str = "infill"):
@@ -142,13 +158,21 @@ def teacher_input(rgb, *, norm: normalisation.Normalisation):
     return x[..., ::-1] if norm.channel_order == "BGR" else x
 
 
-def to_model_inputs(raw, rgb, label, *, cfa: str, norm: normalisation.Normalisation, mode: str, kind: str = "infill"):
+def to_model_inputs(
+    raw, rgb, label, *, cfa: str, norm: normalisation.Normalisation, mode: str, kind: str = "infill", size=None
+):
+    """A batch as the models take it, by `mode`: distill ((student, teacher) inputs), cached (teacher logits in
+    place of the teacher input), rgb or raw (one input), student_rgb ((the clean RGB at the student's input size
+    `size`, in the teacher's normalisation), teacher input): what an RGB model of the student's size sees."""
     student = functools.partial(student_input, cfa=cfa, norm=norm, kind=kind)
     if mode == "cached":  # label carries (label, precomputed teacher logits): they replace the teacher input
         label, logits = label
         return (student(raw), logits), label
     if mode == "rgb":
         return teacher_input(rgb, norm=norm), label
+    if mode == "student_rgb":
+        scene = rgb if size in (None, rgb.shape[1]) else student_scene(rgb, size)
+        return (teacher_input(scene, norm=norm), teacher_input(rgb, norm=norm)), label
     if mode == "raw":
         return student(raw), label
     return (student(raw), teacher_input(rgb, norm=norm)), label
@@ -167,6 +191,11 @@ class PipelineConfig:
     sensor: str = "gaussian"  # or "realistic": sensor.simulate_raw (unprocessing, shot + read noise)
     augment: bool = True  # random crop + flip of the training RGB; off: the teacher input is deterministic
     student_input: str = "infill"  # or "packed": the mosaic's 2x2 tiles (student_input)
+    student_size: int | None = None  # the student's input size when it is not the teacher's `image_size`
+
+    @property
+    def student_image_size(self) -> int:
+        return self.student_size or self.image_size
 
 
 def base_examples(
@@ -223,7 +252,7 @@ def build(
     Training with `steps_per_epoch` and `epochs` gives the whole run's batches from global step `start_step` on
     (resumable: see `_epochs_from`); without them, one pass reshuffled on every iteration.
     """
-    if mode not in ("distill", "rgb", "raw", "mosaic"):
+    if mode not in ("distill", "rgb", "raw", "mosaic", "student_rgb"):
         raise ValueError(f"unknown mode {mode!r}")
     if teacher_logits is not None:
         if mode != "distill":
@@ -251,7 +280,9 @@ def build(
     ds = ds.batch(cfg.batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=True)
     if mode != "mosaic":
         ds = ds.map(
-            functools.partial(to_model_inputs, cfa=cfg.cfa, norm=norm, mode=mode, kind=cfg.student_input),
+            functools.partial(
+                to_model_inputs, cfa=cfg.cfa, norm=norm, mode=mode, kind=cfg.student_input, size=cfg.student_size
+            ),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )

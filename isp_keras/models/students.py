@@ -4,25 +4,55 @@ first k stages/blocks."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from isp_keras.errors import UserError
 from isp_keras.models import packed, teachers
 
 
-def load_student_init(path, teacher: keras.Model) -> keras.Model:
-    """--student_init: a .keras model of the teacher's input/output shapes whose architecture and weights the
-    student starts from (needed when the teacher is a SavedModel, which cannot be cloned)."""
-    model = teachers.load_model_file(path)
+def load_student_init(path, teacher: keras.Model, teacher_spec: teachers.TeacherSpec | None = None) -> keras.Model:
+    """--student_init: the model the student starts from, architecture and weights: a .keras file, or a .tflite
+    classifier (rebuilt as a float Keras model), e.g. a smaller network than the teacher. Its outputs must be the
+    teacher's (the same classes, and the same RGB normalisation where both files name theirs); its input may be
+    another square, even size: the student then sees the mosaic of the scene at that size."""
+    path = Path(path)
+    spec = None
+    if path.suffix.lower() == ".tflite":
+        if not path.is_file():
+            raise UserError(f"--student_init={path}: no such file")
+        from isp_keras.models import tflite_import
+
+        model, spec = tflite_import.import_tflite(path)
+    else:
+        model = teachers.load_model_file(path)
     if isinstance(model, keras.layers.TFSMLayer):
-        raise UserError(f"--student_init={path}: must be a .keras file (a SavedModel has no architecture to clone)")
-    if model.input_shape[1:] != teacher.input_shape[1:] or model.output_shape[-1] != teacher.output_shape[-1]:
+        raise UserError(f"--student_init={path}: must be a .keras or .tflite file (a SavedModel has no architecture)")
+    h, w, c = teachers.input_size(model)
+    if c != 3 or h is None or h != w or h % 2:
         raise UserError(
-            f"--student_init={path}: takes {model.input_shape[1:]} -> {model.output_shape[-1]} classes "
-            f"but the teacher takes {teacher.input_shape[1:]} -> {teacher.output_shape[-1]}"
+            f"--student_init={path}: takes {h}x{w}x{c} images; a student needs a square RGB input of even size "
+            "(the Bayer pattern tiles 2x2)"
         )
+    if model.output_shape[-1] != teacher.output_shape[-1]:
+        raise UserError(
+            f"--student_init={path}: has {model.output_shape[-1]} outputs but the teacher has "
+            f"{teacher.output_shape[-1]}; a student must predict the teacher's classes"
+        )
+    if spec and teacher_spec:
+        if spec.get("wnids") and teacher_spec.wnids and list(spec["wnids"]) != list(teacher_spec.wnids):
+            raise UserError(f"--student_init={path}: its classes are not the teacher's (WordNet ids differ)")
+        theirs = ([round(v, 4) for v in spec["rgb_mean"] + spec["rgb_std"]], spec.get("channel_order", "RGB"))
+        ours = ([round(v, 4) for v in teacher_spec.rgb_mean + teacher_spec.rgb_std], teacher_spec.channel_order)
+        # Quantised files state their input scale to a step of 1/255 (mean 128/255 or 127/255 for 0.5).
+        if not np.allclose(theirs[0], ours[0], atol=0.01) or theirs[1] != ours[1]:
+            raise UserError(
+                f"--student_init={path}: expects RGB normalised by mean and std {theirs[0]} ({theirs[1]}), the "
+                f"teacher by {ours[0]} ({ours[1]}); the RAW input would be scaled for one of them only"
+            )
     return model
 
 
@@ -145,8 +175,6 @@ def init_identity_batchnorm(model: keras.Model, inputs) -> keras.Model:
     variance, scale = sqrt(variance + epsilon), shift = mean. Inference is then exactly the BN-free network and
     training (batch statistics) close to it at the start, while the network regains BatchNorm's tolerance of larger
     learning rates. The BN layers are the identity before and after, so one forward pass gives every input."""
-    import numpy as np
-
     bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
     if not bns:
         return model

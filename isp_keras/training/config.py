@@ -29,8 +29,10 @@ class TrainConfig:
     )
     student_init: str = option(
         "",
-        "A .keras model the student starts from (architecture and weights); needed when "
-        "--teacher is a SavedModel, which cannot be cloned. Default: the teacher itself.",
+        "The model the student starts from (architecture and weights): a .keras file, or a .tflite classifier, e.g. "
+        "a smaller network than the teacher, with the teacher's outputs. Its input may be another size than the "
+        "teacher's: it then sees the mosaic of the scene resized to that size. Needed when --teacher is a "
+        "SavedModel, which cannot be cloned. Default: the teacher itself.",
     )
     student_batchnorm: bool = option(
         False,
@@ -256,7 +258,10 @@ TABLE_ROWS = (
     "distilled_kd",
     "distilled_qat",
     "distilled_qat_float",
+    "student_clean",
+    "student_raw",
 )
+STUDENT_BASELINES = ("student_clean", "student_raw")  # the --student_init model, untrained
 DEFAULT_TABLE_ROWS = ["teacher_clean", "teacher_raw", "gt_labels", "teacher_labels", "distilled"]
 PAIR_MODES = ("merged", "short")
 
@@ -284,7 +289,8 @@ class TableConfig(TrainConfig):
         DEFAULT_TABLE_ROWS,
         f"Rows to run, from {', '.join(TABLE_ROWS)} (distilled uses --hard_labels; distilled_gt always the ground "
         "truth; distilled_kd reads --alpha the other way, as weight of the KD term: CE weight 1 - alpha, the hard "
-        "labels of distilled).",
+        "labels of distilled; student_clean and student_raw: the --student_init model, untrained, on the clean RGB "
+        "and on the RAW input at its own input size).",
     )
     seeds: list[int] = option(
         [],
@@ -320,6 +326,9 @@ class TableConfig(TrainConfig):
         for name in ("distilled_qat", "distilled_qat_float"):
             if name in self.rows and ("distilled" not in self.rows or not self.qat_epochs):
                 raise UserError(f"--rows={name}: needs the distilled row (it starts from it) and --qat_epochs >= 1")
+        for name in STUDENT_BASELINES:
+            if name in self.rows and not self.student_init:
+                raise UserError(f"--rows={name}: evaluates the --student_init model; give --student_init")
         return self
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from isp_keras import paths
 from isp_keras.data import normalisation, pipeline, sources
-from isp_keras.models import teachers
+from isp_keras.models import students, teachers
 from isp_keras.training import experiment
 from isp_keras.training.config import TrainConfig
 from isp_keras.training.plans import Plan, check_ks
@@ -21,6 +21,9 @@ def plan_text(plan: Plan) -> str:
     image_size = cfg.image_size or (spec.image_size if spec else (teachers.input_size(teacher)[0] if teacher else None))
     if teacher is not None and image_size and num_classes:
         teachers.check_teacher_matches(teacher, image_size, num_classes, cfg.teacher)
+    student_size = None
+    if cfg.student_init and teacher is not None:
+        student_size = teachers.input_size(students.load_student_init(cfg.student_init, teacher, spec))[0]
     ks = [r.finetune_first for r in plan.rows if r.finetune_first]
     if teacher is not None and ks:
         check_ks(teacher, ks)
@@ -34,7 +37,9 @@ def plan_text(plan: Plan) -> str:
         f"  data:     {data_desc}; test {cfg.test_take or 'all'} images"
         + "".join(f", {n} {split} images per class" for split, n in cfg.per_class().items()),
         f"  teacher:  {teacher_desc}",
-        f"  raw:      {image_size or '? (from the teacher)'} px, CFA {cfg.cfa}, "
+        f"  raw:      {image_size or '? (from the teacher)'} px"
+        + (f" (the student's {student_size} px)" if student_size not in (None, image_size) else "")
+        + f", CFA {cfg.cfa}, "
         + (f"noise std {noise}" if cfg.sensor == "gaussian" else "realistic sensor (shot and read noise)")
         + f", seed {cfg.seed}",
         f"  budget:   per student row {cfg.epochs} epochs x {steps}, batch {cfg.batch_size}; Nesterov SGD lr "
@@ -43,7 +48,7 @@ def plan_text(plan: Plan) -> str:
     if image_size:
         inputs = {(lvl.cfg.student_input, lvl.cfg.raw_adapter): lvl.cfg for lvl in plan.levels}
         for (student_input, adapter), level_cfg in inputs.items():
-            student_spec, teacher_spec = _pipeline_spec(level_cfg, image_size)[0]
+            student_spec, teacher_spec = _pipeline_spec(level_cfg, image_size, student_size)[0]
             front = f" + RAW adapter {adapter}" if adapter != "none" else ""
             which = f" ({student_input}{front})" if len(inputs) > 1 or front else ""
             lines.append(
@@ -73,7 +78,7 @@ def _describe_teacher(name: str):
     return f"{name} (not present here; a real run needs it)", None, None
 
 
-def _pipeline_spec(cfg: TrainConfig, image_size: int):
+def _pipeline_spec(cfg: TrainConfig, image_size: int, student_size: int | None = None):
     """The training pipeline's element spec, built on an empty stand-in source (traced, never iterated)."""
     import tensorflow as tf
 
@@ -86,5 +91,5 @@ def _pipeline_spec(cfg: TrainConfig, image_size: int):
         lambda split: tf.data.Dataset.from_generator(lambda: iter(()), output_signature=signature),
     )
     norm = normalisation.Normalisation([0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3)
-    pcfg = experiment.pipeline_config(cfg, image_size)
+    pcfg = experiment.pipeline_config(cfg, image_size, student_size)
     return pipeline.build(stub, "train", pcfg, training=True, norm=norm).element_spec

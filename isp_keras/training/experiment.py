@@ -9,15 +9,13 @@ import os
 from pathlib import Path
 
 import keras
-import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from isp_keras import console, fsutil
 from isp_keras.data import normalisation, pipeline, relabel, sources
 from isp_keras.errors import UserError
 from isp_keras.models import adapter, packed, students, teachers
-from isp_keras.training import checkpoint, distiller, quantise, schedule, student_file
+from isp_keras.training import checkpoint, distiller, logs, quantise, schedule, student_file
 from isp_keras.training.config import TrainConfig
 
 
@@ -74,20 +72,24 @@ class Setup:
             Path(self.cfg.model_dir) / "teacher_logits",
         )
 
-    def test_ds(self, student_input: str | None = None):
-        """The test batches; `student_input` overrides the run's (the teacher_raw baseline sees the infill)."""
+    def test_ds(self, student_input: str | None = None, teacher_size: bool = False, mode: str = "distill"):
+        """The test batches; `student_input` overrides the run's (a baseline of an RGB model sees the infill),
+        `teacher_size` puts the student input at the teacher's size (the teacher on RAW), `mode` "student_rgb"
+        gives the clean RGB at the student's size in place of the RAW."""
         kind = student_input or self.pipeline.student_input
-        if kind not in self.test_sets:
+        key = (kind, teacher_size, mode)
+        if key not in self.test_sets:
             cfg = dataclasses.replace(
                 self.pipeline,
                 take=self.cfg.test_take,
                 batch_size=max(self.pipeline.batch_size, 256),
                 student_input=kind,
+                student_size=None if teacher_size else self.pipeline.student_size,
             )
-            self.test_sets[kind] = pipeline.build(
-                self.source, self.source.test_split, cfg, training=False, norm=self.norm
+            self.test_sets[key] = pipeline.build(
+                self.source, self.source.test_split, cfg, training=False, norm=self.norm, mode=mode
             )
-        return self.test_sets[kind]
+        return self.test_sets[key]
 
     def packing(self) -> packed.Packing | None:
         """What a packed student's first layer folds in (None for an infill student): the per-site statistics of
@@ -103,7 +105,7 @@ class Setup:
             tuple(mean),
             tuple(std),
             self.norm.channel_order,
-            self.pipeline.image_size,
+            self.pipeline.student_image_size,
             self.cfg.raw_adapter,
             tuple(curve) or None,
         )
@@ -144,8 +146,9 @@ class PairsSetup(Setup):
     def train_ds(self, start_step: int = 0, epochs: int | None = None):
         return self.batches("train", self.pipeline.batch_size, True, start_step)
 
-    def test_ds(self, student_input: str | None = None):
-        # Table 2 takes infill students only (packed ones are refused), so the override changes nothing here.
+    def test_ds(self, student_input: str | None = None, teacher_size: bool = False, mode: str = "distill"):
+        # Table 2 takes infill students of the teacher's size only (others are refused), so the overrides change
+        # nothing here.
         return self.batches("test", max(self.pipeline.batch_size, 256), False)
 
     def steps_per_epoch(self) -> int:
@@ -155,8 +158,9 @@ class PairsSetup(Setup):
         return n // self.pipeline.batch_size
 
 
-def pipeline_config(cfg: TrainConfig, image_size: int) -> pipeline.PipelineConfig:
-    """The training pipeline's settings from a run's config."""
+def pipeline_config(cfg: TrainConfig, image_size: int, student_size: int | None = None) -> pipeline.PipelineConfig:
+    """The training pipeline's settings from a run's config (`student_size`: a student input size other than the
+    teacher's `image_size`)."""
     return pipeline.PipelineConfig(
         image_size=image_size,
         batch_size=cfg.batch_size,
@@ -167,6 +171,7 @@ def pipeline_config(cfg: TrainConfig, image_size: int) -> pipeline.PipelineConfi
         sensor=cfg.sensor,
         augment=cfg.augment,
         student_input=cfg.student_input,
+        student_size=student_size if student_size != image_size else None,
     )
 
 
@@ -185,14 +190,14 @@ def build_setup(cfg: TrainConfig, norm: normalisation.Normalisation | None = Non
         raise UserError(f"--image_size={image_size}: must be even (the Bayer pattern tiles 2x2)")
     teachers.check_teacher_matches(teacher, image_size, None, cfg.teacher)
     source = label_space(source, teacher, spec, cfg)
-    student_init = students.load_student_init(cfg.student_init, teacher) if cfg.student_init else None
+    student_init = students.load_student_init(cfg.student_init, teacher, spec) if cfg.student_init else None
     if student_init is None and not teachers.is_cloneable(teacher):
         raise UserError(
             f"--teacher={cfg.teacher}: a SavedModel teacher cannot be cloned into a student; give "
             f"--student_init=MODEL.keras (same architecture, the weights the student starts from)"
         )
     teachers.freeze(teacher)
-    pcfg = pipeline_config(cfg, image_size)
+    pcfg = pipeline_config(cfg, image_size, teachers.input_size(student_init)[0] if student_init else None)
     if norm is None:
         if spec is None:
             logging.warning("%s has no sidecar JSON; teacher RGB statistics are computed from the data", cfg.teacher)
@@ -254,16 +259,26 @@ def label_space(source: sources.Source, teacher: keras.Model, spec, cfg: TrainCo
     return relabel.in_label_space(source, names, spec.wnids if spec else None, what=f"--teacher={cfg.teacher}")
 
 
-def evaluate(
-    setup: Setup, model: keras.Model | None = None, on: str = "student", student_input: str | None = None
-) -> dict:
-    return distiller.evaluate(setup.test_ds(student_input), setup.teacher, model, on=on, subset=setup.source.subset)
+def evaluate(setup: Setup, model: keras.Model | None = None, on: str = "student", **test_set) -> dict:
+    """`model` (default: the teacher) on the test set (`Setup.test_ds(**test_set)`), against the teacher on RGB."""
+    ds = setup.test_ds(**test_set)
+    return distiller.evaluate(ds, setup.teacher, model, on=on, subset=setup.source.subset)
 
 
-def baseline_rows(setup: Setup) -> list[dict]:
-    clean = evaluate(setup, on="teacher_rgb")
-    raw = evaluate(setup, setup.teacher, on="student", student_input="infill")  # the teacher takes the infilled image
-    return [metric_row("teacher_clean", clean), metric_row("teacher_raw", raw)]
+def baseline_row(setup: Setup, name: str) -> dict:
+    """A row that trains nothing: the teacher on clean RGB or on the RAW (infilled, at its own size), or the
+    --student_init model on clean RGB or on the RAW at the student's size."""
+    if name == "teacher_clean":
+        return metric_row(name, evaluate(setup, on="teacher_rgb"))
+    if name == "teacher_raw":
+        return metric_row(name, evaluate(setup, setup.teacher, student_input="infill", teacher_size=True))
+    if setup.student_init is None:
+        raise UserError(f"--rows={name}: evaluates the --student_init model; give --student_init")
+    if name == "student_clean":
+        return metric_row(name, evaluate(setup, setup.student_init, student_input="infill", mode="student_rgb"))
+    if name == "student_raw":
+        return metric_row(name, evaluate(setup, setup.student_init, student_input="infill"))
+    raise ValueError(f"{name!r} is not a baseline row")
 
 
 METRICS = ("top1", "top5", "top1_subset", "top5_subset", "agreement", "agreement_top5")
@@ -276,53 +291,6 @@ def metric_row(name, metrics) -> dict:
         if key in metrics:
             row[key] = None if metrics[key] is None else round(float(metrics[key]), 3)
     return row
-
-
-class ScalarLog(keras.callbacks.Callback):
-    """TensorBoard scalars of one student row: the training metrics every `every` optimizer steps (and at each epoch
-    end), the evaluation metrics after each epoch and at the end, on one global step that continues across the rows
-    of a chain (a quantisation-aware row goes on from the step its start row ended at). The evaluation runs on the
-    data's test split, the only held-out split here; nothing is selected on it (no early stopping)."""
-
-    def __init__(self, log_dir: Path, every: int, steps_per_epoch: int, step_offset: int, epochs: int, validate=None):
-        super().__init__()
-        self.train = tf.summary.create_file_writer(str(log_dir / "train"))
-        self.validation = tf.summary.create_file_writer(str(log_dir / "validation"))
-        self.every, self.steps, self.offset, self.epochs = every, steps_per_epoch, step_offset, epochs
-        self.validate = validate
-        self.epoch = 0
-        self.done_in_epoch = 0  # steps of the current epoch run before this fit (a run resumed mid-epoch)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        in_epoch = self.done_in_epoch + batch + 1
-        step = self.offset + self.epoch * self.steps + in_epoch
-        if logs and (step % self.every == 0 or in_epoch == self.steps):
-            self.write(self.train, "train", logs, step)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.done_in_epoch = 0
-        if self.validate is not None and epoch + 1 < self.epochs:  # the last epoch's is the row's final evaluation
-            metrics = self.validate()
-            if metrics is not None:
-                self.write(self.validation, "validation", metrics, self.offset + (epoch + 1) * self.steps)
-
-    def final(self, metrics: dict) -> None:
-        self.write(self.validation, "validation", metrics, self.offset + self.epochs * self.steps)
-
-    @staticmethod
-    def write(writer, prefix: str, logs: dict, step: int) -> None:
-        with writer.as_default():
-            for key, value in logs.items():
-                if value is not None and np.ndim(value) == 0 and np.isfinite(float(value)):
-                    tf.summary.scalar(f"{prefix}/{key}", float(value), step=step)
-        writer.flush()
-
-    def close(self) -> None:
-        self.train.close()
-        self.validation.close()
 
 
 def build_student(setup: Setup, start_from: keras.Model | None, sync_bn: bool) -> keras.Model:
@@ -401,7 +369,7 @@ def train_student(
     saver = checkpoint.AtomicCheckpoint(
         row_dir, save, steps_per_epoch=steps, every_steps=cfg.checkpoint_steps, every_epochs=cfg.checkpoint_epochs
     )
-    scalars = ScalarLog(row_dir / "logs", cfg.log_steps, steps, step_offset, row.epochs, validate)
+    scalars = logs.ScalarLog(row_dir / "logs", cfg.log_steps, steps, step_offset, row.epochs, validate)
     callbacks = [saver, nan_guard, scalars]
     fit = functools.partial(model.fit, shuffle=False)  # the pipeline shuffles, seeded per epoch
     if distribute.needs_custom_loop(strategy):  # Keras fit fails under MultiWorkerMirroredStrategy
@@ -469,7 +437,7 @@ def save_student(student: keras.Model, run_dir, setup: Setup) -> Path:
         run_dir / "student.json",
         student_file.StudentFile(
             cfa=setup.cfg.cfa,
-            image_size=setup.pipeline.image_size,
+            image_size=setup.pipeline.student_image_size,
             classes=list(setup.source.classes),
             normalisation=setup.norm,
             student_input=setup.pipeline.student_input,
@@ -482,19 +450,3 @@ def save_student(student: keras.Model, run_dir, setup: Setup) -> Path:
         ),
     )
     return path
-
-
-def log_image_panel(run_dir, setup: Setup, count: int = 4) -> None:
-    """TensorBoard image: RGB | mosaic | bilinear infill, for a few test images (display-scaled)."""
-    from isp_keras.raw import bayer
-
-    cfg = dataclasses.replace(setup.pipeline, take=count, batch_size=count, cache=False)
-    raw, rgb, _ = next(
-        iter(pipeline.build(setup.source, setup.source.test_split, cfg, training=False, norm=None, mode="mosaic"))
-    )
-    mosaic_rgb = tf.repeat(raw, 3, axis=-1)
-    panel = tf.concat([rgb, mosaic_rgb, bayer.infill(raw, setup.cfg.cfa)], axis=2)
-    writer = tf.summary.create_file_writer(str(Path(run_dir) / "logs" / "images"))
-    with writer.as_default():
-        tf.summary.image("rgb | mosaic | infill", tf.clip_by_value(panel, 0.0, 1.0), step=0, max_outputs=count)
-    writer.close()

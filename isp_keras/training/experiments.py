@@ -16,7 +16,7 @@ from pathlib import Path
 
 from isp_keras import console, paths
 from isp_keras.errors import UserError
-from isp_keras.training import dryrun, plans, report, rundir, runner, statistics
+from isp_keras.training import dryrun, logs, plans, report, rundir, runner, statistics
 from isp_keras.training.config import AblationConfig, SweepConfig, Table2Config, TableConfig, TrainConfig, TuneConfig
 
 
@@ -156,7 +156,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     plan = plan_for("train", cfg, command)
     levels, seconds = runner.run(plan)
     setup, student = runner.final_student(plan, plan.levels[0])
-    experiment.log_image_panel(plan.out, setup)
+    logs.log_image_panel(plan.out, setup)
     experiment.save_student(student, plan.out, setup)
     return finish(plan, levels, seconds, start)
 

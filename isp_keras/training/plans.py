@@ -47,9 +47,17 @@ class Row:
             return "teacher on clean RGB (upper bound)"
         if self.name == "teacher_raw":
             return "teacher on the RAW input, no training"
+        if self.name == "student_clean":
+            return "the --student_init model on clean RGB at its own input size, no training"
+        if self.name == "student_raw":
+            return "the --student_init model on the RAW input at its own input size, no training"
         loss = "CE" if self.alpha == 1 else f"{self.alpha:g}*CE + {1 - self.alpha:g}*T^2*KL, T={cfg.temperature:g}"
         scope = "all layers" if self.finetune_first is None else f"first {self.finetune_first} stage(s), rest frozen"
-        start = f"row {self.start_from}'s student" if self.start_from else "the teacher's weights"
+        start = "the teacher's weights"
+        if self.start_from:
+            start = f"row {self.start_from}'s student"
+        elif cfg.student_init:
+            start = f"{Path(cfg.student_init).name}'s weights"
         qat = ", quantisation-aware (int8 simulated, BN frozen)" if self.quantisation_aware else ""
         hard = "its argmax" if self.from_float else self.hard_labels
         target = f", targets from row {self.start_from}'s float student on the same mosaics" if self.from_float else ""
@@ -86,6 +94,8 @@ def table_rows(cfg: TrainConfig, names) -> list[Row]:
     spec = {
         "teacher_clean": Row("teacher_clean"),
         "teacher_raw": Row("teacher_raw"),
+        "student_clean": Row("student_clean"),
+        "student_raw": Row("student_raw"),
         "gt_labels": student_row("gt_labels", cfg, 1.0, "gt"),
         "teacher_labels": student_row("teacher_labels", cfg, 1.0, "teacher"),
         "distilled": student_row("distilled", cfg, cfg.alpha, cfg.hard_labels),

@@ -128,7 +128,12 @@ def summary(plan: Plan) -> str:
     return (
         f"Data {cfg.dataset} (test: {test}), CFA {cfg.cfa}, noise std {noise}, seed {seeds}, RAW input scale "
         f"{cfg.raw_scale}. Every student row "
-        f"starts from the teacher `{cfg.teacher}` and trains {cfg.epochs} epochs{take}, batch {cfg.batch_size}, "
+        + (
+            f"starts from `{cfg.student_init}` (the teacher: `{cfg.teacher}`) and trains "
+            if cfg.student_init
+            else f"starts from the teacher `{cfg.teacher}` and trains "
+        )
+        + f"{cfg.epochs} epochs{take}, batch {cfg.batch_size}, "
         f"Nesterov SGD lr {lr} (warmup {cfg.warmup_epochs:g} epochs, cosine), weight decay {cfg.weight_decay:g}; "
         f"distillation alpha {cfg.alpha:g}, T {cfg.temperature:g}."
     )

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 from isp_keras import fsutil
 from isp_keras.data import normalisation, sources
 from isp_keras.errors import UserError
-from isp_keras.training import experiment
+from isp_keras.training import experiment, logs
 from isp_keras.training.config import DEFAULT_TABLE_ROWS, TrainConfig
 from isp_keras.training.plans import Level, Plan, Row, check_ks, check_rows
 from isp_keras.training.report import LABELS
@@ -96,7 +95,6 @@ class LevelState:
 
     setup: object = None
     students: dict = dataclasses.field(default_factory=dict)
-    baselines: dict | None = None
 
 
 def level_setup(plan: Plan, level: Level, state: LevelState):
@@ -147,13 +145,12 @@ def run_level(plan: Plan, level: Level, log) -> tuple[list[dict], dict]:
             experiment.save_student(student, row_dir, setup)  # any row's student can be exported (--student=ROW_DIR)
             state.students[row.name] = student
         else:
-            if state.baselines is None:
-                state.baselines = {r["name"]: r for r in experiment.baseline_rows(setup)}
-            result = state.baselines[row.name]
+            result = experiment.baseline_row(setup, row.name)
         result = {**result, **level.tag}
         spent = round(time.time() - start, 1)
         last_step = max((first_step(r, steps) + r.epochs * steps for r in rows if r.trains), default=1)
-        log_test_scalars(row_dir, result, row, first_step(row, steps) + row.epochs * steps if row.trains else last_step)
+        final_step = first_step(row, steps) + row.epochs * steps if row.trains else last_step
+        logs.log_test_scalars(row_dir, result, row, final_step)
         finished[row.name] = {"row": result, "seconds": spent}
         fsutil.write_json_atomic(row_dir / ROW_FILE, finished[row.name])
         log(f"{row_dir}: {headline(result)} ({spent:.0f} s)")
@@ -187,16 +184,3 @@ def final_student(plan: Plan, level: Level):
     state = plan.states.setdefault(str(level.dir), LevelState())
     setup = level_setup(plan, level, state)
     return setup, student_of(setup, level, names[-1], state.students)
-
-
-def log_test_scalars(row_dir: Path, row: dict, row_spec: Row, last_step: int) -> None:
-    """Final test metrics as TensorBoard scalars (baselines as flat lines over the students' steps)."""
-    import tensorflow as tf
-
-    writer = tf.summary.create_file_writer(str(row_dir / "logs" / "test"))
-    with writer.as_default():
-        for step in (last_step,) if row_spec.trains else (0, last_step):
-            for key in LABELS:
-                if row.get(key) is not None:
-                    tf.summary.scalar(f"test/{key}", row[key], step=step)
-    writer.close()

@@ -49,6 +49,36 @@ def test_student_sees_the_raw_of_the_teachers_crop(embedded, training):
     np.testing.assert_allclose(student_x.numpy(), expected.numpy(), atol=2e-5)
 
 
+def _numpy_mosaic(rgb, cfa):
+    """Reference Bayer sampling: each site keeps the channel its CFA letter names."""
+    channel = {"R": 0, "G": 1, "B": 2}
+    out = np.zeros(rgb.shape[:3] + (1,), rgb.dtype)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            out[:, dy::2, dx::2, 0] = rgb[:, dy::2, dx::2, channel[cfa[2 * dy + dx]]]
+    return out
+
+
+def test_a_student_of_another_size_sees_the_mosaic_of_the_resized_scene(embedded):
+    """student_size: the teacher keeps its 32 px crop, the student gets the Bayer mosaic of that crop resized to
+    16 px, and (mode student_rgb) the clean crop at 16 px in the teacher's normalisation."""
+    c = cfg(student_size=16, take=16)
+    raw, rgb, _ = _first(pipeline.build(embedded, "test", c, training=False, norm=None, mode="mosaic"))
+    assert rgb.shape == (16, 32, 32, 3) and raw.shape == (16, 16, 16, 1) and c.student_image_size == 16
+    scene = tf.image.resize(rgb, [16, 16], antialias=True).numpy()
+    np.testing.assert_allclose(raw.numpy(), _numpy_mosaic(scene, "GRBG"), atol=1e-6)
+    (small, teacher_x), _ = _first(pipeline.build(embedded, "test", c, training=False, norm=NORM, mode="student_rgb"))
+    mean, std = np.array(NORM.rgb_mean, np.float32), np.array(NORM.rgb_std, np.float32)
+    np.testing.assert_allclose(small.numpy(), (scene - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(teacher_x.numpy(), (rgb.numpy() - mean) / std, atol=1e-5)
+    (student_x, _), _ = _first(pipeline.build(embedded, "test", c, training=False, norm=NORM))
+    assert student_x.shape == (16, 16, 16, 3)
+    same = _first(
+        pipeline.build(embedded, "test", cfg(student_size=32, take=16), training=False, norm=None, mode="mosaic")
+    )
+    assert same[0].shape == (16, 32, 32, 1)  # the teacher's own size: no resize
+
+
 def test_noise_is_added_with_the_asked_std(embedded):
     clean = _first(pipeline.build(embedded, "test", cfg(), training=False, norm=None, mode="mosaic"))[0]
     noisy = _first(pipeline.build(embedded, "test", cfg(noise_std=0.1), training=False, norm=None, mode="mosaic"))[0]

@@ -151,3 +151,44 @@ def test_blocks_of_a_model_imported_from_tflite():
     assert len(students.set_trainable_prefix(student, 13)) == 27  # every convolution but the classifier
     with pytest.raises(UserError, match="k=14 but the model has 13 stages/blocks"):
         students.set_trainable_prefix(student, 14)
+
+
+def test_student_init_of_another_size_and_its_refusals(tiny_teacher, tmp_path):
+    """--student_init may take another (square, even) input size than the teacher, never other outputs; a TFLite
+    student's classes and RGB normalisation must be the teacher's."""
+    from pathlib import Path
+
+    from isp_keras.models import tflite_import
+
+    teacher, spec = teachers.load_teacher(str(tiny_teacher))
+    small = architectures.build("resnet_tiny", 10, 24)
+    small.set_weights(teacher.get_weights())  # global pooling: the same weights at any input size
+    small.save(tmp_path / "small.keras")
+    model = students.load_student_init(tmp_path / "small.keras", teacher, spec)
+    assert teachers.input_size(model) == (24, 24, 3)
+    x = np.random.default_rng(0).normal(size=(2, 24, 24, 3)).astype(np.float32)
+    np.testing.assert_allclose(model(x), small(x), atol=1e-6)
+    for name, bad, message in (
+        ("odd", architectures.build("resnet_tiny", 10, 25), "takes 25x25x3 images; a student needs a square"),
+        ("five", architectures.build("resnet_tiny", 5, 24), "has 5 outputs but the teacher has 10"),
+    ):
+        bad.save(tmp_path / f"{name}.keras")
+        with pytest.raises(UserError, match=message):
+            students.load_student_init(tmp_path / f"{name}.keras", teacher, spec)
+    v1 = Path(__file__).resolve().parents[1] / "fixtures" / "imagenet" / "mobilenet_v1_0.25_128_quant.tflite"
+    with pytest.raises(UserError, match="has 1001 outputs but the teacher has 10"):
+        students.load_student_init(v1, teacher, spec)
+    imagenet, imagenet_spec = tflite_import.import_tflite(v1)
+    torch_style = teachers.TeacherSpec(**{**imagenet_spec, "rgb_mean": [0.485, 0.456, 0.406]})
+    with pytest.raises(UserError, match="expects RGB normalised by mean and std"):
+        students.load_student_init(v1, imagenet, torch_style)
+    other_classes = teachers.TeacherSpec(**{**imagenet_spec, "wnids": ["n0"] * 1001})
+    with pytest.raises(UserError, match="its classes are not the teacher's"):
+        students.load_student_init(v1, imagenet, other_classes)
+    assert teachers.input_size(students.load_student_init(v1, imagenet, teachers.TeacherSpec(**imagenet_spec))) == (
+        128,
+        128,
+        3,
+    )
+    with pytest.raises(UserError, match="no such file"):
+        students.load_student_init(tmp_path / "missing.tflite", teacher, spec)

@@ -695,3 +695,36 @@ def test_sweep_tables_per_measure_on_a_class_subset_and_unlabelled_data(tmp_path
         report.plot_sweep(lv, tmp_path / name, "title")
         with Image.open(tmp_path / name) as image:
             assert image.size == report.PLOT_SIZE
+
+
+def test_a_student_of_another_size_and_its_untrained_baselines(tiny_teacher, tmp_path):
+    """--student_init of another input size: the student rows train and save a student of that size (student.json
+    says so, for export and predict); student_clean is that model on the clean test crops resized to its size,
+    checked against a direct computation; both student baselines need --student_init."""
+    import keras
+    import tensorflow as tf
+
+    from isp_keras.data import sources
+    from isp_keras.models import architectures, teachers
+
+    teacher, spec = teachers.load_teacher(str(tiny_teacher))
+    small = architectures.build("resnet_tiny", 10, 24)
+    small.set_weights(teacher.get_weights())
+    small.save(tmp_path / "small.keras")
+    rows = "--rows=teacher_clean,teacher_raw,student_clean,student_raw,distilled"
+    out = tmp_path / "t"
+    results = run("table", *tiny_argv(tiny_teacher, out, rows, f"--student_init={tmp_path / 'small.keras'}"))
+    by_name = {r["name"]: r for r in results["rows"]}
+    assert list(by_name) == ["teacher_clean", "teacher_raw", "student_clean", "student_raw", "distilled"]
+    assert json.loads((out / "distilled" / "student.json").read_text())["image_size"] == 24
+    assert keras.saving.load_model(out / "distilled" / "student.keras").input_shape == (None, 24, 24, 3)
+
+    images = np.stack([image for image, _ in sources.get_source("embedded").split("test").take(64).as_numpy_iterator()])
+    rgb = images.astype(np.float32) / 255
+    mean, std = np.array(spec.rgb_mean, np.float32), np.array(spec.rgb_std, np.float32)
+    scene = tf.image.resize(rgb, [24, 24], antialias=True).numpy()
+    agree = np.argmax(small((scene - mean) / std), -1) == np.argmax(teacher((rgb - mean) / std), -1)
+    assert by_name["student_clean"]["agreement"] == pytest.approx(100 * agree.mean(), abs=1e-3)
+    assert by_name["student_raw"]["agreement"] != by_name["student_clean"]["agreement"]
+    with pytest.raises(UserError, match=r"^--rows=student_raw: evaluates the --student_init model"):
+        parse("table", *tiny_argv(tiny_teacher, out, "--rows=student_raw")).validate()
