@@ -8,12 +8,15 @@ with Keras on the test split; and end to end on the same DNG bytes:
             (teacher normalisation + teacher, one graph) - the same architecture, so the same model size.
   TF ISP path: LibRaw decode -> uint16 counts -> float32 TFLite (levels + bilinear demosaic + clip + teacher
             normalisation + teacher, one graph): the cheapest ISP the teacher can be served with (tf_isp_fn).
+A student of another input size than its teacher (a smaller network, `--student_init`) reads DNGs of its own size
+on the RAW path; both ISP paths read DNGs of the teacher's size of the same test scenes, as the teacher needs.
 Then the same for MobileNetV2 at 224 px with random weights (latency and size only; accuracy is meaningless).
 
 Full-size file (--full_size_mp, default 12 megapixels; a DNG written from the test mosaics, as no real file here is
 that large), each path over all the model-size tiles that fit (deploy.tiles):
   RAW path: predict's own path: rawio.read_raw (LibRaw decode, levels, CFA phase) -> tiles -> int8 student, batched
-  ISP path: LibRaw decode + rawpy.postprocess of the whole frame -> the same tiles of RGB -> float32 teacher, batched
+  ISP path: LibRaw decode + rawpy.postprocess of the whole frame -> tiles of RGB of the teacher's size -> float32
+            teacher, batched
 Latency: --full_size_runs interleaved passes per path. Peak memory: each path once in a fresh Python process, its
 peak resident set (ru_maxrss) after the work and before it (imports and models loaded): `full_*_peak_rss_mb` and
 `full_*_work_rss_mb` (their difference, what the file itself cost).
@@ -163,10 +166,14 @@ def measure(
     import tensorflow as tf
 
     from isp_keras.deploy import parity, runtime, serving, tflite
-    from isp_keras.models import architectures
+    from isp_keras.models import architectures, teachers
 
     fig = {"image_size": student.image_size, "params": architectures.param_count(student.model)}
     size = student.image_size
+    # A student of another size than its teacher (a smaller network): the ISP path reads a frame of the teacher's
+    # size, the RAW path one of the student's, of the same scenes.
+    teacher_size = teachers.input_size(teacher)[0] or size
+    fig["teacher_image_size"] = teacher_size
     sm_dir, teacher_dir = work / "student_savedmodel", work / "teacher_savedmodel"
     serving.export_saved_model(student, sm_dir, BLACK_LEVEL, WHITE_LEVEL)
     representative, _ = serving.pipeline_mosaics(
@@ -186,7 +193,7 @@ def measure(
         {
             serving.SIGNATURE: (
                 teacher_fn(teacher, student.norm),
-                tf.TensorSpec([None, size, size, 3], tf.uint8, name="image"),
+                tf.TensorSpec([None, teacher_size, teacher_size, 3], tf.uint8, name="image"),
             )
         },
         teacher_dir,
@@ -195,7 +202,12 @@ def measure(
     tf_isp_dir = work / "tf_isp_savedmodel"
     serving.write_archive(
         teacher,
-        {serving.SIGNATURE: (tf_isp_fn(teacher, student.norm, student.cfa), serving.mosaic_spec(size, tf.uint16))},
+        {
+            serving.SIGNATURE: (
+                tf_isp_fn(teacher, student.norm, student.cfa),
+                serving.mosaic_spec(teacher_size, tf.uint16),
+            )
+        },
         tf_isp_dir,
     )
     tf_isp_model = tflite.to_tflite(tf_isp_dir, "float32")
@@ -232,6 +244,13 @@ def measure(
     )
 
     dngs = write_dngs(np.concatenate(singles), student.cfa, work)
+    isp_dngs = dngs
+    if teacher_size != size:
+        scenes, _ = serving.pipeline_mosaics(
+            dataclasses.replace(student, image_size=teacher_size), source, source.test_split, len(singles)
+        )
+        (work / "teacher_size").mkdir(exist_ok=True)
+        isp_dngs = write_dngs(scenes, student.cfa, work / "teacher_size")
     raw_runner = runtime.TFLiteRunner(raw_path_model, cfg.threads)
     isp_runner = runtime.TFLiteRunner(isp_path_model, cfg.threads)
     tf_isp_runner = runtime.TFLiteRunner(tf_isp_model, cfg.threads)
@@ -243,18 +262,24 @@ def measure(
     def raw_path(i):
         return raw_runner.invoke(decode(i))
 
+    def decode_isp(i):
+        with rawpy.imread(io.BytesIO(isp_dngs[i % len(isp_dngs)])) as raw:
+            return raw.raw_image_visible.copy()[np.newaxis, ..., np.newaxis]
+
     def tf_isp_path(i):
-        return tf_isp_runner.invoke(decode(i))
+        return tf_isp_runner.invoke(decode_isp(i))
 
     def isp(i):
-        with rawpy.imread(io.BytesIO(dngs[i % len(dngs)])) as raw:
+        with rawpy.imread(io.BytesIO(isp_dngs[i % len(isp_dngs)])) as raw:
             return raw.postprocess(**ISP_PARAMS)
 
     def isp_path(i):
         return isp_runner.invoke(isp(i)[np.newaxis])
 
-    if isp(0).shape != (size, size, 3):
-        raise UserError(f"LibRaw returned a {isp(0).shape} image for a {size}x{size} DNG; cannot compare paths")
+    if isp(0).shape != (teacher_size, teacher_size, 3):
+        raise UserError(
+            f"LibRaw returned a {isp(0).shape} image for a {teacher_size}x{teacher_size} DNG; cannot compare paths"
+        )
     fig["e2e_images"] = len(dngs)
     console.progress(f"benchmark: RAW path against the ISP paths, end to end from {len(dngs)} DNGs")
     fig.update(
@@ -311,7 +336,7 @@ def path_fns(student_tflite: bytes, teacher_tflite: bytes, dng: Path, cfa: str, 
 
     raw_runner = runtime.TFLiteRunner(student_tflite, threads)
     isp_runner = runtime.TFLiteRunner(teacher_tflite, threads)
-    size = raw_runner.input_shape[0]
+    size = isp_runner.input_shape[0]  # the teacher's tiles; the RAW path takes the student's
     labels = [str(i) for i in range(int(raw_runner.output["shape"][-1]))]
 
     def raw_path(_=0):
@@ -379,7 +404,7 @@ def peak_rss(kind: str, files: dict, cfa: str, threads: int) -> dict:
 
 def full_size(student, int8_model: bytes, isp_model: bytes, mosaics: np.ndarray, work: Path, cfg) -> dict:
     """Latency and peak memory of the RAW and ISP paths on one full-size DNG (see the module docstring)."""
-    from isp_keras.deploy import tiles
+    from isp_keras.deploy import runtime, tiles
 
     files = {"student": work / "full_int8.tflite", "teacher": work / "full_isp.tflite", "dng": work / "full.dng"}
     files["student"].write_bytes(int8_model)
@@ -390,6 +415,7 @@ def full_size(student, int8_model: bytes, isp_model: bytes, mosaics: np.ndarray,
     fig = {
         "full_size_shape": f"{w}x{h}",
         "full_size_tiles": len(tiles.grid(h, w, student.image_size)),
+        "full_size_isp_tiles": len(tiles.grid(h, w, runtime.TFLiteRunner(isp_model, 1).input_shape[0])),
         "full_raw_path_latency_ms": t.ms("raw"),
         "full_isp_path_latency_ms": t.ms("isp"),
     }

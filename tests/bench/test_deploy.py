@@ -49,6 +49,37 @@ def test_tf_isp_path_is_the_teacher_on_the_clipped_demosaic(tiny_student):
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
 
 
+def test_a_smaller_student_is_timed_against_its_teacher_at_the_teachers_size(tiny_student, tmp_path):
+    """A student of another input size than its teacher: the RAW path reads frames of the student's size, the ISP
+    paths frames of the teacher's size of the same scenes, and every figure is measured."""
+    import json
+    import shutil
+
+    from isp_keras.deploy import serving
+    from isp_keras.models import architectures, teachers
+
+    run = tmp_path / "small"
+    shutil.copytree(tiny_student, run)
+    trained = teachers.load_model_file(run / "student.keras")
+    small = architectures.build("resnet_tiny", 10, 24)
+    small.set_weights(trained.get_weights())
+    small.save(run / "student.keras")
+    meta = json.loads((run / "student.json").read_text())
+    (run / "student.json").write_text(json.dumps({**meta, "image_size": 24}))
+    student = serving.load_student(run)
+    teacher, _ = teachers.load_teacher(student.teacher)
+    cfg = bench_deploy.DeployBenchConfig(
+        runs=2, warmup=0, latency_block=1, agreement_take=16, e2e_images=2, full_size_mp=0, mobilenet=False
+    )
+    source = serving.labelled_source(student, "test")
+    (tmp_path / "work").mkdir()
+    fig = bench_deploy.measure(student, teacher, source, tmp_path / "work", cfg, run / "student.keras", True, 8)
+    assert (fig["image_size"], fig["teacher_image_size"], fig["agreement_examples"]) == (24, 32, 16)
+    for key in ("raw_path_latency_ms", "isp_path_latency_ms", "tf_isp_path_latency_ms", "int8_latency_ms"):
+        assert fig[key] > 0, key
+    assert 0 <= fig["isp_path_top1"] <= 100 and fig["raw_path_speedup_over_isp_path"] > 0
+
+
 def test_bad_flags(tmp_path):
     with pytest.raises(UserError, match=r"^--runs=0: must be >= 1$"):
         parse(["--runs=0"])  # from_flags validates
