@@ -121,10 +121,19 @@ def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsy
         assert cfg.dataset == "tfds:imagenet2012" and cfg.image_size == 224
         assert "224, 224, 3) float32, teacher input" in text  # the pipeline was built (on a stand-in source)
         assert cfg.epochs == 4
-    if flagfile.startswith("imagenette"):
+    if flagfile.startswith(("imagenette", "frontier_")):
         assert cfg.teacher.endswith(".tflite") and cfg.dataset.startswith("folder:") and cfg.hard_labels == "teacher"
         assert cfg.epochs == 4 and cfg.alpha == 0.9 and cfg.temperature == 4 and cfg.noise_std == 0.1
-        if inputs:  # the inputs side by side: the deployable student of each
+        if flagfile.startswith("frontier_"):  # a smaller student of the MobileNetV2 teacher, at its own size
+            assert cfg.teacher.endswith("mobilenet_v2_1.0_224_ptq.tflite") and cfg.student_init.endswith(
+                "0.5_160_quant.tflite"
+            )
+            assert cfg.rows == ["teacher_clean", "teacher_raw", "student_clean", "student_raw", "distilled"]
+            if "(tflite:" in text:  # the models are here (../shared): the student's size reaches the pipeline
+                assert (
+                    "(the student's 160 px)" in text and "160, 160, 3) float32, teacher input (64, 224, 224, 3)" in text
+                )
+        elif inputs:  # the inputs side by side: the deployable student of each
             assert cfg.rows == ["teacher_clean", "teacher_raw", "distilled", "distilled_qat"]
         elif kind == "table" and flagfile != "imagenette.flags":  # that one is the presets' shared base
             deployed = ["distilled_qat"] if flagfile == "imagenette_mobilenetv2.flags" else []  # the arm to deploy
