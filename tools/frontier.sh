@@ -10,6 +10,18 @@ set -euo pipefail
 models=../shared/models/imagenet-tflite
 out=runs/frontier
 students=${STUDENTS:-"mobilenet_v1_0.25_128 mobilenet_v1_0.5_160 mobilenet_v1_0.75_192"}
+
+# A student's finished tables and benchmark, copied into docs/results/ (frontier_<student>_<part>, bench_deploy_...).
+publish() {
+  local name=$1 dir=$out/$1
+  for part in from_mobilenetv2 self self_judged; do
+    if [[ -f $dir/$part/results.json ]]; then
+      cp $dir/$part/results.json docs/results/frontier_${name}_$part.json
+      cp $dir/$part/results.md docs/results/frontier_${name}_$part.md
+    fi
+  done
+  cp $dir/bench.json docs/results/bench_deploy_frontier_$name.json
+}
 for student in $students; do
   file=$models/${student}_quant.tflite
   dir=$out/$student
@@ -23,6 +35,7 @@ for student in $students; do
     python -m isp_keras.benchmark --suite=deploy --student=$dir/from_mobilenetv2/distilled --nomobilenet \
       --full_size_mp=0 --json=$dir/bench.json
   fi
+  publish $student
 done
 # MobileNetV2 itself: the paper's student (the teacher's own architecture and weights), for the frontier's top end.
 dir=$out/mobilenet_v2_1.0_224
@@ -32,4 +45,5 @@ if [[ ! -f $dir/bench.json ]]; then
   python -m isp_keras.benchmark --suite=deploy --student=$dir/from_mobilenetv2/distilled --nomobilenet \
     --full_size_mp=0 --json=$dir/bench.json
 fi
+publish mobilenet_v2_1.0_224
 python tools/frontier.py docs/results/frontier_mobilenetv2 $out

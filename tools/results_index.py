@@ -20,7 +20,8 @@ KINDS = (".md", ".json", ".png")
 # (group title, test on the file stem); the first match wins.
 GROUPS = (
     ("Class regimes: the fast arm on 10 to 200 classes", lambda s: s.startswith(("classes_", "raw_scale"))),
-    ("Real camera files", lambda s: s.startswith(("real_raw", "predict_overlay"))),
+    ("Real camera files", lambda s: s.startswith(("real_raw", "predict_"))),
+    ("Students cheaper than the teacher (MobileNetV1 students of MobileNetV2)", lambda s: "frontier" in s),
     ("Benchmarks", lambda s: s.startswith(("bench_", "latency_"))),
     (
         "Packed students and RAW adapters",
