@@ -255,19 +255,15 @@ def measure(
     isp_runner = runtime.TFLiteRunner(isp_path_model, cfg.threads)
     tf_isp_runner = runtime.TFLiteRunner(tf_isp_model, cfg.threads)
 
-    def decode(i):
-        with rawpy.imread(io.BytesIO(dngs[i % len(dngs)])) as raw:
+    def decode(files, i):
+        with rawpy.imread(io.BytesIO(files[i % len(files)])) as raw:
             return raw.raw_image_visible.copy()[np.newaxis, ..., np.newaxis]
 
     def raw_path(i):
-        return raw_runner.invoke(decode(i))
-
-    def decode_isp(i):
-        with rawpy.imread(io.BytesIO(isp_dngs[i % len(isp_dngs)])) as raw:
-            return raw.raw_image_visible.copy()[np.newaxis, ..., np.newaxis]
+        return raw_runner.invoke(decode(dngs, i))
 
     def tf_isp_path(i):
-        return tf_isp_runner.invoke(decode_isp(i))
+        return tf_isp_runner.invoke(decode(isp_dngs, i))
 
     def isp(i):
         with rawpy.imread(io.BytesIO(isp_dngs[i % len(isp_dngs)])) as raw:
@@ -294,7 +290,7 @@ def measure(
     )
     if cfg.full_size_mp > 0:
         console.progress(f"benchmark: a {cfg.full_size_mp:g}-megapixel DNG end to end, both paths")
-        fig.update(full_size(student, models["int8"], isp_path_model, np.concatenate(singles), work, cfg))
+        fig.update(full_size(student, models["int8"], isp_path_model, teacher_size, np.concatenate(singles), work, cfg))
     if agreement:
         e2e_labels = labels[: len(dngs)]
         fig["raw_path_top1"] = float(
@@ -402,9 +398,11 @@ def peak_rss(kind: str, files: dict, cfa: str, threads: int) -> dict:
     }
 
 
-def full_size(student, int8_model: bytes, isp_model: bytes, mosaics: np.ndarray, work: Path, cfg) -> dict:
+def full_size(
+    student, int8_model: bytes, isp_model: bytes, teacher_size: int, mosaics: np.ndarray, work: Path, cfg
+) -> dict:
     """Latency and peak memory of the RAW and ISP paths on one full-size DNG (see the module docstring)."""
-    from isp_keras.deploy import runtime, tiles
+    from isp_keras.deploy import tiles
 
     files = {"student": work / "full_int8.tflite", "teacher": work / "full_isp.tflite", "dng": work / "full.dng"}
     files["student"].write_bytes(int8_model)
@@ -415,7 +413,7 @@ def full_size(student, int8_model: bytes, isp_model: bytes, mosaics: np.ndarray,
     fig = {
         "full_size_shape": f"{w}x{h}",
         "full_size_tiles": len(tiles.grid(h, w, student.image_size)),
-        "full_size_isp_tiles": len(tiles.grid(h, w, runtime.TFLiteRunner(isp_model, 1).input_shape[0])),
+        "full_size_isp_tiles": len(tiles.grid(h, w, teacher_size)),
         "full_raw_path_latency_ms": t.ms("raw"),
         "full_isp_path_latency_ms": t.ms("isp"),
     }
