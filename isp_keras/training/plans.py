@@ -61,10 +61,8 @@ class Row:
         qat = ", quantisation-aware (int8 simulated, BN frozen)" if self.quantisation_aware else ""
         hard = "its argmax" if self.from_float else self.hard_labels
         target = f", targets from row {self.start_from}'s float student on the same mosaics" if self.from_float else ""
-        return (
-            f"student from {start}: {loss}, hard labels {hard}, {scope}, {self.epochs} epochs at lr "
-            f"{self.lr:g}{qat}{target}"
-        )
+        epochs = f"{self.epochs} epoch{'s' * (self.epochs != 1)}"
+        return f"student from {start}: {loss}, hard labels {hard}, {scope}, {epochs} at lr {self.lr:g}{qat}{target}"
 
 
 def student_row(name: str, cfg: TrainConfig, alpha: float, hard_labels: str, finetune_first: int | None = None) -> Row:

@@ -305,6 +305,7 @@ def test_quantisation_aware_rows_from_the_teacher_and_from_the_float_student(tin
         "teacher",
     )
     assert "targets from row distilled's float student" in row.describe(cfg)
+    assert ", 1 epoch at lr 0.002, quantisation-aware" in row.describe(cfg)
     out = tmp_path / "qat"
     results = run("table", *tiny_argv(tiny_teacher, out, "--rows=distilled,distilled_qat,distilled_qat_float"))
     check_rows(results["rows"], ["distilled", "distilled_qat", "distilled_qat_float"])
