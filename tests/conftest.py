@@ -75,8 +75,39 @@ def eager_functions():
     tf.config.run_functions_eagerly(False)
 
 
-def pytest_collection_modifyitems(items):
-    """Slow tests first (stable within each group), so the parallel workers do not end on one long test."""
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run the tests marked slow: the whole suite, as the README's test command and CI run it",
+    )
+
+
+def _named_tests(config) -> set[str]:
+    """The node ids given on the command line (`path::name`), relative to the rootdir as item node ids are."""
+    named = set()
+    for arg in config.args:
+        path, sep, name = arg.partition("::")
+        if sep:
+            full = (config.invocation_params.dir / path).resolve()
+            named.add(f"{full.relative_to(config.rootpath).as_posix()}::{name}")
+    return named
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --slow (or an explicit -m) the tests marked slow are deselected, unless named by node id:
+    `python -m pytest -q` is the quick loop while changing code. Slow tests go first (stable within each group), so
+    that the parallel workers do not end on one long test."""
+    if not config.getoption("--slow") and not config.option.markexpr:
+        named = _named_tests(config)
+        slow = [
+            item
+            for item in items
+            if item.get_closest_marker("slow") and item.nodeid not in named and item.nodeid.split("[")[0] not in named
+        ]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if item not in slow]
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,34 @@ def test_walkthrough_commands_are_known():
     modules = [re.match(r"python -m (\S+)", c).group(1) for c in commands if c.startswith("python -m")]
     assert modules == list(TINY), modules
     assert any(c.startswith("tensorboard --logdir runs/") for c in commands)
+
+
+def test_the_test_command_runs_the_whole_suite_and_the_default_skips_slow_tests():
+    """The README's test command is what CI runs, with --slow (every test); a bare `python -m pytest` deselects the
+    tests marked slow unless they are named by node id."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^pip install -e \"\.\[test\]\" && (python -m pytest[^#]*?)\s+#", readme, re.M)
+    assert command, "README.md: no test command"
+    assert command.group(1) == "python -m pytest -q --slow"
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line]
+    assert ci == [command.group(1)]
+
+    def collected(*options, target="tests/test_readme.py"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n0", *options, target],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return {line.split("::")[1] for line in proc.stdout.splitlines() if "::" in line}
+
+    assert "test_walkthrough_runs_in_order" not in collected()
+    assert "test_walkthrough_runs_in_order" in collected("--slow")
+    assert collected("-m", "slow") == {"test_walkthrough_runs_in_order"}
+    named = "tests/test_readme.py::test_walkthrough_runs_in_order"
+    assert collected(target=named) == {"test_walkthrough_runs_in_order"}
 
 
 @pytest.mark.slow
