@@ -16,6 +16,8 @@ The float student is not changed: FakeQuant only enters the graph handed to the 
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -212,12 +214,13 @@ def quantisation_aware(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, body(_MovingRange(name="input_range")(inputs)), name=f"{model.name}_qat")
 
 
-def snap_weights(model: keras.Model) -> int:
-    """Replace every conv/dense kernel by its int8-grid value (what quantisation_aware trained); returns how many."""
+def snap_weights(model: keras.Model, only: Collection[str] | None = None) -> int:
+    """Replace every conv/dense kernel (or those of the layers named in `only`) by its int8-grid value (what
+    quantisation_aware trained); returns how many."""
     count = 0
     for layer in model.layers:
         axes = _weight_axes(layer)
-        if axes is not None:
+        if axes is not None and (only is None or layer.name in only):
             layer.kernel.assign(fake_quant_weight(layer.kernel, axes))
             count += 1
     return count

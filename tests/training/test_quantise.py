@@ -177,6 +177,20 @@ def test_snap_weights_puts_kernels_on_the_grid():
             np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
 
 
+def test_snap_weights_of_named_layers_only():
+    model = tiny_resnet()
+    kernels = {layer.name: layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")}
+    assert quantise.snap_weights(model, only={"stem_conv"}) == 1
+    for name, before in kernels.items():
+        after = model.get_layer(name).kernel.numpy()
+        if name == "stem_conv":
+            steps = after / (np.abs(after).reshape(-1, after.shape[-1]).max(0) / 127.0)
+            np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+            assert np.abs(after - before).max() > 0
+        else:
+            np.testing.assert_array_equal(after, before)
+
+
 def test_int8_tflite_of_a_sequential_student_falls_back_to_the_converters_ranges():
     model = keras.Sequential(
         [

@@ -1,0 +1,60 @@
+"""Which layers' int8 weights cost an exported student its agreement: the float Keras student with one layer's kernel
+rounded to its per-channel int8 grid (as the converter stores it) at a time, then with every kernel rounded but those
+of the K layers that cost most (K = 0, 1, 3, 5, 10), top-1 agreement with the float student on the first COUNT of the
+export's parity mosaics. Run from the repository root, e.g.
+(docs/results/int8_weight_layers_mobilenetv2_realistic.json):
+    python tools/int8_weight_layers.py runs/table_mobilenetv2_inputs_realistic/input_infill/distilled \
+        runs/export_realistic_infill docs/results/int8_weight_layers_mobilenetv2_realistic.json 200
+"""
+
+import json
+import sys
+import time
+
+from isp_keras import fsutil
+from isp_keras.deploy import parity, serving
+from isp_keras.training import quantise
+
+KEPT = (0, 1, 3, 5, 10)
+
+
+def agreement_snapped(student_dir: str, only, mosaics, reference) -> float:
+    student = serving.load_student(student_dir)
+    quantise.snap_weights(student.model, only)
+    return parity.top1_agreement(parity.keras_probabilities(student, mosaics), reference)
+
+
+def main(student_dir: str, export_dir: str, out: str, count: str) -> None:
+    start = time.time()
+    student = serving.load_student(student_dir)
+    source = serving.labelled_source(student, student_dir)
+    manifest = json.loads(open(f"{export_dir}/manifest.json").read())
+    mosaics, _ = serving.pipeline_mosaics(student, source, source.test_split, manifest["parity"]["parity_examples"])
+    mosaics = mosaics[: int(count)]
+    reference = parity.keras_probabilities(student, mosaics)
+    names = [layer.name for layer in student.model.layers if hasattr(layer, "kernel")]
+    alone = {}
+    for i, name in enumerate(names):
+        alone[name] = agreement_snapped(student_dir, {name}, mosaics, reference)
+        print(f"{i + 1}/{len(names)} {name}: {alone[name]:.2f} %", flush=True)
+    worst = sorted(names, key=lambda n: alone[n])
+    all_but = {k: agreement_snapped(student_dir, set(worst[k:]), mosaics, reference) for k in KEPT}
+    result = {
+        "command": " ".join(["python", *sys.argv]),
+        "student": student_dir,
+        "export": export_dir,
+        "mosaics": len(mosaics),
+        "int8_top1_agreement_of_the_export": manifest["parity"]["int8_top1_agreement"],
+        "one_layer_snapped_top1_agreement": alone,
+        "worst_layers": worst[: max(KEPT)],
+        "all_but_the_worst_k_snapped_top1_agreement": {str(k): v for k, v in all_but.items()},
+        "wall_seconds": round(time.time() - start),
+    }
+    fsutil.write_json_atomic(out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "one_layer_snapped_top1_agreement"}, indent=1))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 5:
+        sys.exit(__doc__)  # the usage
+    main(*sys.argv[1:])
