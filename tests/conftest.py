@@ -88,8 +88,8 @@ def _named_tests(config) -> set[str]:
     named = set()
     for arg in config.args:
         path, sep, name = arg.partition("::")
-        if sep:
-            full = (config.invocation_params.dir / path).resolve()
+        full = (config.invocation_params.dir / path).resolve()
+        if sep and full.is_relative_to(config.rootpath):
             named.add(f"{full.relative_to(config.rootpath).as_posix()}::{name}")
     return named
 
