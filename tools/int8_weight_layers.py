@@ -18,10 +18,16 @@ from isp_keras.training import quantise
 KEPT = (0, 1, 3, 5, 10)
 
 
-def agreement_snapped(student_dir: str, only, mosaics, reference) -> float:
-    student = serving.load_student(student_dir)
+def agreement_snapped(student, only, mosaics, reference) -> float:
+    """Agreement with the kernels of the layers in `only` on their int8 grid; the kernels are restored after."""
+    layers = [student.model.get_layer(name) for name in only]
+    kernels = [layer.kernel.numpy() for layer in layers]
     quantise.snap_weights(student.model, only)
-    return parity.top1_agreement(parity.keras_probabilities(student, mosaics), reference)
+    try:
+        return parity.top1_agreement(parity.keras_probabilities(student, mosaics), reference)
+    finally:
+        for layer, kernel in zip(layers, kernels, strict=True):
+            layer.kernel.assign(kernel)
 
 
 def main(student_dir: str, export_dir: str, out: str, count: str) -> None:
@@ -35,10 +41,10 @@ def main(student_dir: str, export_dir: str, out: str, count: str) -> None:
     names = [layer.name for layer in student.model.layers if hasattr(layer, "kernel")]
     alone = {}
     for i, name in enumerate(names):
-        alone[name] = agreement_snapped(student_dir, {name}, mosaics, reference)
+        alone[name] = agreement_snapped(student, {name}, mosaics, reference)
         print(f"{i + 1}/{len(names)} {name}: {alone[name]:.2f} %", flush=True)
     worst = sorted(names, key=lambda n: alone[n])
-    all_but = {k: agreement_snapped(student_dir, set(worst[k:]), mosaics, reference) for k in KEPT}
+    all_but = {k: agreement_snapped(student, set(worst[k:]), mosaics, reference) for k in KEPT}
     result = {
         "command": " ".join(["python", *sys.argv]),
         "student": student_dir,
