@@ -30,7 +30,10 @@ def agreement_snapped(student, only, mosaics, reference) -> float:
             layer.kernel.assign(kernel)
 
 
-def main(student_dir: str, export_dir: str, out: str, count: str) -> None:
+def rank(argv, student_dir, export_dir, out, count, prepare, agreement, kept, unit, verb) -> None:
+    """The cost of rounding one unit (layer, tensor) at a time, then all but the costliest K, written to `out`.
+    `prepare(student, manifest, mosaics, reference)` returns (unit names, extra result fields);
+    `agreement(student, names, mosaics, reference)` the agreement with those units rounded."""
     start = time.time()
     student = serving.load_student(student_dir)
     source = serving.labelled_source(student, student_dir)
@@ -38,29 +41,34 @@ def main(student_dir: str, export_dir: str, out: str, count: str) -> None:
     mosaics, _ = serving.pipeline_mosaics(student, source, source.test_split, manifest["parity"]["parity_examples"])
     mosaics = mosaics[: int(count)]
     reference = parity.keras_probabilities(student, mosaics)
-    names = [layer.name for layer in student.model.layers if hasattr(layer, "kernel")]
+    names, extra = prepare(student, manifest, mosaics, reference)
     alone = {}
     for i, name in enumerate(names):
-        alone[name] = agreement_snapped(student, {name}, mosaics, reference)
+        alone[name] = agreement(student, {name}, mosaics, reference)
         print(f"{i + 1}/{len(names)} {name}: {alone[name]:.2f} %", flush=True)
     worst = sorted(names, key=lambda n: alone[n])
-    all_but = {k: agreement_snapped(student, set(worst[k:]), mosaics, reference) for k in KEPT}
+    all_but = {k: agreement(student, set(worst[k:]), mosaics, reference) for k in kept}
     result = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python", *argv]),
         "student": student_dir,
         "export": export_dir,
         "mosaics": len(mosaics),
         "int8_top1_agreement_of_the_export": manifest["parity"]["int8_top1_agreement"],
-        "one_layer_snapped_top1_agreement": alone,
-        "worst_layers": worst[: max(KEPT)],
-        "all_but_the_worst_k_snapped_top1_agreement": {str(k): v for k, v in all_but.items()},
+        **extra,
+        f"one_{unit}_{verb}_top1_agreement": alone,
+        f"worst_{unit}s": worst[: max(kept)],
+        f"all_but_the_worst_k_{verb}_top1_agreement": {str(k): v for k, v in all_but.items()},
         "wall_seconds": round(time.time() - start),
     }
     fsutil.write_json_atomic(out, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "one_layer_snapped_top1_agreement"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != f"one_{unit}_{verb}_top1_agreement"}, indent=1))
+
+
+def kernel_layers(student, manifest, mosaics, reference):
+    return [layer.name for layer in student.model.layers if hasattr(layer, "kernel")], {}
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 5:
         sys.exit(__doc__)  # the usage
-    main(*sys.argv[1:])
+    rank(sys.argv, *sys.argv[1:], kernel_layers, agreement_snapped, KEPT, "layer", "snapped")
