@@ -7,10 +7,10 @@ repository root, e.g. (docs/results/int8_activation_tensors_embedded.json):
         docs/results/int8_activation_tensors_embedded.json 10000
 """
 
-import dataclasses
 import json
 import sys
 
+from int8_diagnosis import agreement_on_ranges
 from int8_weight_layers import rank
 
 from isp_keras.deploy import parity
@@ -27,21 +27,14 @@ def snapped_tensors(student, manifest, mosaics, reference):
     return list(manifest["calibration"]["activation_ranges"]["ranges"]), extra
 
 
-def agreement_on_ranges(ranges: dict):
-    def agreement(student, names, mosaics, reference) -> float:
-        """Top-1 agreement with `reference` of the student with the tensors in `names` rounded to their ranges."""
-        pinned = quantise.with_ranges(student.model, {name: ranges[name] for name in names})
-        return parity.top1_agreement(
-            parity.keras_probabilities(dataclasses.replace(student, model=pinned), mosaics), reference
-        )
-
-    return agreement
-
-
 def main(argv) -> None:
     manifest = json.loads(open(f"{argv[2]}/manifest.json").read())
     ranges = manifest["calibration"]["activation_ranges"]["ranges"]
-    rank(argv, *argv[1:], snapped_tensors, agreement_on_ranges(ranges), KEPT, "tensor", "rounded")
+
+    def agreement(student, names, mosaics, reference) -> float:
+        return agreement_on_ranges(student, {name: ranges[name] for name in names}, mosaics, reference)
+
+    rank(argv, *argv[1:], snapped_tensors, agreement, KEPT, "tensor", "rounded")
 
 
 if __name__ == "__main__":
