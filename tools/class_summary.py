@@ -1,8 +1,11 @@
 """The class-regime experiment's summary: from each regime's three-seed table (its results.json), the paired margins
 of distillation over teacher labels (agreement with the teacher) and over ground-truth labels (top-1), with their
 95 % intervals, against the number of classes; a Markdown table, the same as JSON, and a plot. Run from the
-repository root, one REGIME=RESULTS_JSON per regime (regimes: imagenette, imagewoof, mini_imagenet, tiny_imagenet):
-    python tools/class_summary.py docs/results/classes_summary imagewoof=runs/table_classes_imagewoof/results.json ...
+repository root, one REGIME=RESULTS_JSON per regime (regimes: imagenette, imagewoof, mini_imagenet, tiny_imagenet),
+and any number of REGIME/NOTE=RESULTS_JSON for a control run on a regime's seeds (its rows at another learning rate,
+say), a line of its own labelled with NOTE and drawn as a hollow square:
+    python tools/class_summary.py docs/results/classes_summary imagewoof=runs/table_classes_imagewoof/results.json \
+        "tiny_imagenet/distilled at 3e-4=runs/table_classes_tiny_imagenet_lr3e-4/results.json" ...
 writes OUT.md, OUT.json and OUT.png.
 """
 
@@ -26,16 +29,19 @@ MARGINS = (
 
 
 def summarise(results: dict) -> dict:
-    """{regime: its classes, seeds, the rows' means and the margins (mean, ci95)}."""
+    """{line (REGIME or REGIME/NOTE): its label, classes, seeds, the rows' means and the margins (mean, ci95)}."""
     out = {}
-    for regime, path in results.items():
+    for line, path in results.items():
         data = json.loads(Path(path).read_text())
         if "seeds" not in data:
             sys.exit(f"{path}: no summary over seeds (a table run with --seeds=0,1,2 writes one)")
         seeds = data["seeds"]
+        regime, _, note = line.partition("/")
         label, classes, fine = REGIMES[regime]
         entry = {
-            "label": label,
+            "label": f"{label} ({note})" if note else label,
+            "regime": regime,
+            "note": note,
             "classes": classes,
             "fine_grained": fine,
             "seeds": sorted({r["seed"] for r in data["rows"]}),
@@ -50,7 +56,7 @@ def summarise(results: dict) -> dict:
             stats = seeds["paired"].get(pair, {}).get(metric)
             if stats:
                 entry["margins"][pair] = {"metric": metric, "mean": stats["mean"], "ci95": stats["ci95"]}
-        out[regime] = entry
+        out[line] = entry
     return out
 
 
@@ -68,7 +74,7 @@ def markdown(summary: dict) -> str:
         "distilled agreement % |",
         "|---|---:|" + "---:|" * (len(MARGINS) + 1),
     ]
-    for entry in sorted(summary.values(), key=lambda e: (e["classes"], e["fine_grained"])):
+    for entry in sorted(summary.values(), key=lambda e: (e["classes"], e["fine_grained"], e["note"])):
         rows = entry["rows"]
         means = " / ".join(
             f"{rows[n]['agreement']:.2f}" if n in rows else "-" for n in ("teacher_raw", "teacher_labels", "distilled")
@@ -81,7 +87,8 @@ def markdown(summary: dict) -> str:
     lines += [
         "",
         "Margins in points, mean over seeds [paired 95 % t-interval]; * the interval excludes zero. The label-free",
-        "pair is compared by agreement with the teacher on clean RGB, the ground-truth pair by top-1.",
+        "pair is compared by agreement with the teacher on clean RGB, the ground-truth pair by top-1. A line with a",
+        "note in brackets is a control run on the same seeds (plotted as hollow squares).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -103,17 +110,18 @@ def plot(summary: dict, path: Path) -> None:
             m = entry["margins"].get(pair)
             if not m:
                 continue
-            x = entry["classes"] * (0.93, 1.0, 1.07)[i]  # side by side on the log axis
+            # side by side on the log axis, a control just right of its regime's marker
+            x = entry["classes"] * (0.9, 1.0, 1.1)[i] * (1.04 if entry["note"] else 1.0)
             lo, hi = m["ci95"]
             ax.errorbar(
                 x,
                 m["mean"],
                 yerr=[[m["mean"] - lo], [hi - m["mean"]]],
-                fmt="^" if entry["fine_grained"] else "o",
+                fmt="s" if entry["note"] else "^" if entry["fine_grained"] else "o",
                 color=colour,
                 capsize=4,
-                markersize=8,
-                markerfacecolor="white" if entry["fine_grained"] else colour,
+                markersize=6 if entry["note"] else 8,
+                markerfacecolor="white" if entry["fine_grained"] or entry["note"] else colour,
             )
     ax.axhline(0, color="grey", lw=0.8)
     ax.axhline(4, color="grey", lw=0.8, ls=":")
@@ -121,7 +129,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlim(6, 320)
     ax.set_xticks([10, 100, 200], labels=["10", "100", "200"])
-    ax.set_xlabel("classes (triangle: fine-grained, 10 dog breeds)")
+    ax.set_xlabel("classes (triangle: fine-grained, 10 dog breeds; square: a control run at another rate)")
     ax.set_ylabel("margin (points)")
     metric = {"distilled_gt - gt_labels": "top-1"}
     handles = [
@@ -139,7 +147,7 @@ def plot(summary: dict, path: Path) -> None:
 
 def main(out: str, pairs: list[str]) -> None:
     results = dict(pair.split("=", 1) for pair in pairs)
-    unknown = sorted(set(results) - set(REGIMES))
+    unknown = sorted({line.partition("/")[0] for line in results} - set(REGIMES))
     if unknown:
         sys.exit(f"unknown regime(s) {unknown}: one of {sorted(REGIMES)}")
     summary = summarise(results)
