@@ -142,8 +142,8 @@ def test_every_flagfile_parses_and_dry_runs_offline(flagfile, monkeypatch, capsy
         assert cfg.teacher.endswith("mobilenet_v1_0.5_160_quant.tflite") and cfg.hard_labels == "teacher"
         assert (cfg.epochs, cfg.batch_size, cfg.noise_std, cfg.cfa, cfg.alpha) == (4, 64, 0.1, "RGGB", 0.9)
         label_free = ["teacher_clean", "teacher_raw", "teacher_labels", "distilled", "distilled_kd"]
-        if flagfile.endswith("_all.flags"):  # the larger run: both pairs, no distilled_kd
-            label_free = label_free[:-1]
+        if flagfile.endswith("_all.flags"):  # the larger run: both pairs, distilled_kd where it did not collapse
+            assert cfg.row_lr("distilled_kd") == cfg.row_lr("teacher_labels") == 3e-4
         assert [r for r in cfg.rows if r not in ("gt_labels", "distilled_gt")] == label_free
         sizes = {
             "imagenette": None,
