@@ -126,8 +126,9 @@ def format_seeds(summary: dict) -> str:
 
 def format_paired(paired: dict) -> str:
     keys = [k for k in PAIRED_METRICS if any(k in v for v in paired.values())]
+    seeded = any("ci95" in s for v in paired.values() for s in v.values())
     lines = [
-        "Paired differences (points; mean [95 % interval] over seeds):",
+        "Paired differences (points; mean [95 % interval] over seeds):" if seeded else "Differences (points; one seed):",
         "",
         "| difference | " + " | ".join(LABELS[k] for k in keys) + " |",
         "|---|" + "---:|" * len(keys),

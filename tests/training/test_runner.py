@@ -636,6 +636,7 @@ def test_input_summary_against_numpy():
     assert f"| distilled (packed_curve) - distilled (infill) | {d.mean():+.2f} [" in text
     one_seed = statistics.format_inputs(statistics.input_summary([r for r in rows if r["seed"] == 0]))
     assert "One seed (no spread):" in one_seed and "over 1 seeds" not in one_seed
+    assert "Differences (points; one seed):" in one_seed and "interval" not in one_seed
 
 
 def test_table_with_student_inputs_runs_each_input_side_by_side(tiny_teacher, tmp_path):
