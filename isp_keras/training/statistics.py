@@ -127,8 +127,9 @@ def format_seeds(summary: dict) -> str:
 def format_paired(paired: dict) -> str:
     keys = [k for k in PAIRED_METRICS if any(k in v for v in paired.values())]
     seeded = any("ci95" in s for v in paired.values() for s in v.values())
+    head = "Paired differences (points; mean [95 % interval] over seeds):"
     lines = [
-        "Paired differences (points; mean [95 % interval] over seeds):" if seeded else "Differences (points; one seed):",
+        head if seeded else "Differences (points; one seed):",
         "",
         "| difference | " + " | ".join(LABELS[k] for k in keys) + " |",
         "|---|" + "---:|" * len(keys),
